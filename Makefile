@@ -1,0 +1,46 @@
+# bigembed: `make demo` runs the built-in demo end to end, `make test` runs the tests.
+# Both build their own virtual environment in .venv and install everything first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# torch is installed first and pinned: letting another package pull it in downloads a CUDA build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= layout,test
+
+.PHONY: install demo test test-fast browser bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/bigembed demo --out demo-data
+
+# Headless Chromium for the browser tests (Debian packages; never a downloaded browser).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "warning: could not install chromium; browser tests will be skipped"; \
+	  else echo "note: chromium not installed and not root; browser tests will be skipped"; fi; \
+	fi
+
+test: install browser
+	BIGEMBED_NO_PROGRESS=1 $(PY) -m pytest -q tests
+
+test-fast: install
+	BIGEMBED_NO_PROGRESS=1 $(PY) -m pytest -q -m "not slow and not browser" tests
+
+bench: install
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) demo-data build dist *.egg-info .pytest_cache

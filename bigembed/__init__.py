@@ -1,0 +1,14 @@
+"""bigembed: a GPU-accelerated explorer for million-point embedding sets.
+
+``import bigembed`` needs no GPU and no GPU package; heavy libraries load on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .dataset import Dataset, DatasetWriter, open_dataset  # noqa: E402
+from .errors import BackendUnavailable, BigembedError, DatasetError, InputError  # noqa: E402
+
+__all__ = ["Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
+           "InputError", "BackendUnavailable", "__version__"]

@@ -1,0 +1,82 @@
+"""Crash-safe file writes: temporary name, fsync, rename, fsync the directory.
+
+A reader never sees a half-written file under its final name: either the old file or the
+complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_name(path: Path) -> Path:
+    """A unique temporary sibling of ``path`` (same directory, so the rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a power loss."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path to write; on success fsync it and rename it to ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        fd = os.open(str(tmp), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def write_json(path: Path, obj) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temporary files left in ``directory`` by killed writers; return how many."""
+    n = 0
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    for p in directory.iterdir():
+        if p.name.startswith(".") and TMP_MARK in p.name:
+            with contextlib.suppress(OSError):
+                if p.is_dir():
+                    import shutil
+
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                n += 1
+    return n

@@ -1,0 +1,18 @@
+"""bigembed demo [--out DIR]"""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run the built-in demo end to end")
+    p.add_argument("--out", default="demo-data", help="directory for the demo (default: demo-data)")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.out, n=args.n, seed=args.seed)
+    return 0

@@ -1,0 +1,1 @@
+"""The web view: Bokeh/HoloViews/Datashader handlers over pure render functions."""
