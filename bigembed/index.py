@@ -1,0 +1,535 @@
+"""FAISS indexes of a space: build, tune, store (content-keyed), load (cached), search.
+
+``build_index(ds, kind="auto")`` uses exact ``IndexFlat`` while a brute-force scan stays fast
+and an IVF index above, measures recall@10 against exact search on a seeded sample of queries,
+tunes ``nprobe`` / ``efSearch`` up to ``target_recall`` and stores the CPU form of the index as
+``indexes/<space>.<kind>.<hash>.faiss`` with its parameters and recall in the manifest.
+
+Backends (stage ``"knn"`` in the registry): ``faiss-gpu`` (moves indexes with
+:func:`to_device`), ``torch`` (bigembed's own exact kernel, :mod:`bigembed.kernels.knn`, for a
+GPU without FAISS GPU) and ``faiss-cpu``. Every search returns FAISS conventions: squared L2
+ascending, or inner product descending; cosine is inner product on vectors normalised once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import xxhash
+
+from .dataset import Dataset
+from .errors import DatasetError, InputError, check_choice
+from .progress import progress_bar
+from .registry import Backend, cuda_check, register, resolve
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+METRICS = ("l2", "cosine", "ip")
+INDEX_FORMAT = 1
+#: ``auto`` keeps exact search while one query scans at most this many floats (~8 ms on 2 cores).
+FLAT_MAX_FLOATS = 16_000_000
+#: queries sampled to measure recall
+RECALL_QUERIES = 200
+DEFAULT_TARGET = 0.95
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------------
+
+
+def _faiss_gpu_check() -> str | None:
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources"):
+        return "the installed faiss has no GPU support (faiss-cpu)"
+    if faiss.get_num_gpus() < 1:
+        return "FAISS sees no GPU"
+    return None
+
+
+class FaissCPU:
+    name = "faiss-cpu"
+    gpu = False
+
+    def to_device(self, index):
+        return index
+
+
+class FaissGPU:
+    """FAISS on GPU 0; indexes are stored in CPU form and moved on load."""
+
+    name = "faiss-gpu"
+    gpu = True
+
+    def __init__(self):
+        import faiss
+
+        self._res = faiss.StandardGpuResources()
+
+    def to_device(self, index):
+        import faiss
+
+        try:
+            return faiss.index_cpu_to_gpu(self._res, 0, index)
+        except (RuntimeError, AttributeError) as e:  # e.g. HNSW has no GPU form
+            log.info("faiss-gpu: keeping %s on the CPU (%s)", type(index).__name__, e)
+            return index
+
+
+class TorchExact:
+    """Exact search with :func:`bigembed.kernels.knn.knn_torch` on a torch device."""
+
+    name = "torch"
+    gpu = True
+
+    def __init__(self, device: str = "cuda"):
+        self.device = device
+
+    def to_device(self, index):
+        return index
+
+    def searcher(self, x: np.ndarray, metric: str):
+        return _TorchSearcher(x, metric, self.device)
+
+
+class _TorchSearcher:
+    """Has FAISS's ``search(q, k) -> (D, I)`` over a base held on a torch device."""
+
+    def __init__(self, x: np.ndarray, metric: str, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.base = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+        self.metric = "l2" if metric == "l2" else "ip"
+        self.dtype = torch.bfloat16 if device != "cpu" else torch.float32
+        self.lowp = self.base.to(self.dtype)
+        self.sqnorm = (self.base * self.base).sum(1) if self.metric == "l2" else None
+        self.ntotal, self.d = x.shape
+
+    def search(self, q: np.ndarray, k: int):
+        from .kernels.knn import knn_torch
+
+        qt = self.torch.from_numpy(np.ascontiguousarray(q, np.float32)).to(self.device)
+        d, i = knn_torch(qt, self.base, k, metric=self.metric, compute_dtype=self.dtype,
+                         base_lowp=self.lowp, base_sqnorm=self.sqnorm)
+        return d.cpu().numpy(), i.cpu().numpy()
+
+
+register(Backend("knn", "faiss-gpu", FaissGPU, requires=("faiss",), check=_faiss_gpu_check,
+                 install="pip install faiss-gpu-cu12 (replaces faiss-cpu)", gpu=True,
+                 description="FAISS indexes on the GPU"))
+register(Backend("knn", "torch", TorchExact, requires=("torch",), check=cuda_check,
+                 install="install a CUDA build of torch", gpu=True,
+                 description="bigembed's exact bf16 matmul + fp32 re-rank kernel on CUDA"))
+register(Backend("knn", "faiss-cpu", FaissCPU, requires=("faiss",),
+                 install="pip install faiss-cpu", description="FAISS on the CPU"))
+
+
+# --------------------------------------------------------------------------------------------
+# Vectors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Vectors ready for FAISS: ``x`` float32 (N, d), L2-normalised under cosine."""
+
+    x: np.ndarray
+    metric: str
+    zero_rows: np.ndarray  # ids of all-zero rows (cosine only; empty otherwise)
+
+
+def check_finite(x: np.ndarray, what: str, block: int = 1 << 16) -> None:
+    """Raise :class:`InputError` naming the first rows with NaN or infinity."""
+    for s in range(0, len(x), block):
+        bad = ~np.isfinite(x[s:s + block]).all(1)
+        if bad.any():
+            ids = s + np.flatnonzero(bad)[:5]
+            raise InputError(f"{what} has NaN or infinite values (rows {ids.tolist()}"
+                             f"{' ...' if bad.sum() > 5 else ''}); clean them before indexing")
+
+
+def normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` (m, d) scaled to unit length; all-zero rows stay zero (never NaN).
+
+    Returns ``(normalised float32 copy, ids of the zero rows)``.
+    """
+    x = np.array(x, dtype=np.float32, copy=True)
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    x[~zero] /= norms[~zero, None]
+    return x, np.flatnonzero(zero)
+
+
+def prepare_space(sp, metric: str) -> Prepared:
+    """The vectors of space ``sp`` as FAISS wants them (copying only when it must)."""
+    check_choice("--metric", metric, METRICS)
+    v = sp.vectors
+    check_finite(v, f"space {sp.name!r}")
+    if metric == "cosine":
+        x, zero = normalise(v)
+        if len(zero):
+            log.warning("space %r: %d all-zero vectors have no direction; under cosine they "
+                        "are at distance 1 from everything (first ids %s)", sp.name, len(zero),
+                        zero[:5].tolist())
+        return Prepared(x, metric, zero)
+    x = v if v.dtype == np.float32 and v.flags.c_contiguous else np.ascontiguousarray(v, np.float32)
+    return Prepared(x, metric, np.empty(0, np.int64))
+
+
+def faiss_metric(metric: str):
+    import faiss
+
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def to_user_distance(d: np.ndarray, metric: str) -> np.ndarray:
+    """FAISS scores to user distances: L2 (not squared), 1 - cos, or -inner product."""
+    d = np.asarray(d, np.float64)
+    if metric == "l2":
+        return np.sqrt(np.maximum(d, 0.0))
+    if metric == "cosine":
+        return np.clip(1.0 - d, 0.0, 2.0)
+    return -d
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists: about sqrt(N), at least 39 training points per list (FAISS's minimum)."""
+    return int(max(1, min(int(round(np.sqrt(n))), n // 39, 65536)))
+
+
+def _pq_m(d: int) -> int:
+    for m in (64, 32, 16, 8, 4, 2, 1):
+        if d % m == 0 and m <= max(1, d // 2):
+            return m
+    return 1
+
+
+def make_index(kind: str, d: int, metric: str, *, n: int, params: dict | None = None):
+    """An empty FAISS index of ``kind`` (flat, ivf, hnsw, ivfpq) and the parameters used."""
+    import faiss
+
+    fm = faiss_metric(metric)
+    p = dict(params or {})
+    if kind == "flat":
+        return (faiss.IndexFlatL2(d) if fm == faiss.METRIC_L2 else faiss.IndexFlatIP(d)), p
+    if kind == "hnsw":
+        p.setdefault("M", 32)
+        p.setdefault("efConstruction", 64)
+        idx = faiss.IndexHNSWFlat(d, int(p["M"]), fm)
+        idx.hnsw.efConstruction = int(p["efConstruction"])
+        return idx, p
+    p.setdefault("nlist", default_nlist(n))
+    quant = faiss.IndexFlatL2(d) if fm == faiss.METRIC_L2 else faiss.IndexFlatIP(d)
+    if kind == "ivf":
+        idx = faiss.IndexIVFFlat(quant, d, int(p["nlist"]), fm)
+        return idx, p
+    if kind == "ivfpq":
+        p.setdefault("m", _pq_m(d))
+        p.setdefault("nbits", 8 if n >= 256 * 39 else 4)
+        p.setdefault("k_factor", 4)
+        ivf = faiss.IndexIVFPQ(quant, d, int(p["nlist"]), int(p["m"]), int(p["nbits"]), fm)
+        # Re-rank the PQ candidates with the full vectors so recall can reach the target.
+        idx = faiss.IndexRefineFlat(ivf)
+        idx.k_factor = float(p["k_factor"])
+        return idx, p
+    raise InputError(f"--kind must be one of {list(KINDS)}, got {kind!r}")
+
+
+def set_search_params(index, kind: str, search: dict) -> None:
+    """Apply tuned search parameters (``nprobe`` / ``efSearch``) to a CPU or GPU index."""
+    import faiss
+
+    if not search:
+        return
+    if kind in ("ivf", "ivfpq") and "nprobe" in search:
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(search["nprobe"]))
+        except RuntimeError:
+            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", int(search["nprobe"]))
+    elif kind == "hnsw" and "efSearch" in search:
+        faiss.downcast_index(index).hnsw.efSearch = int(search["efSearch"])
+
+
+def sample_ids(n: int, m: int, seed: int = 0) -> np.ndarray:
+    if n <= m:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+
+
+def exact_knn(q: np.ndarray, x: np.ndarray, k: int, metric: str):
+    """Exact (D, I) of queries ``q`` (m, d) over ``x`` (n, d) by FAISS brute force."""
+    import faiss
+
+    return faiss.knn(np.ascontiguousarray(q, np.float32), x, int(k), metric=faiss_metric(metric))
+
+
+def recall(found_d: np.ndarray, found_i: np.ndarray, true_d: np.ndarray, metric: str) -> float:
+    """Recall@k, counting ties: a found id counts when it is as near as the true k-th.
+
+    found_*: arrays of shape (m, k) from the index; true_d: exact scores, shape (m, k).
+    """
+    k = true_d.shape[1]
+    kth = true_d[:, k - 1:k].astype(np.float64)
+    fd = found_d[:, :k].astype(np.float64)
+    tol = 1e-5 * np.maximum(1.0, np.abs(kth))
+    ok = (fd <= kth + tol) if metric == "l2" else (fd >= kth - tol)
+    ok &= found_i[:, :k] >= 0
+    return float(ok.sum() / true_d.size)
+
+
+def tune(index, kind: str, queries: np.ndarray, true_d: np.ndarray, metric: str,
+         target: float, params: dict) -> tuple[dict, float, list]:
+    """Smallest ``nprobe`` / ``efSearch`` reaching ``target`` recall; returns it, its recall and
+    the sweep [(value, recall)]. Flat needs no tuning (recall 1 by construction, measured)."""
+    k = true_d.shape[1]
+    if kind == "flat":
+        d, i = index.search(queries, k)
+        return {}, recall(d, i, true_d, metric), []
+    if kind == "hnsw":
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        nlist = int(params["nlist"])
+        name = "nprobe"
+        values = sorted({min(nlist, v) for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128,
+                                                  192, 256, 384, 512, nlist)})
+    sweep = []
+    best = None
+    for v in values:
+        set_search_params(index, kind, {name: v})
+        d, i = index.search(queries, k)
+        r = recall(d, i, true_d, metric)
+        sweep.append((v, r))
+        best = ({name: v}, r)
+        if r >= target:
+            break
+    if best[1] < target:
+        log.warning("%s index reaches recall %.3f at most (%s=%s), below the target %.3f",
+                    kind, best[1], name, best[0][name], target)
+    set_search_params(index, kind, best[0])
+    return best[0], best[1], sweep
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """The index written (or found) by :func:`build_index`."""
+
+    name: str
+    space: str
+    kind: str
+    metric: str
+    rows: int
+    recall_at_10: float
+    seconds: float
+    cached: bool
+    backend: str
+    params: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+    zero_vectors: int = 0
+
+
+def index_key(space, kind: str, metric: str, params: dict) -> str:
+    h = xxhash.xxh3_64()
+    h.update(json.dumps({"space": space.fingerprint, "kind": kind, "metric": metric,
+                         "params": params, "format": INDEX_FORMAT}, sort_keys=True,
+                        default=str).encode())
+    return f"{space.name}.{kind}.{h.hexdigest()[:12]}"
+
+
+def choose_kind(n: int, d: int) -> str:
+    return "flat" if n * d <= FLAT_MAX_FLOATS else "ivf"
+
+
+def _as_dataset(ds) -> Dataset:
+    return ds if isinstance(ds, Dataset) else Dataset.open(ds)
+
+
+def build_index(ds, *, space: str | None = None, kind: str = "auto", metric: str = "l2",
+                target_recall: float | None = None, backend: str = "auto",
+                params: dict | None = None, force: bool = False,
+                progress: bool | None = None) -> IndexResult:
+    """Build (or find) the FAISS index of a space and store its CPU form.
+
+    kind: ``auto`` (flat while N*d <= FLAT_MAX_FLOATS, else ivf), flat, ivf, hnsw or ivfpq.
+    target_recall: recall@10 the search parameters are tuned to (approximate kinds; default
+    0.95). Recall is measured against exact search on up to 200 sampled rows.
+    """
+    import faiss
+
+    t0 = time.perf_counter()
+    ds = _as_dataset(ds)
+    check_choice("--kind", kind, KINDS)
+    check_choice("--metric", metric, METRICS)
+    if target_recall is not None:
+        try:
+            target_recall = float(target_recall)
+        except (TypeError, ValueError):
+            raise InputError(f"--target-recall must be a number in (0, 1], got "
+                             f"{target_recall!r}") from None
+        if not 0.0 < target_recall <= 1.0:
+            raise InputError(f"--target-recall must be in (0, 1], got {target_recall}")
+    sp = ds.space(space)
+    n, d = sp.rows, sp.dim
+    if n < 1:
+        raise InputError(f"space {sp.name!r} has no rows to index")
+    if kind == "auto":
+        kind = choose_kind(n, d)
+        log.info("index: kind auto -> %s (N=%d, d=%d)", kind, n, d)
+    if kind in ("ivf", "ivfpq") and n < 39:
+        log.info("index: %d rows are too few for %s; using flat", n, kind)
+        kind = "flat"
+    target = 1.0 if kind == "flat" else (target_recall or DEFAULT_TARGET)
+    be = resolve("knn", backend)
+    # Parameters that change the file are in the key; the backend only changes where it runs.
+    _, full_params = make_index(kind, d, metric, n=n, params=params)
+    name = index_key(sp, kind, metric, dict(full_params, target=target))
+    rec = ds.artifacts("indexes").get(name)
+    if rec is not None and not force and (ds.path / rec["file"]).is_file():
+        return IndexResult(name, sp.name, kind, metric, n, rec["recall_at_10"], 0.0, True,
+                           be.name, rec["params"], rec["search"], rec.get("zero_vectors", 0))
+    prep = prepare_space(sp, metric)
+    x = prep.x
+    index, full_params = make_index(kind, d, metric, n=n, params=params)
+    impl = be.factory()
+    bar = progress_bar(total=n, desc=f"index {sp.name} ({kind})", unit="rows", enabled=progress)
+    if kind in ("ivf", "ivfpq"):
+        train = x[sample_ids(n, min(n, 64 * int(full_params["nlist"])), seed=1)]
+        bar.set_postfix_str("training")
+        index.train(np.ascontiguousarray(train))
+    work = impl.to_device(index) if be.name == "faiss-gpu" else index
+    for s in range(0, n, 65536):
+        work.add(np.ascontiguousarray(x[s:s + 65536]))
+        bar.update(min(65536, n - s))
+    bar.close()
+    if work is not index:
+        index = faiss.index_gpu_to_cpu(work)
+    build_s = time.perf_counter() - t0
+    qids = sample_ids(n, RECALL_QUERIES, seed=2)
+    k = min(10, n)
+    true_d, _ = exact_knn(x[qids], x, k, "l2" if metric == "l2" else "ip")
+    search, r, sweep = tune(index, kind, np.ascontiguousarray(x[qids]), true_d,
+                            "l2" if metric == "l2" else "ip", target, full_params)
+    blob = faiss.serialize_index(index)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(blob.tobytes())
+
+    seconds = time.perf_counter() - t0
+    record = {"space": sp.name, "kind": kind, "metric": metric, "rows": n, "dim": d,
+              "params": full_params, "search": search, "target_recall": target,
+              "recall_at_10": round(r, 4), "recall_queries": int(len(qids)),
+              "tuning": [[v, round(rr, 4)] for v, rr in sweep], "backend": be.name,
+              "build_seconds": round(build_s, 3), "seconds": round(seconds, 3),
+              "zero_vectors": int(len(prep.zero_rows)), "space_fingerprint": sp.fingerprint,
+              "format": INDEX_FORMAT}
+    ds.write_artifact("indexes", name, write, record, ".faiss")
+    log.info("index %s: %s over %d x %d, recall@10 %.3f %s, %.1fs", name, kind, n, d, r,
+             search or "", seconds)
+    return IndexResult(name, sp.name, kind, metric, n, round(r, 4), seconds, False, be.name,
+                       full_params, search, int(len(prep.zero_rows)))
+
+
+def find_index(ds, *, space: str, metric: str | None = None) -> str | None:
+    """The newest stored index of ``space`` (and ``metric``) built from its current vectors."""
+    sp = ds.space(space)
+    best = None
+    for name, rec in ds.artifacts("indexes").items():
+        if rec.get("space") != sp.name or rec.get("space_fingerprint") != sp.fingerprint:
+            continue
+        if metric is not None and rec.get("metric") != metric:
+            continue
+        if best is None or rec.get("created", "") > best[0]:
+            best = (rec.get("created", ""), name)
+    return best[1] if best else None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading (cached in-process: the map and the HTTP endpoint search on every click)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedIndex:
+    """A stored index ready to search, on the device its backend chose."""
+
+    name: str
+    record: dict
+    index: object  # anything with FAISS's search(q, k) -> (D, I)
+    backend: str
+
+    @property
+    def metric(self) -> str:
+        return self.record["metric"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.record["dim"])
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS (D, I) for queries of shape (m, d), normalised here under cosine."""
+        q = np.asarray(q, np.float32).reshape(-1, self.dim)
+        if self.metric == "cosine":
+            q, _ = normalise(q)
+        return self.index.search(np.ascontiguousarray(q), int(k))
+
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
+    """Read a stored index (once per process) and move it where ``backend`` runs."""
+    import faiss
+
+    ds = _as_dataset(ds)
+    rec = ds.artifacts("indexes").get(name)
+    if rec is None:
+        raise InputError(f"dataset {ds.path} has no index {name!r}; it has "
+                         f"{sorted(ds.artifacts('indexes'))}")
+    be = resolve("knn", backend)
+    key = (str(ds.path.resolve()), rec["space"], name, rec.get("xxh3_64"), be.name)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    path = ds.path / rec["file"]
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+        index = faiss.deserialize_index(data)
+    except (OSError, RuntimeError) as e:
+        raise DatasetError(f"index {name!r}: {path} cannot be read ({e}); rebuild it with "
+                           f"`bigembed index {ds.path} --force`") from None
+    if index.d != int(rec["dim"]) or index.ntotal != ds.rows:
+        raise DatasetError(f"index {name!r}: {path} holds {index.ntotal} x {index.d}, the "
+                           f"dataset has {ds.rows} x {rec['dim']}; rebuild it with --force")
+    impl = be.factory()
+    if be.name == "torch" and rec["kind"] == "flat":
+        searcher = impl.searcher(prepare_space(ds.space(rec["space"]), rec["metric"]).x,
+                                 "l2" if rec["metric"] == "l2" else "ip")
+    else:
+        searcher = impl.to_device(index)
+        set_search_params(searcher, rec["kind"], rec.get("search", {}))
+    loaded = LoadedIndex(name, rec, searcher, be.name)
+    with _CACHE_LOCK:
+        _CACHE[key] = loaded
+    return loaded
+
+
+def clear_cache() -> None:
+    """Forget every loaded index (tests; after deleting artifacts)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
