@@ -54,6 +54,18 @@ def _faiss_gpu_check() -> str | None:
     return None
 
 
+def _torch_cuda_check() -> str | None:
+    """Like :func:`cuda_check`, but without the seconds of importing torch when the machine
+    has no GPU driver at all (every CLI call resolves the backend under ``auto``)."""
+    import glob
+    import os
+
+    if not (os.path.exists("/proc/driver/nvidia/version") or glob.glob("/dev/nvidia[0-9]*")
+            or os.path.exists("/dev/kfd")):
+        return "no GPU driver on this machine"
+    return cuda_check()
+
+
 class FaissCPU:
     name = "faiss-cpu"
     gpu = False
@@ -126,7 +138,7 @@ class _TorchSearcher:
 register(Backend("knn", "faiss-gpu", FaissGPU, requires=("faiss",), check=_faiss_gpu_check,
                  install="pip install faiss-gpu-cu12 (replaces faiss-cpu)", gpu=True,
                  description="FAISS indexes on the GPU"))
-register(Backend("knn", "torch", TorchExact, requires=("torch",), check=cuda_check,
+register(Backend("knn", "torch", TorchExact, requires=("torch",), check=_torch_cuda_check,
                  install="install a CUDA build of torch", gpu=True,
                  description="bigembed's exact bf16 matmul + fp32 re-rank kernel on CUDA"))
 register(Backend("knn", "faiss-cpu", FaissCPU, requires=("faiss",),
