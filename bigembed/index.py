@@ -13,6 +13,7 @@ ascending, or inner product descending; cosine is inner product on vectors norma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -32,8 +33,13 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 METRICS = ("l2", "cosine", "ip")
 INDEX_FORMAT = 1
-#: ``auto`` keeps exact search while one query scans at most this many floats (~8 ms on 2 cores).
-FLAT_MAX_FLOATS = 16_000_000
+#: ``auto`` keeps exact search while one query scans at most this many floats (a few ms on one
+#: core: 4M floats is 31k x 128 or 5k x 768).
+FLAT_MAX_FLOATS = 4_000_000
+#: batches smaller than this search on one thread: OpenMP's fork/join costs more than it saves
+#: for a handful of queries, and on a shared machine its spinning threads cost 5x (measured:
+#: 100k x 128 flat, one query, 2 busy cores: 63 ms on 2 threads, 12 ms on 1).
+SMALL_BATCH = 32
 #: queries sampled to measure recall
 RECALL_QUERIES = 200
 DEFAULT_TARGET = 0.95
@@ -404,7 +410,7 @@ def build_index(ds, *, space: str | None = None, kind: str = "auto", metric: str
         log.info("index: %d rows are too few for %s; using flat", n, kind)
         kind = "flat"
     target = 1.0 if kind == "flat" else (target_recall or DEFAULT_TARGET)
-    be = resolve("knn", backend)
+    be = resolve_backend(backend)
     # Parameters that change the file are in the key; the backend only changes where it runs.
     _, full_params = make_index(kind, d, metric, n=n, params=params)
     name = index_key(sp, kind, metric, dict(full_params, target=target))
@@ -496,11 +502,41 @@ class LoadedIndex:
         q = np.asarray(q, np.float32).reshape(-1, self.dim)
         if self.metric == "cosine":
             q, _ = normalise(q)
-        return self.index.search(np.ascontiguousarray(q), int(k))
+        q = np.ascontiguousarray(q)
+        if len(q) < SMALL_BATCH and self.backend == "faiss-cpu":
+            with single_thread():
+                return self.index.search(q, int(k))
+        return self.index.search(q, int(k))
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run FAISS on one OpenMP thread inside the block (FAISS's thread count is global)."""
+    import faiss
+
+    with _THREADS_LOCK:
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
+_BACKENDS: dict = {}
+
+
+def resolve_backend(name: str = "auto"):
+    """``registry.resolve("knn", name)`` once per process (it probes imports and devices)."""
+    be = _BACKENDS.get(name)
+    if be is None:
+        be = _BACKENDS[name] = resolve("knn", name)
+    return be
 
 
 def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
@@ -512,7 +548,7 @@ def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
     if rec is None:
         raise InputError(f"dataset {ds.path} has no index {name!r}; it has "
                          f"{sorted(ds.artifacts('indexes'))}")
-    be = resolve("knn", backend)
+    be = resolve_backend(backend)
     key = (str(ds.path.resolve()), rec["space"], name, rec.get("xxh3_64"), be.name)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)

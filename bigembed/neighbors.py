@@ -483,8 +483,8 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
     import faiss
 
     from .index import default_nlist, make_index, set_search_params, tune
+    from .index import resolve_backend
     from .progress import progress_bar
-    from .registry import resolve
 
     t0 = time.perf_counter()
     ds = open_cached(ds)
@@ -495,7 +495,7 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
         raise InputError(f"k must be an integer in 1..{n - 1} (N - 1), got {k!r}")
     k = int(k)
-    be = resolve("knn", backend)
+    be = resolve_backend(backend)
     if method == "auto":
         method = "exact" if (be.gpu or float(n) * n * sp.dim <= EXACT_MAX_MACS
                              or n < 39 * 4) else "ivf"
