@@ -463,9 +463,13 @@ def find_graph(ds, *, space: str, k: int, metric: str, min_recall: float = 0.0):
                 or rec.get("metric") != metric or int(rec.get("k", 0)) < k
                 or rec.get("recall", 0) < min_recall):
             continue
-        if best is None or (rec["k"], rec.get("recall", 0)) < (best[1]["k"], best[1]["recall"]):
-            best = (name, rec)
-    return best
+        # The smallest sufficient k (least to read), then the best recall.
+        rank = (int(rec["k"]), -rec.get("recall", 0))
+        if best is None or rank < best[2]:
+            best = (name, rec, rank)
+    if best is None:
+        return None
+    return best[0], best[1]
 
 
 def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",

@@ -51,7 +51,7 @@ def knn_reference(queries: np.ndarray, base: np.ndarray, k: int, *, metric: str 
 
 def knn_torch(queries, base, k: int, *, metric: str = "l2", compute_dtype=None,
               base_lowp=None, base_sqnorm=None, query_block: int = 4096,
-              base_block: int = 262144, rerank: int = 4):
+              base_block: int = 131072, rerank: int = 4):
     """Exact kNN with a low-precision chunked matmul, running top-k and an fp32 re-rank.
 
     queries: float32 tensor of shape (m, d); base: float32 tensor of shape (n, d), same device.
@@ -85,10 +85,11 @@ def knn_torch(queries, base, k: int, *, metric: str = "l2", compute_dtype=None,
             # Scores in fp32 from a low-precision product: the ranking key only.
             s = (ql @ bl.T).float()
             if metric == "l2":
-                # ||q||^2 is constant per query, so ||b||^2 - 2 q.b ranks like the L2 distance.
-                s = base_sqnorm[bs:bs + base_block][None, :] - 2.0 * s
+                # ||q||^2 is constant per query, so ||b||^2 - 2 q.b ranks like the L2 distance
+                # (in place: this block is the largest buffer the kernel holds).
+                s.mul_(-2.0).add_(base_sqnorm[bs:bs + base_block][None, :])
             else:
-                s = -s
+                s.neg_()
             take = min(kc, s.shape[1])
             cs, ci = torch.topk(s, take, dim=1, largest=False, sorted=False)
             ci = ci + bs
