@@ -182,26 +182,33 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="lookup rows")
     ap.add_argument("--dim", type=int, default=128, help="lookup dimension")
-    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--clusters", default="1000,10",
+                    help="lookup data sets: synth clusters each (1000: many well-separated "
+                    "classes; 10: large high-dimensional blobs, hard for any ANN index)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--kind", default="auto")
     ap.add_argument("--graph-n", type=int, default=1_000_000)
     ap.add_argument("--graph-dim", type=int, default=50)
-    ap.add_argument("--nnd-n", type=int, default=200_000, help="rows pynndescent runs on")
+    ap.add_argument("--graph-clusters", default="1000,10")
+    ap.add_argument("--nnd-n", default="1000000,200000",
+                    help="rows pynndescent runs on, per --graph-clusters entry")
     ap.add_argument("--skip", choices=["lookup", "graph"], action="append", default=[])
     ap.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--out", default="benchmarks/results/neighbors.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = Path(tempfile.mkdtemp(prefix="bench-neighbors-", dir=args.workdir))
-    results = {}
+    results = {"lookup": {}, "graph": {}}
     try:
         if "lookup" not in args.skip:
-            results["lookup"] = bench_lookup(work, args.n, args.dim, args.clusters,
-                                             args.queries, args.kind)
+            for c in map(int, args.clusters.split(",")):
+                results["lookup"][f"clusters_{c}"] = bench_lookup(
+                    work, args.n, args.dim, c, args.queries, args.kind)
         if "graph" not in args.skip:
-            results["graph"] = bench_graph(work, args.graph_n, args.graph_dim, args.clusters,
-                                           args.nnd_n)
+            for c, nn in zip(map(int, args.graph_clusters.split(",")),
+                             map(int, args.nnd_n.split(","))):
+                results["graph"][f"clusters_{c}"] = bench_graph(
+                    work, args.graph_n, args.graph_dim, c, nn)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cmd = "python -m benchmarks.bench_neighbors " + " ".join(argv if argv is not None else
