@@ -199,25 +199,30 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = Path(tempfile.mkdtemp(prefix="bench-neighbors-", dir=args.workdir))
     results = {"lookup": {}, "graph": {}}
+    cmd = "python -m benchmarks.bench_neighbors " + " ".join(argv if argv is not None else
+                                                              __import__("sys").argv[1:])
+    params = {**vars(args), "command": cmd.strip()}
+
+    def save():  # after every section, so a long run that is cut short keeps what it measured
+        return write_results(args.out, results_doc("neighbors", results, params=params))
+
     try:
         if "lookup" not in args.skip:
             for c in map(int, args.clusters.split(",")):
                 results["lookup"][f"clusters_{c}"] = bench_lookup(
                     work, args.n, args.dim, c, args.queries, args.kind)
+                save()
         if "graph" not in args.skip:
             for c, nn in zip(map(int, args.graph_clusters.split(",")),
                              map(int, args.nnd_n.split(","))):
                 results["graph"][f"clusters_{c}"] = bench_graph(
                     work, args.graph_n, args.graph_dim, c, nn)
+                save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    cmd = "python -m benchmarks.bench_neighbors " + " ".join(argv if argv is not None else
-                                                              __import__("sys").argv[1:])
-    doc = results_doc("neighbors", results, params={**vars(args), "command": cmd.strip()})
-    path = write_results(args.out, doc)
+    path = save()
     log.info("wrote %s", path)
-    return doc
-
+    return results
 
 if __name__ == "__main__":
     main()

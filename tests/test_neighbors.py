@@ -194,3 +194,36 @@ def test_graph_edge_cases(tmp_path, rng):
     z[0] = 0
     gz = knn_graph(write(tmp_path / "z", z), k=4, metric="cosine")
     assert np.isfinite(gz.distances).all() and gz.record["zero_vectors"] == 1
+
+
+def test_repeated_calls_reuse_the_loaded_index_and_see_a_rebuilt_dataset(tmp_path, rng):
+    from bigembed import index as ix
+
+    ix.clear_cache()
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    path = write(tmp_path / "r", x)
+    first = neighbors(path, id=0, k=3)
+    cached = list(ix._CACHE.values())
+    for i in range(5):
+        neighbors(path, id=i, k=3)
+    assert list(ix._CACHE.values()) == cached and len(cached) == 1
+    # The same path rewritten with other vectors: the next call sees the new dataset.
+    y = x[::-1].copy()
+    with DatasetWriter(path, overwrite=True) as dw:
+        with dw.space("a", dim=4, total_rows=200) as sw:
+            sw.write(y)
+    again = neighbors(path, id=199, k=3)
+    assert [n["id"] for n in again.neighbors] == [199 - n["id"] for n in first.neighbors]
+
+
+def test_meta_rows_match_pandas(small_ds):
+    from bigembed.neighbors import meta_rows
+
+    ds = Dataset.open(small_ds)
+    rows = meta_rows(ds, [7, 3])
+    want = ds.meta.iloc[[7, 3]].to_dict("records")
+    assert [r["id"] for r in rows] == [7, 3]
+    for r, w in zip(rows, want):
+        assert r["key"] == w["key"] and r["label"] == w["label"]
+        assert r["confidence"] == pytest.approx(float(w["confidence"]))
+        assert isinstance(r["correct"], bool)
