@@ -155,6 +155,7 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
     n = sp.rows
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
         raise InputError(f"k must be an integer in 1..{n - 1} (N - 1), got {k!r}")
+    sp.ensure_verified()
     x = np.ascontiguousarray(sp.vectors, dtype=np.float32)
     if metric == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)

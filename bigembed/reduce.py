@@ -81,6 +81,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, seed: int = 0,
         log.info("layout %s is up to date", name)
         return ReduceResult(name, sp.name, method, ds.rows, True, 0.0,
                             ds.manifest["layouts"][name].get("backend", "?"))
+    sp.ensure_verified()
     t0 = time.perf_counter()
     xy = pca_layout(sp.vectors, seed=seed, progress=progress)
     secs = time.perf_counter() - t0
