@@ -226,8 +226,8 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
            quality_sample: int = 2000) -> ReduceResult:
     """Lay out ``space`` of ``ds`` in 2-D with ``method``; store and return the layout.
 
-    ``n_epochs``: UMAP epochs (umap-learn's default when None) or t-SNE iterations after the
-    250 of early exaggeration (500 when None). ``fit_rows``: fit on a seeded sample of this
+    ``n_epochs``: UMAP epochs (umap-learn's default when None) or t-SNE iterations in all,
+    the first third with early exaggeration (750 when None, openTSNE's 250 + 500). ``fit_rows``: fit on a seeded sample of this
     many rows and place the rest by their neighbours (None: the backend's limit).
     ``quality``: compute kNN preservation per point (k = ``quality_k``) and trustworthiness /
     continuity on ``quality_sample`` rows, stored with the layout.
@@ -250,7 +250,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         if method == "umap":
             params.update(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
         else:
-            params.update(perplexity=perplexity, n_iter=n_epochs or 500)
+            params.update(perplexity=perplexity, n_iter=n_epochs or 750)
     if quality:
         params.update(quality_k=quality_k, quality_sample=quality_sample)
     name = layout_key(sp, method, params)
@@ -310,7 +310,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
                                n_epochs=n_epochs, seed=seed, progress=progress)
         else:
             xy_fit = impl.tsne(indices=ind, distances=dist, x=x, init=init, perplexity=perp,
-                               n_iter=n_epochs or 500, seed=seed, progress=progress)
+                               n_iter=n_epochs or 750, seed=seed, progress=progress)
         timings["fit"] = round(time.perf_counter() - t, 3)
         if not np.isfinite(xy_fit).all():
             raise BigembedError(f"{method} backend {be.name!r} returned non-finite coordinates "
@@ -325,6 +325,10 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
                      method, m, n)
         else:
             xy = xy_fit
+        if method == "umap" and be.name == "cpu":
+            from .reduce_backends import PARALLEL_ROWS
+
+            fit_info["reproducible"] = m < PARALLEL_ROWS
     if not np.isfinite(xy).all():
         raise BigembedError(f"{method} backend {be.name!r} returned non-finite coordinates "
                             f"for space {sp.name!r}; nothing was stored")
