@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,11 @@ def _pca_project(vectors, dims: int, *, seed: int = 0, fit_rows: int = 200_000,
     sample = np.asarray(vectors[_sample_ids(n, fit_rows, seed)], dtype=np.float32)
     k = min(dims, d, len(sample))
     pca = PCA(n_components=k, svd_solver="full" if d <= 64 else "randomized", random_state=seed)
-    pca.fit(sample)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        # Identical rows have zero variance: scikit-learn warns on the explained-variance
+        # ratio (0 / 0), which we never use; the components are still finite.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pca.fit(sample)
     bar = progress_bar(total=n, desc=desc, unit="rows", enabled=progress)
     for s in range(0, n, batch_rows):
         block = np.asarray(vectors[s:s + batch_rows], dtype=np.float32)
