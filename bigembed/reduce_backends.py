@@ -15,13 +15,16 @@ GPU libraries are imported here, lazily, and nowhere else in the stage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .progress import progress_enabled
 from .registry import Backend, cuda_check, register
 
 log = logging.getLogger(__name__)
@@ -129,13 +132,15 @@ class CpuLayouts:
         # layouts are reproducible; large ones use every core (the seed still fixes the
         # initial layout and the sample).
         rs = seed if len(indices) < PARALLEL_ROWS else None
+        show = progress_enabled(progress)
         model = umap.UMAP(
             n_neighbors=n_neighbors, n_components=2, min_dist=min_dist, n_epochs=n_epochs,
             init=np.asarray(init, np.float32), random_state=rs, metric="euclidean",
             precomputed_knn=(ind, dist, None), force_approximation_algorithm=True,
-            verbose=bool(progress), tqdm_kwds={"disable": not progress, "leave": False},
+            verbose=show, tqdm_kwds={"disable": not show, "leave": False},
         )
-        with warnings.catch_warnings():
+        # umap-learn reports progress with print(); keep stdout clean for callers' output.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
             return np.asarray(model.fit_transform(np.asarray(x, np.float32)), np.float32)
 
