@@ -232,8 +232,9 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
     """Lay out ``space`` of ``ds`` in 2-D with ``method``; store and return the layout.
 
     ``n_epochs``: UMAP epochs (umap-learn's default when None) or t-SNE iterations in all,
-    the first third with early exaggeration (750 when None, openTSNE's 250 + 500). ``fit_rows``: fit on a seeded sample of this
-    many rows and place the rest by their neighbours (None: the backend's limit).
+    the first third with early exaggeration (750 when None, openTSNE's 250 + 500).
+    ``fit_rows``: fit on a seeded sample of this many rows and place the rest by their
+    neighbours (None: the backend's limit). ``metric``: of the kNN graph, "l2" or "cosine".
     ``quality``: compute kNN preservation per point (k = ``quality_k``) and trustworthiness /
     continuity on ``quality_sample`` rows, stored with the layout.
     """
@@ -247,7 +248,8 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
     sp = ds.space(space)
     n = sp.rows
     be = resolve("reduce", backend)
-    limit = int(fit_rows or be.extra.get("fit_rows", 2_000_000))
+    # A limit at or above N changes nothing: keep it out of the key (min) so it stays reused.
+    limit = min(int(fit_rows or be.extra.get("fit_rows", 2_000_000)), n)
 
     params: dict = {"seed": seed, "backend": be.name}
     if method != "pca":
