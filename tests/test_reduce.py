@@ -194,3 +194,26 @@ def test_cuml_backend_quality_close_to_cpu(tmp_path, rng, method):
     gpu = reduce(ds_path, method=method, backend="cuml")
     assert gpu.backend == "cuml"
     assert gpu.quality["trustworthiness"] >= cpu.quality["trustworthiness"] - 0.02
+
+
+def test_numba_cache_goes_to_bigembed_cache_and_covers_umap_sgd(tmp_path):
+    """A second process loads umap-learn's compiled SGD from disk instead of compiling it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, umap.layouts as L\n"
+            "from numba.core.caching import NullCache\n"
+            "from bigembed.reduce_backends import _import_umap\n"
+            "_import_umap()\n"
+            "print(os.environ['NUMBA_CACHE_DIR'])\n"
+            "print(isinstance(L._nb_optimize_layout_euclidean_single_epoch_parallel._cache,"
+            " NullCache))\n")
+    env = dict(os.environ, BIGEMBED_CACHE=str(tmp_path / "c"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    # The probe imports umap.layouts first on purpose: caching must still be switched on.
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    cache_dir, still_uncached = p.stdout.split()
+    assert cache_dir == str(tmp_path / "c" / "numba") and still_uncached == "False"
