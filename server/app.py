@@ -181,7 +181,7 @@ class Session:
         p = figure(frame_width=FRAME_W, frame_height=FRAME_H, x_range=(x0, x1), y_range=(y0, y1),
                    tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
                    active_scroll="wheel_zoom", active_drag="pan", toolbar_location="above",
-                   title=f"{explorer.ds.path.name}: {self.layout}")
+                   title=f"{explorer.ds.path.name}: {self.layout}", name="map")
         p.grid.visible = False
         self.frame_src = ColumnDataSource(dict(url=[self._frame_url()], x=[x0], y=[y0],
                                                w=[x1 - x0], h=[y1 - y0]))

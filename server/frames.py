@@ -312,6 +312,9 @@ class FrameRenderer:
             else:
                 vals = None
         agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
+        if mode == "pyramid" and c.kind != "mean":
+            # Sums of whole-number weights are counts: shade them exactly as exact frames.
+            agg = agg.fillna(0).round().astype(np.uint32)
         return agg, mode, level, int(len(x))
 
     def _bin(self, x, y, w, vals, c, x_range, y_range, width, height, *, weighted):
@@ -383,11 +386,11 @@ class FrameRenderer:
             (x_range[1] - x_range[0]) / width / 2
         ys = np.linspace(y_range[0], y_range[1], height, endpoint=False) + \
             (y_range[1] - y_range[0]) / height / 2
+        if c.kind != "mean":
+            a = np.rint(a).astype(np.uint32)
         if a.ndim == 3:
             return xr.DataArray(a, coords={"y": ys, "x": xs, "c": list(c.categories)},
                                 dims=("y", "x", "c"))
-        if c.kind == "density" and not weighted:
-            a = a.astype(np.uint32)
         return xr.DataArray(a, coords={"y": ys, "x": xs}, dims=("y", "x"))
 
     # -- shading ---------------------------------------------------------------------------

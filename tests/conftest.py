@@ -71,3 +71,75 @@ def chromium_path() -> str | None:
         if Path(p).exists():
             return p
     return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(dataset, *extra, timeout=90):
+    """Start ``bigembed serve DATASET`` on a free loopback port; returns (proc, url, port).
+
+    Waits (bounded) for the line announcing the URL; raises with the output if it never comes.
+    """
+    import time
+
+    port = _free_port()
+    e = dict(os.environ, BIGEMBED_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(dataset), "--port",
+                             str(port), *map(str, extra)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=e)
+    deadline = time.monotonic() + timeout
+    seen = []
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            seen.append(proc.stdout.read())
+            raise AssertionError(f"bigembed serve exited {proc.returncode}:\n{''.join(seen)}")
+        if sel.select(timeout=0.5):
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "bigembed serve: serving" in line:
+                sel.close()
+                import threading
+
+                # Keep draining the pipe so a chatty server never blocks on a full buffer.
+                threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+                return proc, f"http://127.0.0.1:{port}", port
+    proc.kill()
+    raise AssertionError(f"bigembed serve did not start in {timeout}s:\n{''.join(seen)}")
+
+
+def stop_serve(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def explorer_served(tmp_path_factory):
+    """A 3,000-point synthetic dataset with a PCA layout, served for real on 127.0.0.1.
+
+    Yields (url, port, dataset path).
+    """
+    from bigembed.reduce import reduce
+    from bigembed.synth import synth
+
+    path = tmp_path_factory.mktemp("explorer") / "ds"
+    synth(path, n=3000, dim=16, clusters=6, error_rate=0.1, seed=5)
+    reduce(path, method="pca")
+    proc, url, port = start_serve(path)
+    try:
+        yield url, port, path
+    finally:
+        stop_serve(proc)
