@@ -190,13 +190,13 @@ class Session:
         self.nb_src = ColumnDataSource(dict(x=[], y=[], id=[], distance=[], neighbor_2d=[],
                                             label=[]))
         p.scatter("x", "y", source=self.nb_src, size=11, fill_alpha=0, line_color="#00c0ff",
-                  line_width=2, name="neighbours")
+                  line_width=2, name="neighbour_markers")
         self.q_src = ColumnDataSource(dict(x=[], y=[]))
         p.scatter("x", "y", source=self.q_src, size=16, marker="star", fill_color="#00ff88",
-                  line_color="black", name="query")
+                  line_color="black", name="query_marker")
         self.hover_src = ColumnDataSource(dict(x=[], y=[]))
         p.scatter("x", "y", source=self.hover_src, size=12, fill_alpha=0, line_color="black",
-                  line_width=2, name="hover")
+                  line_width=2, name="hover_marker")
         self.plot = p
 
         self.color_select = Select(title="Colour by", value=self.color, options=r.columns(),
