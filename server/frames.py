@@ -16,7 +16,6 @@ pixel, with a colour bar).
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..registry import Backend, cuda_check, register, resolve
+from .shade import png_rgba
 from .spatial import SpatialIndex
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ MAX_CATEGORIES = 64
 DENSITY_CMAP = "fire"
 MEAN_CMAP = "bmy"
 ERROR_CMAP = "coolwarm"
+DENSITY_FROM = 30  # skip the near-black start of "fire" so sparse pixels stay visible
+CAT_MIN_ALPHA = 60
+SPREAD_THRESHOLD = 0.5
+SPREAD_MAX_PX = 2
 
 
 register(Backend("raster", "torch-cuda", factory=lambda: "cuda", requires=("torch",),
@@ -395,20 +399,42 @@ class FrameRenderer:
 
     # -- shading ---------------------------------------------------------------------------
     def shade(self, agg, color_by=None):
-        """Shade an aggregate to a Datashader image (RGBA, transparent where empty)."""
+        """Shade an aggregate to a Datashader image (RGBA, transparent where empty).
+
+        Uses :mod:`bigembed.server.shade` (``tf.shade``'s formulas on non-empty pixels only),
+        then Datashader's own ``dynspread``, which keeps isolated points visible.
+        """
+        import colorcet as cc
+        import datashader.transfer_functions as tf
+
+        from . import shade as sh
+
+        c = self.colouring(color_by)
+        a = np.asarray(agg.data)
+        if c.kind == "categorical":
+            img = sh.shade_categorical(a, c.colors, min_alpha=CAT_MIN_ALPHA)
+        elif c.kind == "mean":
+            img = sh.shade_mean(a, getattr(cc, c.cmap), c.span)
+        else:
+            img = sh.shade_density(a, getattr(cc, DENSITY_CMAP)[DENSITY_FROM:])
+        dims = agg.dims[:2]
+        out = tf.Image(img, coords={d: agg.coords[d] for d in dims}, dims=dims)
+        return tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+
+    def shade_reference(self, agg, color_by=None):
+        """The same image made by Datashader's ``tf.shade`` itself (the trusted reference)."""
         import colorcet as cc
         import datashader.transfer_functions as tf
 
         c = self.colouring(color_by)
         if c.kind == "categorical":
             img = tf.shade(agg, color_key=dict(zip(c.categories, c.colors)), how="eq_hist",
-                           min_alpha=60)
+                           min_alpha=CAT_MIN_ALPHA)
         elif c.kind == "mean":
             img = tf.shade(agg, cmap=getattr(cc, c.cmap), how="linear", span=list(c.span))
         else:
-            img = tf.shade(agg, cmap=getattr(cc, DENSITY_CMAP)[30:], how="eq_hist")
-        # Spreading keeps isolated points visible when zoomed out.
-        return tf.dynspread(img, threshold=0.5, max_px=2)
+            img = tf.shade(agg, cmap=getattr(cc, DENSITY_CMAP)[DENSITY_FROM:], how="eq_hist")
+        return tf.dynspread(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
 
     def render(self, *, x_range=None, y_range=None, width=800, height=800, color_by=None,
                mode="auto") -> Frame:
@@ -421,9 +447,8 @@ class FrameRenderer:
         agg, mode, level, pts = self.aggregate(x_range=x_range, y_range=y_range, width=width,
                                                height=height, color_by=color_by, mode=mode)
         img = self.shade(agg, color_by)
-        buf = io.BytesIO()
-        img.to_pil().save(buf, format="PNG", compress_level=1)
-        return Frame(buf.getvalue(), mode, level, pts, time.perf_counter() - t0)
+        png = png_rgba(np.asarray(img.data))
+        return Frame(png, mode, level, pts, time.perf_counter() - t0)
 
     def render_png(self, *, x_range, y_range, width, height, color_by=None) -> bytes:
         """PNG bytes of the view (x_range, y_range) at width x height pixels."""
