@@ -41,15 +41,16 @@ def _unique_inverse(d: np.ndarray):
     return values, counts, inverse
 
 
-def eq_hist_levels(d: np.ndarray):
+def eq_hist_levels(d: np.ndarray, *, as_float: bool = False):
     """``eq_hist`` of the values ``d`` (1-D) as Datashader computes it, per distinct level.
 
     Returns (levels, index): the equalised value of each distinct level and, per element,
     the index of its level; so ``levels[index]`` is Datashader's ``eq_hist`` of ``d``.
     Integer data with fewer than 65536 levels is counted exactly; other data goes through a
     65536-bin histogram (Datashader's rule), evaluated once per distinct value.
+    ``as_float``: integers Datashader would see as floats (always the histogram).
     """
-    if d.dtype.kind in "iub" and (int(d.max()) - int(d.min())) < NBINS:
+    if d.dtype.kind in "iub" and not as_float and (int(d.max()) - int(d.min())) < NBINS:
         _, counts, inverse = _unique_inverse(d.astype(np.int64) - int(d.min()))
         return np.cumsum(counts) / float(counts.sum()), inverse
     if d.dtype.kind in "iub":
@@ -139,7 +140,7 @@ def shade_categorical(counts: np.ndarray, colors, *, min_alpha: int = 40,
     rgb = (data @ rgb_cols / tot[:, None]).astype(np.uint8)
     # Datashader equalises the totals as floats (a 65536-bin histogram); so do we.
     tv = total[nz]
-    levels, index = eq_hist_levels((tv - tv.min()).astype(np.float64))
+    levels, index = eq_hist_levels(tv - tv.min(), as_float=True)
     span = [levels.min(), levels.max()]
     a = np.nan_to_num(np.interp(levels, span, [min_alpha, alpha], left=0, right=255)
                       ).astype(np.uint8)[index]
@@ -162,4 +163,10 @@ def png_rgba(img: np.ndarray, *, flip: bool = True, level: int = 1) -> bytes:
     raw[:, 1:] = np.ascontiguousarray(rows).view(np.uint8).reshape(h, w * 4)
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", _deflate(raw, level)) + _chunk(b"IEND", b""))
+
+
+def _deflate(raw: np.ndarray, level: int) -> bytes:
+    # Unfiltered rows at level 1: measured faster than Pillow's filtered PNG (2-3x) and
+    # than zlib's Z_RLE strategy on these images, at a similar size.
+    return zlib.compress(memoryview(raw).cast("B"), level)

@@ -74,13 +74,13 @@ def test_exact_frame_equals_datashader(fr, pts, color, view):
     np.testing.assert_array_equal(np.isnan(np.asarray(agg, float)), np.isnan(np.asarray(ref, float)))
     np.testing.assert_allclose(np.nan_to_num(np.asarray(agg, float)),
                                np.nan_to_num(np.asarray(ref, float)), rtol=1e-9, atol=1e-12)
-    # The PNG is the same image Datashader's own shading of the reference gives.
+    # The PNG is the image Datashader itself makes: tf.shade + tf.dynspread + to_pil.
     from PIL import Image
 
     png = fr.render(x_range=xr_, y_range=yr_, width=w, height=h, color_by=color,
                     mode="exact").png
     got = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
-    want = np.asarray(fr.shade(ref, color).to_pil().convert("RGBA"))
+    want = np.asarray(fr.shade_reference(ref, color).to_pil().convert("RGBA"))
     assert got.shape == (h, w, 4)
     np.testing.assert_array_equal(got, want)
 
@@ -119,6 +119,27 @@ def test_pyramid_frame_close_to_exact(fr, pts, color):
     from scipy.ndimage import uniform_filter
 
     assert np.abs(uniform_filter(a, 3) - uniform_filter(ref, 3)).sum() < 0.1 * ref.sum()
+
+
+@pytest.mark.parametrize("color", [None, "label", "val", "correct"])
+def test_fast_shading_equals_tf_shade_on_pyramid_frames(fr, color):
+    agg, mode, *_ = fr.aggregate(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=100,
+                                 height=80, color_by=color, mode="pyramid")
+    assert mode == "pyramid"
+    np.testing.assert_array_equal(np.asarray(fr.shade(agg, color).data),
+                                  np.asarray(fr.shade_reference(agg, color).data))
+
+
+def test_eq_hist_matches_datashader_on_wide_ranges():
+    import datashader.transfer_functions as tf
+    from bigembed.server.shade import eq_hist_levels
+
+    rng = np.random.default_rng(2)
+    for d in (rng.integers(0, 5, 1000), rng.integers(0, 10**7, 5000),  # exact; binned
+              np.zeros(10, np.int64), rng.random(3000) * 1e6):         # one level; floats
+        ref, _ = tf.eq_hist(d.copy())
+        levels, index = eq_hist_levels(d)
+        np.testing.assert_allclose(levels[index], ref, rtol=0, atol=0)
 
 
 def test_render_png_and_legend(fr):
