@@ -466,6 +466,8 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     explorer = Explorer(dataset, backend=backend)
     explorer.renderer()  # build the default layout's spatial order before the first visitor
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bigembed-view")
+    # JIT and pyramid levels in the background, so the first visitor's frames come fast.
+    executor.submit(explorer.renderer().warm_up, FRAME_W, FRAME_H)
     app = Application(FunctionHandler(lambda doc: Session(doc, explorer, executor, secret)))
     kw = {}
     if secret:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-LEVELS = 12
+LEVELS = 13
 
 
 def _spread_bits(v: np.ndarray) -> np.ndarray:
