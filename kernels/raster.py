@@ -18,6 +18,25 @@ def _mapping(lo: float, hi: float, n: int):
     return s, -lo * s
 
 
+def pixel_index(x, y, *, x_range, y_range, width, height):
+    """Flat pixel index (row * width + col) of the points inside the range, and which are.
+
+    Returns (flat int64 array of shape (m,), keep bool array of shape (n,)).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    (x0, x1), (y0, y1) = x_range, y_range
+    sx, tx = _mapping(x0, x1, width)
+    sy, ty = _mapping(y0, y1, height)
+    keep = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    xk, yk = x[keep], y[keep]
+    xi = np.minimum((xk * sx + tx).astype(np.int64), width - 1)
+    yi = np.minimum((yk * sy + ty).astype(np.int64), height - 1)
+    xi[xk == x1] = width - 1
+    yi[yk == y1] = height - 1
+    return yi * width + xi, keep
+
+
 def bin_points_reference(x, y, *, x_range, y_range, width, height, weights=None,
                          categories=None, n_categories=0):
     """Sum of ``weights`` (1 when None) per pixel, numpy.

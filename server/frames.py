@@ -5,7 +5,7 @@ SpatialIndex`). A frame whose view holds few points aggregates exactly those poi
 same aggregate Datashader makes from the whole dataframe, since points outside the range
 are dropped either way). A frame that would touch many points is answered from the
 aggregate pyramid instead: each non-empty cell of the coarsest level whose cells are at most
-half a pixel wide becomes one weighted point at its points' centroid. So frame cost follows
+one pixel wide becomes one weighted point at its points' centroid. So frame cost follows
 the visible points or the pixels, whichever is smaller, never N.
 
 Colourings: ``None``/``"density"`` (count, histogram-equalised), a categorical column such
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: a frame with at most this many candidate points is aggregated exactly from the points
 EXACT_BUDGET = 400_000
+#: pyramid cells are at most this many pixels wide: each lands in its centroid's pixel, so a
+#: cell straddling a pixel edge moves its points by less than one pixel
+PYRAMID_CELL_PX = 1.0
 MAX_SIDE = 4096
 MAX_CATEGORIES = 64
 #: colour maps (colorcet names) per kind
@@ -246,12 +249,12 @@ class FrameRenderer:
         return (x0 - px, x1 + px), (y0 - py, y1 + py)
 
     def _pyramid_level(self, x_range, y_range, width, height) -> int | None:
-        """Coarsest level whose cells are at most half a pixel on both axes, if any."""
-        px = (x_range[1] - x_range[0]) / width
-        py = (y_range[1] - y_range[0]) / height
+        """Coarsest level whose cells are at most ``PYRAMID_CELL_PX`` pixel on both axes."""
+        px = (x_range[1] - x_range[0]) / width * PYRAMID_CELL_PX
+        py = (y_range[1] - y_range[0]) / height * PYRAMID_CELL_PX
         for lv in range(self.index.levels + 1):
             cw, ch = self.index.cell_size(lv)
-            if cw <= px / 2 and ch <= py / 2:
+            if cw <= px and ch <= py:
                 return lv
         return None
 
@@ -300,6 +303,13 @@ class FrameRenderer:
         Returns (agg, mode, level, points): agg has shape (height, width) (density: counts;
         mean: per-pixel mean, NaN where empty) or (height, width, categories).
         """
+        sel = self._select(x_range, y_range, width, height, color_by, mode)
+        x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
+        agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
+        return agg, mode, level, int(len(x))
+
+    def _select(self, x_range, y_range, width, height, color_by, mode):
+        """Validate a view and pick what it aggregates: the points in view or pyramid cells."""
         x_range = _check_range("x_range", x_range)
         y_range = _check_range("y_range", y_range)
         width = _check_side("width", width)
@@ -340,8 +350,7 @@ class FrameRenderer:
                 vals = (extra[0][cells], extra[1][cells])
             else:
                 vals = None
-        agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
-        return agg, mode, level, int(len(x))
+        return x_range, y_range, width, height, c, mode, level, x, y, w, vals
 
     def _bin(self, x, y, w, vals, c, x_range, y_range, width, height, *, weighted):
         if self.device is not None:
@@ -454,6 +463,33 @@ class FrameRenderer:
         out = tf.Image(img, coords={d: agg.coords[d] for d in dims}, dims=dims)
         return tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
 
+    def _render_categorical(self, x_range, y_range, width, height, color_by, mode):
+        """A categorical frame without the dense (H, W, C) aggregate: O(points + pixels)."""
+        import datashader.transfer_functions as tf
+
+        from ..kernels.raster import pixel_index
+        from . import shade as sh
+
+        sel = self._select(x_range, y_range, width, height, color_by, mode)
+        x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
+        if mode == "pyramid":
+            cat, weight = vals
+        else:
+            cat, weight = vals, None
+        pix, keep = pixel_index(x, y, x_range=x_range, y_range=y_range, width=width,
+                                height=height)
+        img = sh.shade_categorical_sparse(pix, cat[keep],
+                                          None if weight is None else weight[keep],
+                                          shape=(height, width), colors=c.colors,
+                                          min_alpha=CAT_MIN_ALPHA)
+        xs = np.linspace(x_range[0], x_range[1], width, endpoint=False) + \
+            (x_range[1] - x_range[0]) / width / 2
+        ys = np.linspace(y_range[0], y_range[1], height, endpoint=False) + \
+            (y_range[1] - y_range[0]) / height / 2
+        out = tf.Image(img, coords={"y": ys, "x": xs}, dims=("y", "x"))
+        out = tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+        return out, mode, level, int(len(x))
+
     def shade_reference(self, agg, color_by=None):
         """The same image made by Datashader's ``tf.shade`` itself (the trusted reference)."""
         import colorcet as cc
@@ -486,9 +522,15 @@ class FrameRenderer:
             dx, dy = self.default_range()
             x_range = dx if x_range is None else x_range
             y_range = dy if y_range is None else y_range
-        agg, mode, level, pts = self.aggregate(x_range=x_range, y_range=y_range, width=width,
-                                               height=height, color_by=color_by, mode=mode)
-        img = self.shade(agg, color_by)
+        c = self.colouring(color_by)
+        if c.kind == "categorical" and self.device is None:
+            img, mode, level, pts = self._render_categorical(x_range, y_range, width, height,
+                                                             color_by, mode)
+        else:
+            agg, mode, level, pts = self.aggregate(x_range=x_range, y_range=y_range,
+                                                   width=width, height=height,
+                                                   color_by=color_by, mode=mode)
+            img = self.shade(agg, color_by)
         png = png_rgba(np.asarray(img.data))
         return Frame(png, mode, level, pts, time.perf_counter() - t0)
 
