@@ -505,14 +505,14 @@ class FrameRenderer:
             img = tf.shade(agg, cmap=getattr(cc, DENSITY_CMAP)[DENSITY_FROM:], how="eq_hist")
         return tf.dynspread(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
 
-    def warm_up(self, width: int = 800, height: int = 800) -> None:
+    def warm_up(self, width: int = 800, height: int = 800, color_by=None) -> None:
         """Render a few views (JIT-compiles Datashader's kernels, builds pyramid levels)."""
         (x0, x1), (y0, y1) = self.default_range()
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         for z in (1, 2, 4, 64):
             hw, hh = (x1 - x0) / z / 2, (y1 - y0) / z / 2
             self.render(x_range=(cx - hw, cx + hw), y_range=(cy - hh, cy + hh), width=width,
-                        height=height)
+                        height=height, color_by=color_by)
 
     def render(self, *, x_range=None, y_range=None, width=800, height=800, color_by=None,
                mode="auto") -> Frame:
