@@ -108,6 +108,9 @@ def _check_range(name, r):
         raise InputError(f"{name} must be a pair of numbers (lo, hi), got {r!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
         raise InputError(f"{name} must be finite with lo < hi, got ({lo}, {hi})")
+    # float32 coordinates cannot be told apart below ~1e-7 relative; 1e-12 is far past that
+    if not math.isfinite(hi - lo) or (hi - lo) <= 1e-12 * max(1.0, abs(lo), abs(hi)):
+        raise InputError(f"{name} ({lo}, {hi}) is too narrow or too wide to render")
     return lo, hi
 
 

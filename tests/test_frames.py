@@ -180,6 +180,8 @@ def test_render_png_and_legend(fr):
     (dict(x_range=(0, 1), y_range=(0, 1), width=10, height=10**6), "height"),
     (dict(x_range=(0, 1), y_range=(0, 1), width=10, height=10, color_by="nope"), "nope"),
     (dict(x_range="ab", y_range=(0, 1), width=10, height=10), "x_range"),
+    (dict(x_range=(1.0, 1.0 + 1e-15), y_range=(0, 1), width=10, height=10), "x_range"),
+    (dict(x_range=(-1e308, 1e308), y_range=(0, 1), width=10, height=10), "x_range"),
 ])
 def test_bad_frame_arguments(fr, kw, frag):
     with pytest.raises(InputError, match=frag):
