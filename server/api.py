@@ -1,6 +1,7 @@
 """HTTP endpoints next to the Bokeh app: frames, neighbours, selection export.
 
-``GET /frame.png?x0=&x1=&y0=&y1=&w=&h=[&color=][&layout=]`` -> PNG of the view.
+``GET /frame.png?x0=&x1=&y0=&y1=&w=&h=[&color=][&layout=][&where=label:1|2;correct:False]``
+-> PNG of the view (``where`` keeps only the points whose columns take those values).
 ``GET /api/neighbors?id=&k=[&space=][&layout=]`` (or ``key=``) -> JSON, the shape of
 ``bigembed neighbors --json`` plus ``x, y, neighbor_2d`` per neighbour and ``also_2d``.
 ``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``.
@@ -134,8 +135,9 @@ class FrameHandler(_Base):
             y0, y1 = self.float_arg("y0"), self.float_arg("y1")
             w = self.int_arg("w", 1, MAX_SIDE, required=True)
             h = self.int_arg("h", 1, MAX_SIDE, required=True)
+            where = parse_where(self._raw("where"))
             return r.render(x_range=(x0, x1), y_range=(y0, y1), width=w, height=h,
-                            color_by=None if color == "density" else color)
+                            color_by=None if color == "density" else color, where=where)
 
         frame = await self.run(work)
         if frame is None:
@@ -171,6 +173,24 @@ class NeighborsHandler(_Base):
             return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(out))
+
+
+def parse_where(text: str | None) -> dict | None:
+    """``label:1|2;correct:False`` -> {"label": ["1", "2"], "correct": ["False"]}."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(";"):
+        col, sep, vals = part.partition(":")
+        values = [v for v in vals.split("|") if v != ""]
+        if not sep or not col or not values:
+            raise InputError(f"parameter 'where' must look like col:v1|v2;col2:v3, got {text!r}")
+        out[col] = values
+    return out
+
+
+def format_where(where: dict | None) -> str:
+    return ";".join(f"{k}:{'|'.join(map(str, v))}" for k, v in (where or {}).items() if v)
 
 
 def parse_geometry(handler) -> dict:

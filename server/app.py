@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FRAME_W = 800
 FRAME_H = 800
 HOVER_PX = 8
+FILTER_COLUMNS = ("label", "prediction", "correct")
 TAP_PX = 10
 LOOPBACK_NAMES = ("localhost",)
 
@@ -151,8 +152,8 @@ class Session:
     def __init__(self, doc, explorer: Explorer, executor, secret=None):
         from bokeh.events import MouseMove, RangesUpdate, SelectionGeometry, Tap
         from bokeh.layouts import column, row
-        from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, Select, Spinner,
-                                  TableColumn, TextInput)
+        from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, MultiChoice,
+                                  Select, Spinner, TableColumn, TextInput)
         from bokeh.plotting import figure
 
         self.doc = doc
@@ -177,6 +178,14 @@ class Session:
         self.view = (x0, x1, y0, y1)
         self.tapped = None
         self.selection = None
+        from .api import parse_where
+
+        try:
+            self.where = {k: v for k, v in (parse_where(_arg(args, "where")) or {}).items()
+                          if k in FILTER_COLUMNS and k in r.columns()}
+            r.filter_mask(self.where)
+        except InputError:
+            self.where = {}
 
         p = figure(frame_width=FRAME_W, frame_height=FRAME_H, x_range=(x0, x1), y_range=(y0, y1),
                    tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
@@ -206,6 +215,16 @@ class Session:
         self.k_spin = Spinner(title="Neighbours (k)", low=1, high=MAX_K, step=1, value=10,
                               width=120, name="k")
         self.search = TextInput(title="Search id / key / text", name="search")
+        self.filters = {}
+        for col in FILTER_COLUMNS:
+            if col in r.columns():
+                opts = sorted(set(np.asarray(r.column(col)).astype(str).tolist()),
+                              key=lambda v: (len(v), v))[:200]
+                mc = MultiChoice(title=f"Show only {col}", options=opts,
+                                 value=[v for v in self.where.get(col, []) if v in opts],
+                                 name=f"filter_{col}", width=320)
+                mc.on_change("value", partial(self.on_filter, col))
+                self.filters[col] = mc
         self.legend = Div(text=_legend_html(r.legend(self.color_key)), width=320, name="legend")
         self.hover_div = Div(text="<i>hover over a point</i>", width=320, name="hover")
         self.tap_div = Div(text="<i>tap a point to list its true neighbours</i>", width=320,
@@ -233,7 +252,7 @@ class Session:
         self.search.on_change("value", self.on_search)
 
         side = column(self.layout_select, self.color_select, self.legend, self.search,
-                      self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
+                      *self.filters.values(), self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
                       self.state)
         doc.add_root(row(p, side))
         doc.title = f"bigembed: {explorer.ds.path.name}"
@@ -252,6 +271,10 @@ class Session:
         x0, x1, y0, y1 = self.view
         q = {"layout": self.layout, "color": self.color, "x0": repr(x0), "x1": repr(x1),
              "y0": repr(y0), "y1": repr(y1), "w": FRAME_W, "h": FRAME_H}
+        if self.where:
+            from .api import format_where
+
+            q["where"] = format_where(self.where)
         if self.secret:
             q["session"] = self.session_id
         return "/frame.png?" + urlencode(q, quote_via=quote)
@@ -262,6 +285,10 @@ class Session:
              "y0": f"{y0:.6g}", "y1": f"{y1:.6g}"}
         if self.tapped is not None:
             q["id"] = self.tapped
+        if self.where:
+            from .api import format_where
+
+            q["where"] = format_where(self.where)
         self.state.text = urlencode(q, quote_via=quote)
 
     def _refresh_frame(self):
@@ -396,6 +423,15 @@ class Session:
             f"<br>mean confidence {num(st.mean_confidence)} (all {num(st.mean_confidence_all)})"
             f"<br>export ids: <a href='{link('csv')}' download>CSV</a> · "
             f"<a href='{link('parquet')}' download>Parquet</a>")
+
+    def on_filter(self, col, attr, old, new):
+        where = dict(self.where)
+        if new:
+            where[col] = list(new)
+        else:
+            where.pop(col, None)
+        self.where = where
+        self._refresh_frame()
 
     def on_color(self, attr, old, new):
         self.color = new

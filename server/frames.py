@@ -162,6 +162,7 @@ class FrameRenderer:
         self.exact_budget = int(exact_budget)
         self._extra_columns = columns
         self._colourings: dict[str, Colouring] = {}
+        self._filters: dict[tuple, np.ndarray] = {}
         self._pyramid: dict[tuple, tuple] = {}
         self._dev = None
         if self.device is not None:
@@ -300,19 +301,56 @@ class FrameRenderer:
         self._pyramid[key] = got
         return got
 
-    def aggregate(self, *, x_range, y_range, width, height, color_by=None, mode="auto"):
+    def aggregate(self, *, x_range, y_range, width, height, color_by=None, mode="auto",
+                  where=None):
         """The per-pixel aggregate of a view as an xarray DataArray, plus how it was made.
 
         Returns (agg, mode, level, points): agg has shape (height, width) (density: counts;
         mean: per-pixel mean, NaN where empty) or (height, width, categories).
         """
-        sel = self._select(x_range, y_range, width, height, color_by, mode)
+        sel = self._select(x_range, y_range, width, height, color_by, mode, where)
         x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
         agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
         return agg, mode, level, int(len(x))
 
-    def _select(self, x_range, y_range, width, height, color_by, mode):
-        """Validate a view and pick what it aggregates: the points in view or pyramid cells."""
+    def filter_mask(self, where: dict | None):
+        """Bool array of shape (n,) in spatial order: points whose columns match ``where``.
+
+        ``where``: column -> allowed values (compared as text, e.g. ``{"label": ["3", "5"],
+        "correct": ["False"]}``); None or empty: no filter (returns None). Cached.
+        """
+        if not where:
+            return None
+        key = tuple(sorted((k, tuple(sorted(map(str, v)))) for k, v in where.items()))
+        got = self._filters.get(key)
+        if got is not None:
+            return got
+        mask = np.ones(self.n, bool)
+        for col, allowed in key:
+            if col == "density" or col not in self.columns():
+                raise InputError(f"filter: no column {col!r}; available: {self.columns()[1:]}")
+            v = np.asarray(self.column(col))
+            if v.dtype.kind == "f" and col != "correct":
+                raise InputError(f"filter: column {col!r} is numeric; filter on a categorical "
+                                 f"column (label, prediction, correct)")
+            text = v.astype(str)
+            known = set(np.unique(text).tolist())
+            bad = [a for a in allowed if a not in known]
+            if bad:
+                raise InputError(f"filter: column {col!r} has no value {bad[0]!r}; it has "
+                                 f"{sorted(known)[:20]}")
+            mask &= np.isin(text, list(allowed))[self.index.ids]
+        if len(self._filters) > 32:
+            self._filters.clear()
+        self._filters[key] = mask
+        return mask
+
+    def _select(self, x_range, y_range, width, height, color_by, mode, where=None):
+        """Validate a view and pick what it aggregates: the points in view or pyramid cells.
+
+        A filter (``where``) aggregates the matching points in view exactly (the pyramid
+        holds all points), so its cost follows the visible points.
+        """
         x_range = _check_range("x_range", x_range)
         y_range = _check_range("y_range", y_range)
         width = _check_side("width", width)
@@ -321,6 +359,9 @@ class FrameRenderer:
             raise InputError(f"mode must be 'auto', 'exact' or 'pyramid', got {mode!r}")
         c = self.colouring(color_by)
         level = self._pyramid_level(x_range, y_range, width, height)
+        fmask = self.filter_mask(where)
+        if fmask is not None:
+            mode = "exact"
         runs = None
         if mode == "auto":
             runs, _ = self.index.ranges(x_range, y_range)
@@ -332,6 +373,8 @@ class FrameRenderer:
             if runs is None:
                 runs, _ = self.index.ranges(x_range, y_range)
             pos = self.index.positions(runs)
+            if fmask is not None:
+                pos = pos[fmask[pos]]
             x, y = self.index.xs[pos], self.index.ys[pos]
             vals = None if c.values is None else c.values[pos]
             w = None
@@ -466,14 +509,14 @@ class FrameRenderer:
         out = tf.Image(img, coords={d: agg.coords[d] for d in dims}, dims=dims)
         return tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
 
-    def _render_categorical(self, x_range, y_range, width, height, color_by, mode):
+    def _render_categorical(self, x_range, y_range, width, height, color_by, mode, where):
         """A categorical frame without the dense (H, W, C) aggregate: O(points + pixels)."""
         import datashader.transfer_functions as tf
 
         from ..kernels.raster import pixel_index
         from . import shade as sh
 
-        sel = self._select(x_range, y_range, width, height, color_by, mode)
+        sel = self._select(x_range, y_range, width, height, color_by, mode, where)
         x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
         if mode == "pyramid":
             cat, weight = vals
@@ -518,8 +561,11 @@ class FrameRenderer:
                         height=height, color_by=color_by)
 
     def render(self, *, x_range=None, y_range=None, width=800, height=800, color_by=None,
-               mode="auto") -> Frame:
-        """Render one frame to PNG bytes; ``None`` ranges mean the whole layout."""
+               mode="auto", where=None) -> Frame:
+        """Render one frame to PNG bytes; ``None`` ranges mean the whole layout.
+
+        ``where`` filters points (see :meth:`filter_mask`).
+        """
         t0 = time.perf_counter()
         if x_range is None or y_range is None:
             dx, dy = self.default_range()
@@ -528,11 +574,11 @@ class FrameRenderer:
         c = self.colouring(color_by)
         if c.kind == "categorical" and self.device is None:
             img, mode, level, pts = self._render_categorical(x_range, y_range, width, height,
-                                                             color_by, mode)
+                                                             color_by, mode, where)
         else:
             agg, mode, level, pts = self.aggregate(x_range=x_range, y_range=y_range,
                                                    width=width, height=height,
-                                                   color_by=color_by, mode=mode)
+                                                   color_by=color_by, mode=mode, where=where)
             img = self.shade(agg, color_by)
         png = png_rgba(np.asarray(img.data))
         return Frame(png, mode, level, pts, time.perf_counter() - t0)

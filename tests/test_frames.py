@@ -89,6 +89,25 @@ def test_exact_frame_equals_datashader(fr, pts, color, view):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("color", [None, "label"])
+def test_filtered_frame_equals_datashader_on_filtered_rows(fr, pts, color):
+    where = {"label": ["1", "3"], "correct": ["False"]}
+    keep = np.isin(pts["label"], [1, 3]) & ~pts["correct"]
+    sub = {k: v[keep] for k, v in pts.items()}
+    xr_, yr_ = (-4.0, 6.0), (-8.0, 7.0)
+    agg, mode, _, n = fr.aggregate(x_range=xr_, y_range=yr_, width=120, height=90,
+                                   color_by=color, where=where)
+    assert mode == "exact" and n <= keep.sum()
+    ref = _ds_agg(sub, color, xr_, yr_, 120, 90)
+    np.testing.assert_array_equal(np.asarray(agg), np.asarray(ref))
+    assert fr.render(x_range=xr_, y_range=yr_, width=50, height=40, color_by=color,
+                     where=where).png[:4] == b"\x89PNG"
+    for bad, frag in (({"nope": ["1"]}, "nope"), ({"label": ["99"]}, "99"),
+                      ({"val": ["1"]}, "numeric")):
+        with pytest.raises(InputError, match=frag):
+            fr.render(x_range=xr_, y_range=yr_, width=10, height=10, where=bad)
+
+
 def test_zoomed_frame_touches_only_visible_points(fr, pts):
     xr_, yr_ = (3.95, 4.05), (-3.05, -2.95)
     agg, mode, _, touched = fr.aggregate(x_range=xr_, y_range=yr_, width=64, height=64)

@@ -66,6 +66,9 @@ def test_frame_endpoint(explorer_served):
 
     assert Image.open(io.BytesIO(body)).size == (300, 200)
     assert hdr["X-Frame-Mode"].startswith("exact")
+    st, hdr, body = get(f"{url}/frame.png?x0=-20&x1=20&y0=-20&y1=20&w=300&h=200"
+                        f"&where=label:1%7C2;correct:False")
+    assert st == 200 and body[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("query, frag", [
@@ -74,6 +77,9 @@ def test_frame_endpoint(explorer_served):
     ("x0=0&x1=1&y0=0&y1=1&w=10&h=99999", "h"), ("x0=0&x1=1&y0=0&y1=1&w=10", "h"),
     ("x0=0&x1=1&y0=0&y1=1&w=10&h=10&color=nope", "color"),
     ("x0=0&x1=1&y0=0&y1=1&w=10&h=10&layout=nope", "layout"), ("", "x0"),
+    ("x0=0&x1=1&y0=0&y1=1&w=10&h=10&where=label", "where"),
+    ("x0=0&x1=1&y0=0&y1=1&w=10&h=10&where=label:99", "99"),
+    ("x0=0&x1=1&y0=0&y1=1&w=10&h=10&where=nope:1", "nope"),
 ])
 def test_frame_bad_parameters(explorer_served, query, frag):
     url, _, _ = explorer_served
