@@ -93,26 +93,32 @@ def start_serve(dataset, *extra, timeout=90):
     proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(dataset), "--port",
                              str(port), *map(str, extra)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=e)
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        # A thread reads every line (and keeps draining, so a chatty server never blocks on
+        # a full pipe); select() on the pipe would miss lines already in Python's buffer.
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + timeout
     seen = []
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            seen.append(proc.stdout.read())
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            proc.wait(timeout=10)
             raise AssertionError(f"bigembed serve exited {proc.returncode}:\n{''.join(seen)}")
-        if sel.select(timeout=0.5):
-            line = proc.stdout.readline()
-            seen.append(line)
-            if "bigembed serve: serving" in line:
-                sel.close()
-                import threading
-
-                # Keep draining the pipe so a chatty server never blocks on a full buffer.
-                threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-                return proc, f"http://127.0.0.1:{port}", port
+        seen.append(line)
+        if "bigembed serve: serving" in line:
+            return proc, f"http://127.0.0.1:{port}", port
     proc.kill()
     raise AssertionError(f"bigembed serve did not start in {timeout}s:\n{''.join(seen)}")
 

@@ -156,3 +156,16 @@ def test_box_selection_shows_statistics(browser, explorer_served):
         assert "error rate" in text and "export ids" in text and "format=csv" in text
     finally:
         page.close()
+
+
+def test_filter_from_url_reaches_frames_and_widgets(browser, explorer_served):
+    url, _, _ = explorer_served
+    page, frames = open_map(browser, url + "/?where=label:1%7C2;correct:False&color=label")
+    try:
+        q = parse_qs(urlparse(frames[-1].url).query)
+        assert q["where"] == ["label:1|2;correct:False"]
+        got = page.evaluate("() => Bokeh.documents[0].get_model_by_name('filter_label').value")
+        assert sorted(got) == ["1", "2"]
+        wait_for(lambda: "where=" in page.url, 20, page, "the filter in the page URL")
+    finally:
+        page.close()
