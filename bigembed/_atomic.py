@@ -63,20 +63,44 @@ def write_json(path: Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def remove_stale_temps(directory: Path) -> int:
-    """Delete temporary files left in ``directory`` by killed writers; return how many."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path, name: str | None = None) -> int:
+    """Delete temporary files/dirs left in ``directory`` by killed writers; return how many.
+
+    Only temporaries of ``name`` (all names when None) whose writing process is gone are
+    removed, so a concurrent writer's work in progress is never touched.
+    """
+    import shutil
+
     n = 0
     directory = Path(directory)
     if not directory.is_dir():
         return 0
     for p in directory.iterdir():
-        if p.name.startswith(".") and TMP_MARK in p.name:
-            with contextlib.suppress(OSError):
-                if p.is_dir():
-                    import shutil
-
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-                n += 1
+        if not p.name.startswith(".") or TMP_MARK not in p.name:
+            continue
+        base, _, rest = p.name[1:].rpartition(TMP_MARK)
+        if name is not None and base != name:
+            continue
+        try:
+            pid = int(rest.split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            n += 1
     return n

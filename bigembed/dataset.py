@@ -48,8 +48,9 @@ META = "meta.parquet"
 VECTOR_FIELD = "vector"
 DTYPES = {"float32": np.float32, "float16": np.float16}
 _ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
-#: Target bytes per shard; a space of 1M x 768 float32 becomes 12 shards.
-SHARD_BYTES = 256 * 1024 * 1024
+#: Target bytes per shard; a space of 1M x 768 float32 becomes 12 shards. The environment
+#: variable BIGEMBED_SHARD_BYTES overrides it (smaller shards: finer resume points).
+SHARD_BYTES = int(os.environ.get("BIGEMBED_SHARD_BYTES", 256 * 1024 * 1024))
 _PAD_KEY = b"bigembed.pad"
 ARTIFACT_KINDS = ("layouts", "indexes", "graphs")
 
@@ -76,8 +77,9 @@ def file_checksum(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
     return h.hexdigest()
 
 
-def shard_rows_for(dim: int, dtype: str, shard_bytes: int = SHARD_BYTES) -> int:
+def shard_rows_for(dim: int, dtype: str, shard_bytes: int | None = None) -> int:
     """Rows per shard: about ``shard_bytes`` and a multiple that keeps bodies page-sized."""
+    shard_bytes = shard_bytes or SHARD_BYTES
     row_bytes = dim * np.dtype(DTYPES[dtype]).itemsize
     step = int(_mmap.PAGE // np.gcd(_mmap.PAGE, row_bytes))
     rows = max(1, shard_bytes // row_bytes)
@@ -424,6 +426,17 @@ class Space:
                 )
         return problems
 
+    def ensure_verified(self) -> None:
+        """Recompute the shard checksums once per process; raise :class:`DatasetError` on a
+        mismatch. Stages that derive artifacts from every vector (layouts, indexes, graphs)
+        call this first, so damaged bytes never become a plausible-looking result."""
+        if getattr(self, "_verified", False):
+            return
+        problems = self.verify()
+        if problems:
+            raise DatasetError("; ".join(problems) + "; restore the file or re-create the space")
+        self._verified = True
+
     @property
     def fingerprint(self) -> str:
         """Content hash of the space, from the shard checksums (cheap: nothing is read)."""
@@ -714,7 +727,7 @@ class DatasetWriter:
             if self.path.exists() and not self.path.is_dir():
                 raise InputError(f"--out: {self.path} exists and is not a directory")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic.remove_stale_temps(self.path.parent)
+            _atomic.remove_stale_temps(self.path.parent, self.path.name)
             self.work = _atomic.tmp_name(self.path)
             self.work.mkdir()
             self.base_manifest = {

@@ -190,6 +190,8 @@ def normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def prepare_space(sp, metric: str) -> Prepared:
     """The vectors of space ``sp`` as FAISS wants them (copying only when it must)."""
     check_choice("--metric", metric, METRICS)
+    # Damaged shard bytes must not become a plausible-looking index or graph.
+    sp.ensure_verified()
     v = sp.vectors
     check_finite(v, f"space {sp.name!r}")
     if metric == "cosine":

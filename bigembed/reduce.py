@@ -1,31 +1,43 @@
-"""2-D layouts of a space: PCA (scikit-learn) on every machine.
+"""2-D layouts of a space: UMAP, t-SNE and PCA, on the GPU (cuML) or the CPU.
 
-``reduce(ds, method="pca")`` fits on at most ``fit_rows`` rows (a seeded sample) and projects
-all rows in batches, so memory stays bounded for any N. The result is a content-keyed layout
-artifact: repeating the call with the same inputs returns the stored one at once.
+``reduce(ds, method=...)`` writes a content-keyed layout artifact (id-ordered x, y float32 plus
+a per-point ``knn_preservation`` column, see :mod:`bigembed.quality`); repeating the call with
+the same inputs returns the stored one at once.
+
+UMAP and t-SNE reuse the exact kNN graph of the neighbour stage rather than searching again.
+Wide vectors are PCA-reduced to ``pca_dims`` for what the backends still need the rows for
+(the initial layout, cuML's input). When N is above the backend's ``fit_rows`` the layout is
+fitted on a seeded sample and the other rows are placed at the membership-weighted mean of
+their nearest sampled neighbours, in batches (recorded as ``fit`` in the layout record).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .dataset import Dataset
-from .errors import InputError
+from .errors import BigembedError, InputError
 from .layouts import layout_key, load_layout, save_layout
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-METHODS = ("pca",)
+METHODS = ("pca", "umap", "tsne")
+BACKENDS = ("auto", "cuml", "cpu")
+METRICS = ("l2", "cosine")
 
 
 @dataclass(frozen=True)
 class ReduceResult:
-    """The layout written (or found) by :func:`reduce`."""
+    """The layout written (or found) by :func:`reduce`.
+
+    ``quality`` is the record's quality dict (kNN preservation, trustworthiness, continuity).
+    """
 
     name: str
     space: str
@@ -34,6 +46,7 @@ class ReduceResult:
     cached: bool
     seconds: float
     backend: str
+    quality: dict | None = None
 
 
 def _sample_ids(n: int, k: int, seed: int) -> np.ndarray:
@@ -48,17 +61,28 @@ def pca_layout(vectors: np.ndarray, *, seed: int = 0, fit_rows: int = 200_000,
 
     Fits on a seeded sample of at most ``fit_rows`` rows, projects all rows in batches.
     """
+    return _pca_project(vectors, 2, seed=seed, fit_rows=fit_rows, batch_rows=batch_rows,
+                        progress=progress, desc="pca transform")
+
+
+def _pca_project(vectors, dims: int, *, seed: int = 0, fit_rows: int = 200_000,
+                 batch_rows: int = 262_144, progress=None, desc="pca") -> np.ndarray:
+    """(N, d) -> (N, dims) float32 on the first ``dims`` principal components (zero-padded)."""
     from sklearn.decomposition import PCA
 
     n, d = vectors.shape
-    out = np.zeros((n, 2), np.float32)
+    out = np.zeros((n, dims), np.float32)
     if n < 2 or d < 1:
         return out
     sample = np.asarray(vectors[_sample_ids(n, fit_rows, seed)], dtype=np.float32)
-    k = min(2, d, len(sample))
+    k = min(dims, d, len(sample))
     pca = PCA(n_components=k, svd_solver="full" if d <= 64 else "randomized", random_state=seed)
-    pca.fit(sample)
-    bar = progress_bar(total=n, desc="pca transform", unit="rows", enabled=progress)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        # Identical rows have zero variance: scikit-learn warns on the explained-variance
+        # ratio (0 / 0), which we never use; the components are still finite.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pca.fit(sample)
+    bar = progress_bar(total=n, desc=desc, unit="rows", enabled=progress)
     for s in range(0, n, batch_rows):
         block = np.asarray(vectors[s:s + batch_rows], dtype=np.float32)
         out[s:s + len(block), :k] = pca.transform(block)
@@ -67,27 +91,316 @@ def pca_layout(vectors: np.ndarray, *, seed: int = 0, fit_rows: int = 200_000,
     return out
 
 
-def reduce(ds, *, method: str = "pca", space: str | None = None, seed: int = 0,
-           force: bool = False, progress: bool | None = None) -> ReduceResult:
-    """Lay out ``space`` of ``ds`` in 2-D with ``method``; store and return the layout."""
+def _check_finite(sp, batch_rows: int = 262_144) -> None:
+    bad = 0
+    first = None
+    for s, block in sp.iter_batches(batch_rows):
+        rows = ~np.isfinite(block).all(1)
+        if rows.any():
+            bad += int(rows.sum())
+            if first is None:
+                first = s + int(np.flatnonzero(rows)[0])
+    if bad:
+        raise InputError(f"space {sp.name!r} has {bad} rows with NaN or infinite values "
+                         f"(first: id {first}); a layout needs finite vectors: drop or fix "
+                         f"them when ingesting")
+
+
+# -- the neighbour stage, behind one function each (switch here at merge time) ---------------
+
+def _knn_full(ds, sp, k: int, metric: str, progress):
+    """(indices, distances) of shape (N, k), self excluded, from the neighbour stage."""
+    from .neighbors import knn_graph
+
+    g = knn_graph(ds, space=sp.name, k=k, metric=metric, progress=progress)
+    return g.indices, g.distances
+
+
+def _knn_search(base: np.ndarray, queries: np.ndarray | None, k: int, metric: str,
+                batch_rows: int = 16384, progress=None, desc="knn"):
+    """Exact kNN of ``queries`` among the rows of ``base`` (a sample, in memory) with FAISS.
+
+    With ``queries=None`` the base searches itself and self is excluded. Distances are L2
+    (not squared) or 1 - cos, as in :func:`bigembed.neighbors.knn_graph`.
+    """
+    import faiss
+
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    if metric == "cosine":
+        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
+        index = faiss.IndexFlatIP(base.shape[1])
+    else:
+        index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    selfq = queries is None
+    q_all = base if selfq else queries
+    n = len(q_all)
+    ind = np.empty((n, k), np.int64)
+    dist = np.empty((n, k), np.float32)
+    bar = progress_bar(total=n, desc=desc, unit="rows", enabled=progress)
+    for s in range(0, n, batch_rows):
+        q = np.ascontiguousarray(q_all[s:s + batch_rows], dtype=np.float32)
+        if metric == "cosine" and not selfq:
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        d, i = index.search(q, k + selfq)
+        if selfq:
+            is_self = i == np.arange(s, s + len(q))[:, None]
+            drop = np.where(is_self.any(1), is_self.argmax(1), k)
+            keep = np.ones_like(i, bool)
+            keep[np.arange(len(q)), drop] = False
+            i = i[keep].reshape(len(q), k)
+            d = d[keep].reshape(len(q), k)
+        d = 1.0 - d if metric == "cosine" else np.sqrt(np.maximum(d, 0))
+        ind[s:s + len(q)] = i
+        dist[s:s + len(q)] = np.maximum(d, 0)
+        bar.update(len(q))
+    bar.close()
+    return ind, dist
+
+
+# -- pieces -------------------------------------------------------------------------------
+
+def initial_layout(x: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Initial (m, 2) layout: the first two principal components of ``x`` (m, p), scaled to
+    a maximum coordinate of 10 (umap-learn's convention) plus a little seeded noise, so that
+    coincident points, one-dimensional data and N = 2 never give a zero-width layout (which
+    the optimisers would divide by)."""
+    m = len(x)
+    xy = np.zeros((m, 2), np.float64)
+    if m >= 2 and x.shape[1] >= 1:
+        xy[:] = _pca_project(x, 2, seed=seed, progress=False)
+    span = float(np.abs(xy).max()) if m else 0.0
+    if span > 0:
+        xy *= 10.0 / span
+    xy += np.random.default_rng(seed).normal(scale=1e-3, size=xy.shape)
+    return xy.astype(np.float32)
+
+
+def place_by_neighbors(xy_fit: np.ndarray, indices: np.ndarray,
+                       distances: np.ndarray) -> np.ndarray:
+    """Place points at the membership-weighted mean of their neighbours' layout positions.
+
+    ``indices``/``distances``: arrays of shape (b, k) into the fitted rows; ``xy_fit``: (m, 2).
+    Weights follow UMAP's fuzzy membership, exp(-(d - d_nearest) / mean gap): a point equal to
+    a sampled one lands on it. Returns (b, 2) float32.
+    """
+    d = distances.astype(np.float64)
+    gap = d - d[:, :1]
+    scale = gap.mean(1, keepdims=True)
+    w = np.exp(-gap / np.where(scale > 0, scale, 1.0))
+    w /= w.sum(1, keepdims=True)
+    return np.einsum("bk,bkc->bc", w, xy_fit[indices].astype(np.float64)).astype(np.float32)
+
+
+def _fit_input(sp, ids: np.ndarray, pca_dims: int, seed: int, progress) -> np.ndarray:
+    """The rows the backends see: (m, min(d, pca_dims)) float32, PCA-reduced when wide."""
+    x = np.asarray(sp.vectors[ids], dtype=np.float32) if len(ids) < sp.rows else \
+        np.asarray(sp.vectors, dtype=np.float32)
+    if sp.dim > pca_dims:
+        x = _pca_project(x, pca_dims, seed=seed, progress=progress, desc=f"pca to {pca_dims}")
+    return x
+
+
+def _validate(method, backend, metric, pca_dims, seed, n_neighbors, perplexity, min_dist,
+              n_epochs, fit_rows):
+    from .errors import check_choice, check_positive_int
+
+    check_choice("--method", method, METHODS)
+    check_choice("--backend", backend, BACKENDS)
+    check_choice("--metric", metric, METRICS)
+    check_positive_int("--pca-dims", pca_dims, minimum=2)
+    check_positive_int("--seed", seed, minimum=0)
+    check_positive_int("--n-neighbors", n_neighbors, minimum=2)
+    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or \
+            not perplexity > 0 or not np.isfinite(perplexity):
+        raise InputError(f"--perplexity must be a number > 0, got {perplexity!r}")
+    if isinstance(min_dist, bool) or not isinstance(min_dist, (int, float)) or \
+            not 0 <= min_dist <= 1:
+        raise InputError(f"--min-dist must be a number in [0, 1], got {min_dist!r}")
+    if n_epochs is not None:
+        check_positive_int("--n-epochs", n_epochs, minimum=1)
+    if fit_rows is not None:
+        check_positive_int("--fit-rows", fit_rows, minimum=3)
+
+
+def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = "auto",
+           pca_dims: int = 50, seed: int = 0, force: bool = False, progress: bool | None = None,
+           metric: str = "l2", n_neighbors: int = 15, perplexity: float = 30.0,
+           min_dist: float = 0.1, n_epochs: int | None = None, fit_rows: int | None = None,
+           quality: bool = True, quality_k: int = 15,
+           quality_sample: int = 2000) -> ReduceResult:
+    """Lay out ``space`` of ``ds`` in 2-D with ``method``; store and return the layout.
+
+    ``n_epochs``: UMAP epochs (umap-learn's default when None) or t-SNE iterations in all,
+    the first third with early exaggeration (750 when None, openTSNE's 250 + 500).
+    ``fit_rows``: fit on a seeded sample of this many rows and place the rest by their
+    neighbours (None: the backend's limit). ``metric``: of the kNN graph, "l2" or "cosine".
+    ``quality``: compute kNN preservation per point (k = ``quality_k``) and trustworthiness /
+    continuity on ``quality_sample`` rows, stored with the layout.
+    """
+    from . import reduce_backends  # noqa: F401  (registers the backends)
+    from .registry import resolve
+
+    _validate(method, backend, metric, pca_dims, seed, n_neighbors, perplexity, min_dist,
+              n_epochs, fit_rows)
     if not isinstance(ds, Dataset):
         ds = Dataset.open(ds)
-    if method not in METHODS:
-        raise InputError(f"--method must be one of {list(METHODS)}, got {method!r}")
     sp = ds.space(space)
-    params = {"seed": seed}
+    n = sp.rows
+    be = resolve("reduce", backend)
+    # A limit at or above N changes nothing: keep it out of the key (min) so it stays reused.
+    limit = min(int(fit_rows or be.extra.get("fit_rows", 2_000_000)), n)
+
+    params: dict = {"seed": seed, "backend": be.name}
+    if method != "pca":
+        params.update(metric=metric, pca_dims=pca_dims, fit_rows=limit)
+        if method == "umap":
+            params.update(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
+        else:
+            params.update(perplexity=perplexity, n_iter=n_epochs or 750)
+    if quality:
+        params.update(quality_k=quality_k, quality_sample=quality_sample)
     name = layout_key(sp, method, params)
     if not force and name in ds.manifest.get("layouts", {}):
         log.info("layout %s is up to date", name)
+        rec = ds.manifest["layouts"][name]
         return ReduceResult(name, sp.name, method, ds.rows, True, 0.0,
-                            ds.manifest["layouts"][name].get("backend", "?"))
+                            rec.get("backend", "?"), rec.get("quality"))
+    sp.ensure_verified()
+    _check_finite(sp)
+
     t0 = time.perf_counter()
-    xy = pca_layout(sp.vectors, seed=seed, progress=progress)
+    timings: dict = {}
+    notes: list = []
+    impl = be.factory()
+    fit_info = {"rows": n, "sampled": False}
+    graph = None  # (indices, distances) over all rows, when computed
+    if method == "pca" or n < 3:
+        if method != "pca":
+            notes.append(f"N = {n} is too few for {method}: laid out by PCA")
+            log.warning("space %r has %d rows: too few for %s; using PCA", sp.name, n, method)
+        xy = impl.pca(vectors=sp.vectors, seed=seed, progress=progress)
+    else:
+        ids = _sample_ids(n, limit, seed)
+        m = len(ids)
+        sampled = m < n
+        if method == "umap":
+            nn = min(n_neighbors, m - 1)
+            if nn < n_neighbors:
+                notes.append(f"n_neighbors lowered from {n_neighbors} to {nn} (N - 1)")
+            k_graph = nn
+        else:
+            perp = min(float(perplexity), (m - 1) / 3.0)
+            if perp < perplexity:
+                notes.append(f"perplexity lowered from {perplexity} to {perp:.3g} (N - 1) / 3")
+            k_graph = min(m - 1, max(1, int(3 * perp)))
+        if notes:
+            log.warning("space %r: %s", sp.name, "; ".join(notes))
+        t = time.perf_counter()
+        x = _fit_input(sp, ids, pca_dims, seed, progress)
+        timings["pca"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        if sampled:
+            ind, dist = _knn_search(x, None, k_graph, metric, progress=progress,
+                                    desc=f"knn sample k={k_graph}")
+        else:
+            # Quality needs quality_k neighbours; ask once for whichever is larger.
+            kq = min(max(k_graph, quality_k if quality else 0), n - 1)
+            ind, dist = _knn_full(ds, sp, kq, metric, progress)
+            graph = (ind, dist)
+            ind, dist = ind[:, :k_graph], dist[:, :k_graph]
+        timings["knn"] = round(time.perf_counter() - t, 3)
+        init = initial_layout(x, seed=seed)
+        t = time.perf_counter()
+        if method == "umap":
+            xy_fit = impl.umap(indices=ind, distances=dist, x=x, init=init,
+                               n_neighbors=nn, min_dist=float(min_dist),
+                               n_epochs=n_epochs, seed=seed, progress=progress)
+        else:
+            xy_fit = impl.tsne(indices=ind, distances=dist, x=x, init=init, perplexity=perp,
+                               n_iter=n_epochs or 750, seed=seed, progress=progress)
+        timings["fit"] = round(time.perf_counter() - t, 3)
+        if not np.isfinite(xy_fit).all():
+            raise BigembedError(f"{method} backend {be.name!r} returned non-finite coordinates "
+                                f"for space {sp.name!r}; nothing was stored")
+        if sampled:
+            t = time.perf_counter()
+            xy = _place_rest(sp, ids, xy_fit, pca_dims, seed, metric, n_neighbors, progress)
+            timings["transform"] = round(time.perf_counter() - t, 3)
+            fit_info = {"rows": m, "sampled": True, "transform": "knn-weighted-mean",
+                        "transform_k": min(n_neighbors, m)}
+            log.info("fitted %s on %d of %d rows; placed the rest by their neighbours",
+                     method, m, n)
+        else:
+            xy = xy_fit
+        if method == "umap" and be.name == "cpu":
+            from .reduce_backends import PARALLEL_ROWS
+
+            fit_info["reproducible"] = m < PARALLEL_ROWS
+    if not np.isfinite(xy).all():
+        raise BigembedError(f"{method} backend {be.name!r} returned non-finite coordinates "
+                            f"for space {sp.name!r}; nothing was stored")
+    columns = {}
+    qual = None
+    if quality:
+        t = time.perf_counter()
+        columns["knn_preservation"], qual = _quality(ds, sp, xy, graph, quality_k,
+                                                     quality_sample, seed, metric, progress)
+        timings["quality"] = round(time.perf_counter() - t, 3)
     secs = time.perf_counter() - t0
-    save_layout(ds, name, xy, {"space": sp.name, "method": method, "params": params,
-                               "backend": "sklearn", "seconds": round(secs, 3)})
-    log.info("wrote layout %s in %.2fs", name, secs)
-    return ReduceResult(name, sp.name, method, ds.rows, False, secs, "sklearn")
+    record = {"space": sp.name, "method": method, "params": params, "backend": be.name,
+              "seconds": round(secs, 3), "timings": timings, "fit": fit_info}
+    if qual is not None:
+        record["quality"] = qual
+    if notes:
+        record["notes"] = notes
+    save_layout(ds, name, xy, record, columns)
+    log.info("wrote layout %s in %.2fs (%s)", name, secs, be.name)
+    return ReduceResult(name, sp.name, method, ds.rows, False, secs, be.name, qual)
 
 
-__all__ = ["reduce", "pca_layout", "ReduceResult", "load_layout", "METHODS"]
+def _place_rest(sp, ids, xy_fit, pca_dims, seed, metric, n_neighbors, progress,
+                batch_rows: int = 65536) -> np.ndarray:
+    """Full (N, 2) layout: fitted rows as fitted, the others placed by their neighbours."""
+    from sklearn.decomposition import PCA
+
+    n, m = sp.rows, len(ids)
+    xy = np.empty((n, 2), np.float32)
+    xy[ids] = xy_fit
+    rest = np.setdiff1d(np.arange(n), ids, assume_unique=True)
+    base = np.asarray(sp.vectors[ids], dtype=np.float32)
+    proj = None
+    if sp.dim > pca_dims:
+        # Search in the same reduced space the sample was fitted in.
+        proj = PCA(n_components=pca_dims, svd_solver="randomized", random_state=seed).fit(base)
+        base = proj.transform(base).astype(np.float32)
+    k = min(n_neighbors, m)
+    bar = progress_bar(total=len(rest), desc="place rows", unit="rows", enabled=progress)
+    for s in range(0, len(rest), batch_rows):
+        rid = rest[s:s + batch_rows]
+        q = np.asarray(sp.vectors[rid], dtype=np.float32)
+        if proj is not None:
+            q = proj.transform(q).astype(np.float32)
+        ind, dist = _knn_search(base, q, k, metric)
+        xy[rid] = place_by_neighbors(xy_fit, ind, dist)
+        bar.update(len(rid))
+    bar.close()
+    return xy
+
+
+def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
+    from .quality import layout_quality
+
+    n = sp.rows
+    kq = min(k, n - 1)
+    if kq < 1:
+        return np.ones(n, np.float32), {"knn_preservation": 1.0, "trustworthiness": None,
+                                        "continuity": None, "k": 0, "sample": n}
+    if graph is None or graph[0].shape[1] < kq:
+        graph = _knn_full(ds, sp, kq, metric, progress)
+    return layout_quality(graph[0][:, :kq], xy, sp.vectors, k=kq, sample=sample, seed=seed,
+                          metric=metric)
+
+
+__all__ = ["reduce", "pca_layout", "initial_layout", "place_by_neighbors", "ReduceResult",
+           "load_layout", "METHODS", "BACKENDS"]

@@ -71,3 +71,81 @@ def chromium_path() -> str | None:
         if Path(p).exists():
             return p
     return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(dataset, *extra, timeout=90):
+    """Start ``bigembed serve DATASET`` on a free loopback port; returns (proc, url, port).
+
+    Waits (bounded) for the line announcing the URL; raises with the output if it never comes.
+    """
+    import time
+
+    port = _free_port()
+    e = dict(os.environ, BIGEMBED_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(dataset), "--port",
+                             str(port), *map(str, extra)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=e)
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        # A thread reads every line (and keeps draining, so a chatty server never blocks on
+        # a full pipe); select() on the pipe would miss lines already in Python's buffer.
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            proc.wait(timeout=10)
+            raise AssertionError(f"bigembed serve exited {proc.returncode}:\n{''.join(seen)}")
+        seen.append(line)
+        if "bigembed serve: serving" in line:
+            return proc, f"http://127.0.0.1:{port}", port
+    proc.kill()
+    raise AssertionError(f"bigembed serve did not start in {timeout}s:\n{''.join(seen)}")
+
+
+def stop_serve(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def explorer_served(tmp_path_factory):
+    """A 3,000-point synthetic dataset with a PCA layout, served for real on 127.0.0.1.
+
+    Yields (url, port, dataset path).
+    """
+    from bigembed.reduce import reduce
+    from bigembed.synth import synth
+
+    path = tmp_path_factory.mktemp("explorer") / "ds"
+    synth(path, n=3000, dim=16, clusters=6, error_rate=0.1, seed=5)
+    reduce(path, method="pca")
+    proc, url, port = start_serve(path)
+    try:
+        yield url, port, path
+    finally:
+        stop_serve(proc)

@@ -8,6 +8,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo-data", help="directory for the demo (default: demo-data)")
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-serve", action="store_true",
+                   help="stop after building (do not start the explorer)")
     p.set_defaults(func=run)
 
 

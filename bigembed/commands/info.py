@@ -18,7 +18,11 @@ def run(args) -> int:
     from ..errors import DatasetError
     from ._common import emit_json, human_bytes, table
 
+    from pathlib import Path
+
     problems: list[str] = []
+    if not (Path(args.dataset) / "manifest.json").is_file():
+        Dataset.open(args.dataset)  # not a dataset at all: raises the one-line error
     try:
         ds = Dataset.open(args.dataset, verify="fast")
     except DatasetError as e:

@@ -1,0 +1,185 @@
+"""Benchmark the reduce stage against the plain libraries a user would otherwise call.
+
+    .venv/bin/python -m benchmarks.bench_reduce [--n 100000] [--dim 64] [--tsne-n 20000]
+
+In one run, on the same synthetic data (``bigembed.synth``):
+
+- UMAP: ``bigembed.reduce(method="umap")`` end to end (exact kNN graph from the neighbour
+  stage + PCA init + umap-learn SGD, quality included) against ``umap.UMAP()`` with its
+  defaults (NNDescent + spectral init), both after a JIT warm-up on small data; quality of both
+  by the same measures (kNN preservation k=15 over all points, trustworthiness/continuity on a
+  2,000-row sample).
+- t-SNE: ``reduce(method="tsne")`` against ``openTSNE.TSNE()`` defaults.
+- numba cache: ``bigembed reduce --method umap`` in a fresh process with an empty cache dir,
+  then again in a second process (the JIT loaded from disk).
+
+Writes ``benchmarks/results/reduce.json`` (via :mod:`bigembed.benchmark`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bigembed.benchmark import measure, results_doc, write_results
+
+RESULTS = Path(__file__).parent / "results" / "reduce.json"
+
+
+def _quality(ds, space, xy):
+    from bigembed.neighbors import knn_graph
+    from bigembed.quality import layout_quality
+
+    sp = ds.space(space)
+    g = knn_graph(ds, space=space, k=15)
+    _, q = layout_quality(g.indices, xy, sp.vectors, k=15, sample=2000, seed=0)
+    return q
+
+
+def _record(ds, name):
+    from bigembed.dataset import Dataset
+
+    return Dataset.open(ds.path).manifest["layouts"][name]
+
+
+def bench_umap(ds, *, note):
+    import umap
+
+    from bigembed.layouts import load_layout
+    from bigembed.reduce import reduce
+
+    x = np.asarray(ds.space().vectors, dtype=np.float32)
+    out = {}
+    res = {}
+
+    def ours():
+        res["r"] = reduce(ds.path, method="umap", force=True)
+
+    t = measure(ours, repeat=1, warmup=0)
+    rec = _record(ds, res["r"].name)
+    xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
+    out["bigembed"] = {"seconds": t.median, "timing": t, "backend": res["r"].backend,
+                       "stage_seconds": rec["timings"], "fit": rec["fit"],
+                       "quality": _quality(ds, ds.space().name, xy)}
+    print(f"[{note}] bigembed umap: {t.median:.1f}s {out['bigembed']['quality']}", flush=True)
+
+    def plain():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res["ref"] = umap.UMAP().fit_transform(x)
+
+    t = measure(plain, repeat=1, warmup=0)
+    out["umap_learn_defaults"] = {"seconds": t.median, "timing": t,
+                                  "quality": _quality(ds, ds.space().name, res["ref"])}
+    print(f"[{note}] umap-learn defaults: {t.median:.1f}s "
+          f"{out['umap_learn_defaults']['quality']}", flush=True)
+    a, b = out["bigembed"], out["umap_learn_defaults"]
+    out["speedup"] = round(b["seconds"] / a["seconds"], 3)
+    out["quality_delta"] = {m: (None if a["quality"][m] is None or b["quality"][m] is None
+                                else round(a["quality"][m] - b["quality"][m], 5))
+                            for m in ("knn_preservation", "trustworthiness", "continuity")}
+    return out
+
+
+def bench_tsne(ds, *, note):
+    import openTSNE
+
+    from bigembed.layouts import load_layout
+    from bigembed.reduce import reduce
+
+    x = np.asarray(ds.space().vectors, dtype=np.float32)
+    res = {}
+    out = {}
+
+    def ours():
+        res["r"] = reduce(ds.path, method="tsne", force=True)
+
+    t = measure(ours, repeat=1, warmup=0)
+    rec = _record(ds, res["r"].name)
+    xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
+    out["bigembed"] = {"seconds": t.median, "timing": t, "backend": res["r"].backend,
+                       "stage_seconds": rec["timings"],
+                       "quality": _quality(ds, ds.space().name, xy)}
+    print(f"[{note}] bigembed tsne: {t.median:.1f}s {out['bigembed']['quality']}", flush=True)
+
+    def plain():
+        res["ref"] = np.asarray(openTSNE.TSNE(n_jobs=-1, random_state=0).fit(x))
+
+    t = measure(plain, repeat=1, warmup=0)
+    out["opentsne_defaults"] = {"seconds": t.median, "timing": t,
+                                "quality": _quality(ds, ds.space().name, res["ref"])}
+    print(f"[{note}] openTSNE defaults: {t.median:.1f}s {out['opentsne_defaults']['quality']}",
+          flush=True)
+    out["speedup"] = round(out["opentsne_defaults"]["seconds"] / out["bigembed"]["seconds"], 3)
+    return out
+
+
+def bench_numba_cache(ds_path, *, n):
+    """Wall time of `bigembed reduce --method umap` in a first and a second process."""
+    cache = Path(tempfile.mkdtemp(prefix="bigembed-numba-"))
+    env = dict(os.environ, BIGEMBED_CACHE=str(cache), BIGEMBED_NO_PROGRESS="1")
+    env.pop("NUMBA_CACHE_DIR", None)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bigembed", "-q", "reduce", str(ds_path),
+                        "--method", "umap", "--force"], check=True, env=env,
+                       capture_output=True)
+        times.append(time.perf_counter() - t0)
+    files = sum(1 for _ in cache.rglob("*.nbi"))
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"numba cache: first process {times[0]:.1f}s, second {times[1]:.1f}s", flush=True)
+    return {"rows": n, "first_process_s": round(times[0], 3),
+            "second_process_s": round(times[1], 3),
+            "saved_s": round(times[0] - times[1], 3), "cached_functions": files}
+
+
+def main(argv=None):
+    from bigembed.synth import synth
+    from bigembed.dataset import Dataset
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--tsne-n", type=int, default=20_000, help="0: skip t-SNE")
+    p.add_argument("--cache-n", type=int, default=5_000, help="0: skip the numba cache run")
+    p.add_argument("--out", default=str(RESULTS))
+    a = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-reduce-"))
+    results = {}
+    params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
+              "data": "bigembed.synth clusters=10 error_rate=0.05 seed=0",
+              "command": "python -m benchmarks.bench_reduce " + " ".join(argv or sys.argv[1:])}
+    try:
+        if a.cache_n:
+            synth(work / "cache", n=a.cache_n, dim=a.dim, clusters=10, seed=1)
+            results["numba_cache"] = bench_numba_cache(work / "cache", n=a.cache_n)
+        # Warm-up: compile numba for both paths on small data, so the timed runs compare
+        # algorithms, not JIT (the cache result above measures the JIT itself).
+        synth(work / "warm", n=3000, dim=a.dim, clusters=10, seed=2)
+        bench_umap(Dataset.open(work / "warm"), note="warm-up")
+        synth(work / "umap", n=a.n, dim=a.dim, clusters=10, seed=0)
+        results["umap"] = dict(rows=a.n, dim=a.dim,
+                               **bench_umap(Dataset.open(work / "umap"), note=f"{a.n}x{a.dim}"))
+        write_results(a.out, results_doc("reduce", results, params=params))
+        if a.tsne_n:
+            synth(work / "tsne", n=a.tsne_n, dim=a.dim, clusters=10, seed=0)
+            results["tsne"] = dict(rows=a.tsne_n, dim=a.dim, **bench_tsne(
+                Dataset.open(work / "tsne"), note=f"{a.tsne_n}x{a.dim}"))
+        path = write_results(a.out, results_doc("reduce", results, params=params))
+        print(f"wrote {path}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""bigembed serve DATASET [--port 5006] [--address 127.0.0.1] [--allow-origin O] [--secret S]"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve the zoomable map of a dataset in the browser",
+                       description="Serve a Bokeh view of a dataset's layouts: rendered on the "
+                       "server (Datashader), with hover, tap (true neighbours), selection, "
+                       "search, and /api/neighbors?id=&k= (JSON). Binds 127.0.0.1 by default.")
+    p.add_argument("dataset")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; others need --allow-origin)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="exact origin (host:port or http://host:port) allowed to open "
+                   "sessions; repeat for more")
+    p.add_argument("--secret", default=os.environ.get("BIGEMBED_SECRET"),
+                   help="turn on signed sessions with this secret (>= 32 characters; or set "
+                   "BIGEMBED_SECRET)")
+    p.add_argument("--backend", default="auto", help="raster backend: auto, datashader, "
+                   "torch-cuda, torch-cpu")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..server.app import is_loopback, serve
+
+    def ready(url):
+        if not is_loopback(args.address):
+            print(f"warning: serving on {args.address}, reachable beyond this machine; "
+                  f"allowed origins: {', '.join(args.allow_origin)}", file=sys.stderr)
+        print(f"bigembed serve: serving {args.dataset} at {url}  (Ctrl-C to stop)", flush=True)
+
+    try:
+        serve(args.dataset, port=args.port, address=args.address,
+              allow_origin=tuple(args.allow_origin), secret=args.secret, show=args.show,
+              backend=args.backend, on_ready=ready)
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,250 @@
+"""Layout backends for :mod:`bigembed.reduce`, registered under the ``reduce`` stage.
+
+Every backend takes the same inputs: a precomputed kNN graph (indices and distances of shape
+(m, k), self excluded) from the neighbour stage, the rows to fit (of shape (m, p), already
+PCA-reduced when wide) and an initial layout of shape (m, 2); it returns (m, 2) float32.
+So no backend computes neighbours again.
+
+- ``cuml``: RAPIDS cuML UMAP / TSNE / PCA on a CUDA GPU (thin adapter over its documented API;
+  the kNN graph goes in as a sparse ``knn_graph``).
+- ``cpu``: umap-learn (SGD in numba), openTSNE (FFT-accelerated gradients past 10k points,
+  Barnes-Hut below, openTSNE's own "auto" rule), scikit-learn PCA.
+
+GPU libraries are imported here, lazily, and nowhere else in the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .progress import progress_enabled
+from .registry import Backend, cuda_check, register
+
+log = logging.getLogger(__name__)
+
+
+# -- numba compilation cache ---------------------------------------------------------------
+
+def numba_cache_dir() -> Path:
+    """Where compiled numba code is kept between processes."""
+    base = os.environ.get("BIGEMBED_CACHE")
+    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME",
+                                                        Path.home() / ".cache")) / "bigembed"
+    return root / "numba"
+
+
+_cache_ready = False
+
+
+def enable_numba_cache() -> None:
+    """Point numba's on-disk cache at a persistent user directory, before umap imports.
+
+    umap-learn's SGD kernels are compiled without ``cache=True``, so every new process paid
+    the JIT again (tens of seconds on a small machine); we switch caching on for the
+    module-level dispatchers umap uses, so a second process loads them from disk.
+    """
+    global _cache_ready
+    if _cache_ready:
+        return
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        d = numba_cache_dir()
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            os.environ["NUMBA_CACHE_DIR"] = str(d)
+        except OSError as e:  # read-only home: numba falls back to its own locations
+            log.warning("cannot create numba cache dir %s (%s); JIT will not be cached", d, e)
+    import numba
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        # numba read its config at import; if something imported it earlier, update it.
+        numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+    _cache_ready = True
+
+
+def _cache_dispatchers(*modules) -> int:
+    """Enable on-disk caching for uncached module-level numba dispatchers; returns how many."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    n = 0
+    for mod in modules:
+        for obj in list(vars(mod).values()):
+            if isinstance(obj, Dispatcher) and isinstance(getattr(obj, "_cache", None),
+                                                          NullCache):
+                try:
+                    obj.enable_caching()
+                    n += 1
+                except Exception as e:  # e.g. source not locatable: stay uncached
+                    log.debug("numba caching not enabled for %s: %s", obj, e)
+    return n
+
+
+def _import_umap():
+    enable_numba_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import umap
+        import umap.layouts
+        import umap.umap_
+        import umap.spectral
+    _cache_dispatchers(umap.layouts, umap.umap_, umap.spectral)
+    return umap
+
+
+# -- backends -----------------------------------------------------------------------------
+
+def _with_self(ind: np.ndarray, dist: np.ndarray, n_neighbors: int):
+    """umap-learn's kNN convention: each row's first neighbour is itself at distance 0."""
+    m = len(ind)
+    k = n_neighbors - 1
+    i = np.empty((m, k + 1), np.int64)
+    d = np.empty((m, k + 1), np.float32)
+    i[:, 0] = np.arange(m)
+    d[:, 0] = 0.0
+    i[:, 1:] = ind[:, :k]
+    d[:, 1:] = dist[:, :k]
+    return i, d
+
+
+#: from this many fitted rows on, umap-learn's SGD runs multi-threaded (not reproducible)
+PARALLEL_ROWS = 20_000
+
+
+class CpuLayouts:
+    """umap-learn, openTSNE and scikit-learn on the CPU."""
+
+    name = "cpu"
+
+    def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
+             progress=False):
+        umap = _import_umap()
+        ind, dist = _with_self(indices, distances, n_neighbors)
+        # A random_state makes umap-learn's SGD single-threaded and reproducible; without one
+        # it runs on all cores. Below PARALLEL_ROWS the threads cost more than they save (on
+        # 2 busy cores: 1.7 s seeded vs 3.1 s parallel at 2k rows, equal at 20k), so small
+        # layouts are reproducible; large ones use every core (the seed still fixes the
+        # initial layout and the sample).
+        rs = seed if len(indices) < PARALLEL_ROWS else None
+        show = progress_enabled(progress)
+        model = umap.UMAP(
+            n_neighbors=n_neighbors, n_components=2, min_dist=min_dist, n_epochs=n_epochs,
+            init=np.asarray(init, np.float32), random_state=rs, metric="euclidean",
+            precomputed_knn=(ind, dist, None), force_approximation_algorithm=True,
+            verbose=show, tqdm_kwds={"disable": not show, "leave": False},
+        )
+        # umap-learn reports progress with print(); keep stdout clean for callers' output.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            return np.asarray(model.fit_transform(np.asarray(x, np.float32)), np.float32)
+
+    def tsne(self, *, indices, distances, x, init, perplexity, n_iter, seed, progress=False):
+        enable_numba_cache()
+        from openTSNE import TSNEEmbedding, affinity, nearest_neighbors
+
+        from .progress import progress_bar
+
+        # openTSNE starts its thread pool on every gradient call: below ~10k points that
+        # costs more than it saves (67 ms a call measured on a busy 2-core machine).
+        jobs = 1 if len(indices) < 10_000 else -1
+        knn = nearest_neighbors.PrecomputedNeighbors(np.asarray(indices, np.int64),
+                                                     np.asarray(distances, np.float64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aff = affinity.PerplexityBasedNN(perplexity=perplexity, knn_index=knn, n_jobs=jobs,
+                                             random_state=seed, verbose=False)
+        # openTSNE's recommendation: initial layout with standard deviation 1e-4.
+        init = np.asarray(init, np.float64)
+        init = init / max(float(init[:, 0].std()), 1e-12) * 1e-4
+        # n_iter in all, the first third with early exaggeration (openTSNE: 250 + 500).
+        early = max(1, n_iter // 3)
+        bar = progress_bar(total=n_iter, desc="t-SNE", unit="iter", enabled=progress)
+
+        def tick(it, err, emb):
+            bar.update(25)
+
+        emb = TSNEEmbedding(init, aff, negative_gradient_method="auto", n_jobs=jobs,
+                            random_state=seed, verbose=False, callbacks=tick,
+                            callbacks_every_iters=25)
+        emb = emb.optimize(n_iter=early, exaggeration=12, momentum=0.5)
+        emb = emb.optimize(n_iter=max(1, n_iter - early), momentum=0.8)
+        bar.close()
+        return np.asarray(emb, np.float32)
+
+    def pca(self, *, vectors, seed, progress=False):
+        from .reduce import pca_layout
+
+        return pca_layout(vectors, seed=seed, progress=progress)
+
+
+class CumlLayouts:
+    """RAPIDS cuML on a CUDA GPU (https://docs.rapids.ai/api/cuml/stable/api/)."""
+
+    name = "cuml"
+
+    @staticmethod
+    def _graph(indices, distances):
+        import scipy.sparse
+
+        m, k = indices.shape
+        indptr = np.arange(0, m * k + 1, k)
+        return scipy.sparse.csr_matrix(
+            (np.asarray(distances, np.float32).ravel(), np.asarray(indices).ravel(), indptr),
+            shape=(m, m))
+
+    def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
+             progress=False):
+        from cuml.manifold import UMAP
+
+        ind, dist = _with_self(indices, distances, n_neighbors)
+        model = UMAP(n_neighbors=n_neighbors, n_components=2, min_dist=min_dist,
+                     n_epochs=n_epochs, init="spectral", random_state=seed,
+                     output_type="numpy")
+        return np.asarray(model.fit_transform(np.asarray(x, np.float32),
+                                              knn_graph=self._graph(ind, dist)), np.float32)
+
+    def tsne(self, *, indices, distances, x, init, perplexity, n_iter, seed, progress=False):
+        from cuml.manifold import TSNE
+
+        model = TSNE(n_components=2, perplexity=perplexity, n_neighbors=indices.shape[1],
+                     method="fft", n_iter=n_iter, random_state=seed, output_type="numpy")
+        return np.asarray(model.fit_transform(np.asarray(x, np.float32),
+                                              knn_graph=self._graph(indices, distances)),
+                          np.float32)
+
+    def pca(self, *, vectors, seed, progress=False):
+        from cuml import PCA
+
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        out = np.zeros((len(x), 2), np.float32)
+        k = min(2, x.shape[1])
+        out[:, :k] = np.asarray(PCA(n_components=k, output_type="numpy").fit_transform(x))
+        return out
+
+
+def _cuml_check() -> str | None:
+    return cuda_check()
+
+
+register(Backend(
+    stage="reduce", name="cuml", factory=CumlLayouts, requires=("cuml",), check=_cuml_check,
+    install="Install RAPIDS cuML matching your CUDA (e.g. `pip install cuml-cu12 "
+            "--extra-index-url=https://pypi.nvidia.com`).",
+    description="cuML UMAP / TSNE / PCA on a CUDA GPU", gpu=True,
+    extra={"fit_rows": 5_000_000},
+))
+register(Backend(
+    stage="reduce", name="cpu", factory=CpuLayouts,
+    requires=("umap", "openTSNE", "sklearn", "numba"),
+    install="Install the layout extra: `pip install 'bigembed[layout]'`.",
+    description="umap-learn / openTSNE (FFT) / scikit-learn on the CPU",
+    extra={"fit_rows": 2_000_000},
+))
+
+__all__ = ["CpuLayouts", "CumlLayouts", "enable_numba_cache", "numba_cache_dir"]

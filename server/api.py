@@ -1,0 +1,247 @@
+"""HTTP endpoints next to the Bokeh app: frames, neighbours, selection export.
+
+``GET /frame.png?x0=&x1=&y0=&y1=&w=&h=[&color=][&layout=][&where=label:1|2;correct:False]``
+-> PNG of the view (``where`` keeps only the points whose columns take those values).
+``GET /api/neighbors?id=&k=[&space=][&layout=]`` (or ``key=``) -> JSON, the shape of
+``bigembed neighbors --json`` plus ``x, y, neighbor_2d`` per neighbour and ``also_2d``.
+``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``.
+
+Every parameter is validated; bad input answers 400 with ``{"error": ...}``, never 5xx.
+Work runs on the server's thread pool, so one slow request never stalls other sessions.
+With a secret, every request must carry a signed ``session`` id of this server.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+
+from tornado.ioloop import IOLoop
+from tornado.web import RequestHandler
+
+from ..errors import BigembedError, InputError
+from .frames import MAX_SIDE
+from .state import MAX_K
+
+log = logging.getLogger(__name__)
+
+MAX_POLY = 2000
+
+
+class _Base(RequestHandler):
+    def initialize(self, explorer, executor, secret=None):
+        self.explorer = explorer
+        self.executor = executor
+        self.secret = secret
+
+    def set_default_headers(self):
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    def fail(self, status: int, msg: str):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": msg}))
+
+    # -- parameters ------------------------------------------------------------------------
+    def _raw(self, name, default=None, required=False):
+        v = self.get_query_argument(name, None)
+        if v is None:
+            if required:
+                raise InputError(f"parameter {name!r} is required")
+            return default
+        if len(v) > 20000:
+            raise InputError(f"parameter {name!r} is too long ({len(v)} characters)")
+        return v
+
+    def int_arg(self, name, lo, hi, default=None, required=False):
+        v = self._raw(name, default, required)
+        if v is None or isinstance(v, int):
+            return v
+        try:
+            i = int(v)
+        except ValueError:
+            raise InputError(f"parameter {name!r} must be an integer, got {v!r}") from None
+        if not lo <= i <= hi:
+            raise InputError(f"parameter {name!r} must be in {lo}..{hi}, got {i}")
+        return i
+
+    def float_arg(self, name, required=True):
+        v = self._raw(name, None, required)
+        if v is None:
+            return None
+        try:
+            f = float(v)
+        except ValueError:
+            raise InputError(f"parameter {name!r} must be a number, got {v!r}") from None
+        if not math.isfinite(f):
+            raise InputError(f"parameter {name!r} must be finite, got {v!r}")
+        return f
+
+    def floats_arg(self, name, v):
+        try:
+            out = [float(t) for t in v.split(",")]
+        except ValueError:
+            raise InputError(f"parameter {name!r} must be comma-separated numbers") from None
+        if not all(math.isfinite(f) for f in out):
+            raise InputError(f"parameter {name!r} must hold finite numbers")
+        return out
+
+    def choice_arg(self, name, allowed, default=None):
+        v = self._raw(name, default)
+        if v is not None and v not in allowed:
+            raise InputError(f"parameter {name!r} must be one of {list(allowed)}, got {v!r}")
+        return v
+
+    def check_session(self):
+        if not self.secret:
+            return True
+        from bokeh.util.token import check_session_id_signature
+
+        sid = self.get_query_argument("session", "")
+        if not sid or not check_session_id_signature(sid, secret_key=self.secret.encode(),
+                                                     signed=True):
+            self.fail(403, "a signed session id is required (parameter 'session')")
+            return False
+        return True
+
+    async def run(self, fn):
+        """Parse and compute ``fn()`` on the pool; 400 on bad input, 500 only on a bug."""
+        if not self.check_session():
+            return None
+        try:
+            return await IOLoop.current().run_in_executor(self.executor, fn)
+        except BigembedError as e:
+            self.fail(400, str(e))
+        except Exception:  # a bug: log it, answer without leaking a traceback
+            log.exception("error answering %s", self.request.uri)
+            self.fail(500, "internal error")
+        return None
+
+
+class FrameHandler(_Base):
+    async def get(self):
+        ex = self.explorer
+
+        def work():
+            layout = ex.layout_name(self._raw("layout"))
+            r = ex.renderer(layout)
+            color = self._raw("color") or None
+            if color is not None and color not in r.columns():
+                raise InputError(f"parameter 'color' must be one of {r.columns()}, got {color!r}")
+            x0, x1 = self.float_arg("x0"), self.float_arg("x1")
+            y0, y1 = self.float_arg("y0"), self.float_arg("y1")
+            w = self.int_arg("w", 1, MAX_SIDE, required=True)
+            h = self.int_arg("h", 1, MAX_SIDE, required=True)
+            where = parse_where(self._raw("where"))
+            return r.render(x_range=(x0, x1), y_range=(y0, y1), width=w, height=h,
+                            color_by=None if color == "density" else color, where=where)
+
+        frame = await self.run(work)
+        if frame is None:
+            return
+        self.set_header("Content-Type", "image/png")
+        self.set_header("X-Frame-Mode", f"{frame.mode}:{frame.level}:{frame.points}")
+        self.set_header("X-Frame-Seconds", f"{frame.seconds:.4f}")
+        self.finish(frame.png)
+
+
+class NeighborsHandler(_Base):
+    async def get(self):
+        ex = self.explorer
+
+        def work():
+            from ..neighbors import resolve_id
+
+            k = self.int_arg("k", 1, MAX_K, default=10)
+            space = self.choice_arg("space", ex.spaces)
+            layout = ex.layout_name(self._raw("layout"))
+            key = self._raw("key")
+            raw_id = self._raw("id")
+            if raw_id is None and key is None:
+                raise InputError("parameter 'id' (or 'key') is required")
+            if raw_id is not None:
+                i = self.int_arg("id", 0, ex.ds.rows - 1)
+            else:
+                i = resolve_id(ex.ds, key=key)
+            return ex.neighbors(id=i, k=k, space=space, layout=layout)
+
+        out = await self.run(work)
+        if out is None:
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(out))
+
+
+def parse_where(text: str | None) -> dict | None:
+    """``label:1|2;correct:False`` -> {"label": ["1", "2"], "correct": ["False"]}."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(";"):
+        col, sep, vals = part.partition(":")
+        values = [v for v in vals.split("|") if v != ""]
+        if not sep or not col or not values:
+            raise InputError(f"parameter 'where' must look like col:v1|v2;col2:v3, got {text!r}")
+        out[col] = values
+    return out
+
+
+def format_where(where: dict | None) -> str:
+    return ";".join(f"{k}:{'|'.join(map(str, v))}" for k, v in (where or {}).items() if v)
+
+
+def parse_geometry(handler) -> dict:
+    box = handler._raw("box")
+    poly = handler._raw("poly")
+    if (box is None) == (poly is None):
+        raise InputError("give exactly one of 'box' (x0,x1,y0,y1) or 'poly' (x,y,x,y,...)")
+    if box is not None:
+        v = handler.floats_arg("box", box)
+        if len(v) != 4 or not (v[0] <= v[1] and v[2] <= v[3]):
+            raise InputError(f"parameter 'box' must be x0,x1,y0,y1 with x0<=x1, y0<=y1, got {box!r}")
+        return {"box": ((v[0], v[1]), (v[2], v[3]))}
+    v = handler.floats_arg("poly", poly)
+    if len(v) % 2 or not 6 <= len(v) <= 2 * MAX_POLY:
+        raise InputError(f"parameter 'poly' must hold 3..{MAX_POLY} x,y pairs")
+    return {"polygon": (v[0::2], v[1::2])}
+
+
+class SelectHandler(_Base):
+    async def get(self):
+        ex = self.explorer
+
+        def work():
+            fmt = self.choice_arg("format", ("json", "csv", "parquet"), "json")
+            layout = ex.layout_name(self._raw("layout"))
+            st = ex.select(layout=layout, **parse_geometry(self))
+            if fmt == "json":
+                return fmt, json.dumps(st.to_json(with_ids=True)).encode()
+            meta = ex.ds.meta.iloc[st.ids]
+            buf = io.BytesIO()
+            if fmt == "csv":
+                meta.to_csv(buf, index=False)
+            else:
+                meta.to_parquet(buf, index=False)
+            return fmt, buf.getvalue()
+
+        out = await self.run(work)
+        if out is None:
+            return
+        fmt, body = out
+        ctype = {"json": "application/json", "csv": "text/csv",
+                 "parquet": "application/vnd.apache.parquet"}[fmt]
+        self.set_header("Content-Type", ctype)
+        if fmt != "json":
+            self.set_header("Content-Disposition", f'attachment; filename="selection.{fmt}"')
+        self.finish(body)
+
+
+def patterns(explorer, executor, secret=None) -> list:
+    """Tornado URL patterns of the endpoints, for ``Server(extra_patterns=...)``."""
+    kw = dict(explorer=explorer, executor=executor, secret=secret)
+    return [(r"/frame\.png", FrameHandler, kw),
+            (r"/api/neighbors", NeighborsHandler, kw),
+            (r"/api/select", SelectHandler, kw)]

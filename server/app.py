@@ -1,0 +1,546 @@
+"""The Bokeh server app: a zoomable map of a layout, rendered on the server, with inspection.
+
+The browser never receives the points: the plot shows one server-rendered image
+(``/frame.png``, :mod:`bigembed.server.api`) for the current ranges, replaced after each pan
+or zoom. Hover, tap and selection go to Python callbacks answered from the spatial index;
+heavy work (neighbour search, selection statistics, building a renderer) runs on a thread
+pool and comes back with ``doc.add_next_tick_callback``, so no session blocks another.
+The view state (ranges, colouring, tapped id, layout) is kept in the page URL.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import logging
+import math
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from urllib.parse import quote, urlencode, urlparse
+
+import numpy as np
+
+from ..errors import InputError
+from .state import MAX_K, Explorer
+
+log = logging.getLogger(__name__)
+
+FRAME_W = 800
+FRAME_H = 800
+HOVER_PX = 8
+FILTER_COLUMNS = ("label", "prediction", "correct")
+TAP_PX = 10
+LOOPBACK_NAMES = ("localhost",)
+
+
+# --------------------------------------------------------------------------------------------
+# Security settings
+# --------------------------------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    if address in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_origin(origin: str) -> str:
+    """``http://host:port`` or ``host:port`` -> ``host:port`` (what Bokeh compares exactly)."""
+    o = str(origin).strip()
+    if not o or "*" in o or any(c.isspace() for c in o):
+        raise InputError(f"--allow-origin must be an exact host:port or URL (no wildcards), "
+                         f"got {origin!r}")
+    if "://" in o:
+        u = urlparse(o)
+        if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/"):
+            raise InputError(f"--allow-origin must be http(s)://host[:port], got {origin!r}")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        return f"{u.hostname.lower()}:{port}"
+    host, _, port = o.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--allow-origin must be host:port or a URL, got {origin!r}")
+    return f"{host.lower()}:{int(port)}"
+
+
+def websocket_origins(address: str, port: int, allow_origin=()) -> list[str]:
+    """The exact origins allowed to open a session (``host:port``)."""
+    out = [normalise_origin(o) for o in allow_origin]
+    if is_loopback(address):
+        out += [f"localhost:{port}", f"127.0.0.1:{port}"]
+    elif not allow_origin:
+        raise InputError(f"--address {address} is not a loopback address: anyone who can reach "
+                         f"it could open the map. Give the exact origin(s) browsers will use with "
+                         f"--allow-origin (e.g. --allow-origin http://{address}:{port})")
+    return list(dict.fromkeys(out))
+
+
+def check_serve_args(*, port, address, secret) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InputError(f"--port must be an integer in 1..65535, got {port!r}")
+    if not isinstance(address, str) or not address:
+        raise InputError(f"--address must be a host address, got {address!r}")
+    if not is_loopback(address):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            try:
+                socket.getaddrinfo(address, None)
+            except OSError:
+                raise InputError(f"--address {address!r} is not an address of this machine") from None
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 32):
+        raise InputError("--secret must be at least 32 characters (try `bokeh secret`)")
+
+
+# --------------------------------------------------------------------------------------------
+# The document
+# --------------------------------------------------------------------------------------------
+
+
+def _arg(args, name, cast=str, default=None):
+    v = args.get(name)
+    if not v:
+        return default
+    try:
+        x = cast(v[0].decode("utf-8", "replace"))
+    except (TypeError, ValueError):
+        return default
+    if isinstance(x, float) and not math.isfinite(x):
+        return default
+    return x
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _meta_html(meta: dict) -> str:
+    rows = "".join(f"<tr><th style='text-align:left;padding-right:8px'>{html.escape(str(k))}</th>"
+                   f"<td>{_fmt(v)}</td></tr>" for k, v in meta.items())
+    return f"<table>{rows}</table>"
+
+
+def _legend_html(leg: dict) -> str:
+    if leg["kind"] == "categorical":
+        items = "".join(
+            f"<span style='display:inline-block;margin:1px 6px 1px 0'><span style='display:"
+            f"inline-block;width:10px;height:10px;background:{it['color']}'></span> "
+            f"{html.escape(it['name'])}</span>" for it in leg["items"])
+        return f"<b>{html.escape(leg['column'])}</b><br>{items}"
+    import colorcet as cc
+
+    cmap = getattr(cc, leg["cmap"])
+    stops = ",".join(cmap[i] for i in np.linspace(0, len(cmap) - 1, 8).astype(int))
+    if leg["kind"] == "density":
+        return (f"<b>density</b> (histogram-equalised)<div style='height:10px;width:220px;"
+                f"background:linear-gradient(to right,{stops})'></div>")
+    lo, hi = leg["span"]
+    title = "error rate" if leg["column"] == "correct" else f"mean {leg['column']}"
+    return (f"<b>{html.escape(title)}</b><div style='height:10px;width:220px;background:"
+            f"linear-gradient(to right,{stops})'></div><span>{lo:.3g}</span>"
+            f"<span style='float:right;margin-right:40px'>{hi:.3g}</span>")
+
+
+class Session:
+    """One browser session's document: widgets, callbacks and state."""
+
+    def __init__(self, doc, explorer: Explorer, executor, secret=None):
+        from bokeh.events import MouseMove, RangesUpdate, SelectionGeometry, Tap
+        from bokeh.layouts import column, row
+        from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, MultiChoice,
+                                  Select, Spinner, TableColumn, TextInput)
+        from bokeh.plotting import figure
+
+        self.doc = doc
+        self.ex = explorer
+        self.executor = executor
+        self.closed = False
+        ctx = doc.session_context
+        self.session_id = ctx.id if ctx is not None else ""
+        self.secret = secret
+        args = (ctx.request.arguments if ctx is not None and ctx.request is not None else {}) or {}
+
+        layout = _arg(args, "layout")
+        self.layout = layout if layout in explorer.layouts else explorer.layouts[0]
+        r = explorer.renderer(self.layout)
+        color = _arg(args, "color", default="density")
+        self.color = color if color in r.columns() else "density"
+        (dx0, dx1), (dy0, dy1) = r.default_range()
+        x0, x1 = _arg(args, "x0", float, dx0), _arg(args, "x1", float, dx1)
+        y0, y1 = _arg(args, "y0", float, dy0), _arg(args, "y1", float, dy1)
+        if not (x0 < x1 and y0 < y1):
+            (x0, x1), (y0, y1) = (dx0, dx1), (dy0, dy1)
+        self.view = (x0, x1, y0, y1)
+        self.tapped = None
+        self.selection = None
+        from .api import parse_where
+
+        try:
+            self.where = {k: v for k, v in (parse_where(_arg(args, "where")) or {}).items()
+                          if k in FILTER_COLUMNS and k in r.columns()}
+            r.filter_mask(self.where)
+        except InputError:
+            self.where = {}
+
+        p = figure(frame_width=FRAME_W, frame_height=FRAME_H, x_range=(x0, x1), y_range=(y0, y1),
+                   tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
+                   active_scroll="wheel_zoom", active_drag="pan", toolbar_location="above",
+                   title=f"{explorer.ds.path.name}: {self.layout}", name="map")
+        p.grid.visible = False
+        self.frame_src = ColumnDataSource(dict(url=[self._frame_url()], x=[x0], y=[y0],
+                                               w=[x1 - x0], h=[y1 - y0]))
+        p.image_url(url="url", x="x", y="y", w="w", h="h", anchor="bottom_left",
+                    source=self.frame_src, name="frame")
+        self.nb_src = ColumnDataSource(dict(x=[], y=[], id=[], distance=[], neighbor_2d=[],
+                                            label=[]))
+        p.scatter("x", "y", source=self.nb_src, size=11, fill_alpha=0, line_color="#00c0ff",
+                  line_width=2, name="neighbour_markers")
+        self.q_src = ColumnDataSource(dict(x=[], y=[]))
+        p.scatter("x", "y", source=self.q_src, size=16, marker="star", fill_color="#00ff88",
+                  line_color="black", name="query_marker")
+        self.hover_src = ColumnDataSource(dict(x=[], y=[]))
+        p.scatter("x", "y", source=self.hover_src, size=12, fill_alpha=0, line_color="black",
+                  line_width=2, name="hover_marker")
+        self.plot = p
+
+        self.color_select = Select(title="Colour by", value=self.color, options=r.columns(),
+                                   name="color")
+        self.layout_select = Select(title="Layout", value=self.layout, options=explorer.layouts,
+                                    name="layout")
+        self.k_spin = Spinner(title="Neighbours (k)", low=1, high=MAX_K, step=1, value=10,
+                              width=120, name="k")
+        self.search = TextInput(title="Search id / key / text", name="search")
+        self.filters = {}
+        for col in FILTER_COLUMNS:
+            if col in r.columns():
+                opts = sorted(set(np.asarray(r.column(col)).astype(str).tolist()),
+                              key=lambda v: (len(v), v))[:200]
+                mc = MultiChoice(title=f"Show only {col}", options=opts,
+                                 value=[v for v in self.where.get(col, []) if v in opts],
+                                 name=f"filter_{col}", width=320)
+                mc.on_change("value", partial(self.on_filter, col))
+                self.filters[col] = mc
+        self.legend = Div(text=_legend_html(r.legend(self.color_key)), width=320, name="legend")
+        self.hover_div = Div(text="<i>hover over a point</i>", width=320, name="hover")
+        self.tap_div = Div(text="<i>tap a point to list its true neighbours</i>", width=320,
+                           name="tapinfo")
+        self.sel_div = Div(text="<i>box or lasso select to see group statistics</i>", width=320,
+                           name="selection")
+        cols = [TableColumn(field="id", title="id"), TableColumn(field="distance", title="distance"),
+                TableColumn(field="label", title="label"),
+                TableColumn(field="neighbor_2d", title="2-D nbr")]
+        self.table = DataTable(source=self.nb_src, columns=cols, width=320, height=260,
+                               index_position=None, name="neighbours_table")
+        # The view state lives in the page URL so a view can be shared.
+        self.state = Div(text="", visible=False, name="state")
+        self.state.js_on_change("text", CustomJS(code="""
+            const q = cb_obj.text;
+            if (q) { window.history.replaceState(null, '', '?' + q); }
+        """))
+
+        p.on_event(RangesUpdate, self.on_ranges)
+        p.on_event(MouseMove, self.on_move)
+        p.on_event(Tap, self.on_tap)
+        p.on_event(SelectionGeometry, self.on_select)
+        self.color_select.on_change("value", self.on_color)
+        self.layout_select.on_change("value", self.on_layout)
+        self.search.on_change("value", self.on_search)
+
+        side = column(self.layout_select, self.color_select, self.legend, self.search,
+                      *self.filters.values(), self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
+                      self.state)
+        doc.add_root(row(p, side))
+        doc.title = f"bigembed: {explorer.ds.path.name}"
+        doc.on_session_destroyed(self.on_destroyed)
+        tapped = _arg(args, "id", int)
+        if tapped is not None and 0 <= tapped < explorer.ds.rows:
+            self.tap_id(tapped)
+        self._sync_state()
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def color_key(self):
+        return None if self.color == "density" else self.color
+
+    def _frame_url(self) -> str:
+        x0, x1, y0, y1 = self.view
+        q = {"layout": self.layout, "color": self.color, "x0": repr(x0), "x1": repr(x1),
+             "y0": repr(y0), "y1": repr(y1), "w": FRAME_W, "h": FRAME_H}
+        if self.where:
+            from .api import format_where
+
+            q["where"] = format_where(self.where)
+        if self.secret:
+            q["session"] = self.session_id
+        return "/frame.png?" + urlencode(q, quote_via=quote)
+
+    def _sync_state(self):
+        x0, x1, y0, y1 = self.view
+        q = {"layout": self.layout, "color": self.color, "x0": f"{x0:.6g}", "x1": f"{x1:.6g}",
+             "y0": f"{y0:.6g}", "y1": f"{y1:.6g}"}
+        if self.tapped is not None:
+            q["id"] = self.tapped
+        if self.where:
+            from .api import format_where
+
+            q["where"] = format_where(self.where)
+        self.state.text = urlencode(q, quote_via=quote)
+
+    def _refresh_frame(self):
+        x0, x1, y0, y1 = self.view
+        self.frame_src.data = dict(url=[self._frame_url()], x=[x0], y=[y0], w=[x1 - x0],
+                                   h=[y1 - y0])
+        self._sync_state()
+
+    def _in_background(self, fn, done):
+        """Run ``fn()`` on the pool; apply ``done(result_or_exception)`` on the document."""
+        def finished(fut):
+            if self.closed:
+                return
+            try:
+                res = fut.result()
+            except Exception as e:  # shown to the user, not raised into the event loop
+                res = e
+            try:
+                self.doc.add_next_tick_callback(partial(self._apply, done, res))
+            except Exception:  # the session closed meanwhile
+                pass
+
+        self.executor.submit(fn).add_done_callback(finished)
+
+    def _apply(self, done, res):
+        if not self.closed:
+            done(res)
+
+    # -- callbacks -------------------------------------------------------------------------
+    def on_destroyed(self, ctx):
+        self.closed = True
+        self.nb_src = self.q_src = self.hover_src = None
+        log.debug("session %s closed", self.session_id)
+
+    def on_ranges(self, ev):
+        vals = (ev.x0, ev.x1, ev.y0, ev.y1)
+        if any(v is None or not math.isfinite(v) for v in vals) or not (ev.x0 < ev.x1 and ev.y0 < ev.y1):
+            return
+        self.view = tuple(float(v) for v in vals)
+        self._refresh_frame()
+
+    def _pixel(self):
+        x0, x1, y0, y1 = self.view
+        return (x1 - x0) / FRAME_W, (y1 - y0) / FRAME_H
+
+    def on_move(self, ev):
+        if ev.x is None or ev.y is None:
+            return
+        r = self.ex.renderer(self.layout)
+        i = r.pick(ev.x, ev.y, HOVER_PX * max(self._pixel()))
+        if i is None:
+            self.hover_src.data = dict(x=[], y=[])
+            return
+        (px, py), = r.xy([i])
+        self.hover_src.data = dict(x=[float(px)], y=[float(py)])
+        self.hover_div.text = f"<b>hover</b> {_meta_html(self.ex.meta(i))}"
+
+    def on_tap(self, ev):
+        if ev.x is None or ev.y is None:
+            return
+        r = self.ex.renderer(self.layout)
+        i = r.pick(ev.x, ev.y, TAP_PX * max(self._pixel()))
+        if i is not None:
+            self.tap_id(i)
+
+    def tap_id(self, i: int):
+        self.tapped = int(i)
+        k = int(self.k_spin.value or 10)
+        layout = self.layout
+        self.tap_div.text = f"<i>looking up the {k} nearest neighbours of id {i}…</i>"
+        self._in_background(lambda: self.ex.neighbors(id=i, k=k, layout=layout), self._show_nbrs)
+        self._sync_state()
+
+    def _show_nbrs(self, res):
+        if isinstance(res, Exception):
+            self.tap_div.text = f"<b>neighbour lookup failed:</b> {html.escape(str(res))}"
+            return
+        nb = res["neighbors"]
+        r = self.ex.renderer(self.layout)
+        q = res["query"]
+        (qx, qy), = r.xy([q["id"]])
+        self.q_src.data = dict(x=[float(qx)], y=[float(qy)])
+        self.nb_src.data = dict(x=[n["x"] for n in nb], y=[n["y"] for n in nb],
+                                id=[n["id"] for n in nb],
+                                distance=[round(n["distance"], 4) for n in nb],
+                                neighbor_2d=["yes" if n["neighbor_2d"] else "" for n in nb],
+                                label=[str(n.get("label", "")) for n in nb])
+        notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in res.get("notes", []))
+        self.tap_div.text = (
+            f"<b>id {q['id']}</b> {_meta_html({k: v for k, v in q.items() if k != 'id'})}"
+            f"<span class='nbr-summary'>{len(nb)} true neighbours in space "
+            f"{html.escape(str(res['space']))}; <b>{res['also_2d']} of {len(nb)}</b> are also "
+            f"2-D neighbours</span>{notes}")
+
+    def on_select(self, ev):
+        if not getattr(ev, "final", True):
+            return
+        g = ev.geometry or {}
+        layout = self.layout
+        if g.get("type") == "rect":
+            xs = sorted([g["x0"], g["x1"]])
+            ys = sorted([g["y0"], g["y1"]])
+            geom = {"box": (tuple(xs), tuple(ys))}
+            q = {"box": ",".join(repr(float(v)) for v in (*xs, *ys))}
+        elif g.get("type") == "poly":
+            px, py = list(g["x"]), list(g["y"])
+            if len(px) < 3:
+                return
+            geom = {"polygon": (px, py)}
+            q = {"poly": ",".join(f"{float(a)!r},{float(b)!r}" for a, b in zip(px, py))}
+        else:
+            return
+        q["layout"] = layout
+        if self.secret:
+            q["session"] = self.session_id
+        self.sel_div.text = "<i>counting the selection…</i>"
+        self._in_background(lambda: (self.ex.select(layout=layout, **geom), q), self._show_sel)
+
+    def _show_sel(self, res):
+        if isinstance(res, Exception):
+            self.sel_div.text = f"<b>selection failed:</b> {html.escape(str(res))}"
+            return
+        st, q = res
+        self.selection = st
+        pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        num = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        mix = ", ".join(f"{html.escape(k)}: {v}" for k, v in st.label_mix.items())
+        link = lambda fmt: html.escape("/api/select?" + urlencode(dict(q, format=fmt)))  # noqa: E731
+        self.sel_div.text = (
+            f"<b class='sel-count'>{st.count}</b> of {st.total} selected<br>"
+            f"labels: {mix or '–'}<br>error rate {pct(st.error_rate)} (all {pct(st.error_rate_all)})"
+            f"<br>mean confidence {num(st.mean_confidence)} (all {num(st.mean_confidence_all)})"
+            f"<br>export ids: <a href='{link('csv')}' download>CSV</a> · "
+            f"<a href='{link('parquet')}' download>Parquet</a>")
+
+    def on_filter(self, col, attr, old, new):
+        where = dict(self.where)
+        if new:
+            where[col] = list(new)
+        else:
+            where.pop(col, None)
+        self.where = where
+        self._refresh_frame()
+
+    def on_color(self, attr, old, new):
+        self.color = new
+        r = self.ex.renderer(self.layout)
+        self.legend.text = _legend_html(r.legend(self.color_key))
+        self._refresh_frame()
+
+    def on_layout(self, attr, old, new):
+        self.layout_select.disabled = True
+
+        def done(res):
+            self.layout_select.disabled = False
+            if isinstance(res, Exception):
+                self.sel_div.text = f"<b>cannot show layout:</b> {html.escape(str(res))}"
+                return
+            self.layout = new
+            (x0, x1), (y0, y1) = res.default_range()
+            self.plot.x_range.update(start=x0, end=x1)
+            self.plot.y_range.update(start=y0, end=y1)
+            self.plot.title.text = f"{self.ex.ds.path.name}: {new}"
+            cols = res.columns()
+            self.color_select.options = cols
+            if self.color not in cols:
+                self.color = "density"
+                self.color_select.value = "density"
+            self.view = (x0, x1, y0, y1)
+            self.nb_src.data = {k: [] for k in self.nb_src.data}
+            self.q_src.data = dict(x=[], y=[])
+            self._refresh_frame()
+
+        self._in_background(lambda: self.ex.renderer(new), done)
+
+    def on_search(self, attr, old, new):
+        hits = self.ex.search(new)
+        if not hits:
+            self.tap_div.text = f"<i>no instance matches {html.escape(str(new))!s}</i>"
+            return
+        r = self.ex.renderer(self.layout)
+        (px, py), = r.xy([hits[0]])
+        x0, x1, y0, y1 = self.view
+        hw, hh = (x1 - x0) / 2, (y1 - y0) / 2
+        self.plot.x_range.update(start=float(px) - hw, end=float(px) + hw)
+        self.plot.y_range.update(start=float(py) - hh, end=float(py) + hh)
+        self.view = (float(px) - hw, float(px) + hw, float(py) - hh, float(py) + hh)
+        self._refresh_frame()
+        self.tap_id(hits[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------
+
+
+def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), secret=None,
+                backend="auto", workers=4, session_lifetime_s: float = 60.0):
+    """A started-on-demand Bokeh :class:`~bokeh.server.server.Server` for ``dataset``.
+
+    Returns (server, explorer). Call ``server.start()`` and run ``server.io_loop``.
+    """
+    from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
+    from bokeh.server.server import Server
+
+    from .api import patterns
+
+    check_serve_args(port=port, address=address, secret=secret)
+    origins = websocket_origins(address, port, allow_origin)
+    explorer = Explorer(dataset, backend=backend)
+    explorer.renderer()  # build the default layout's spatial order before the first visitor
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bigembed-view")
+    # JIT and pyramid levels in the background, so the first visitor's frames come fast.
+    executor.submit(explorer.renderer().warm_up, FRAME_W, FRAME_H)
+    app = Application(FunctionHandler(lambda doc: Session(doc, explorer, executor, secret)))
+    kw = {}
+    if secret:
+        kw.update(sign_sessions=True, secret_key=secret, generate_session_ids=True)
+    server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
+                    extra_patterns=patterns(explorer, executor, secret), num_procs=1,
+                    unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
+                    check_unused_sessions_milliseconds=int(max(session_lifetime_s / 2, 1) * 1000),
+                    **kw)
+    server._bigembed_executor = executor
+    return server, explorer
+
+
+def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin=(),
+          secret: str | None = None, show: bool = False, backend: str = "auto",
+          on_ready=None) -> None:
+    """Serve the map of ``dataset`` until interrupted (blocking).
+
+    ``on_ready(url)`` is called once the server listens (the CLI prints the URL there).
+    A non-loopback ``address`` needs ``allow_origin``; it is allowed with a warning.
+    """
+    server, explorer = make_server(dataset, port=port, address=address,
+                                   allow_origin=allow_origin, secret=secret, backend=backend)
+    if not is_loopback(address):
+        log.warning("serving on non-loopback address %s: reachable from other machines; "
+                    "websocket origins allowed: %s", address, list(allow_origin))
+    server.start()
+    host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{port}/"
+    log.info("serving %s (%d points) at %s", explorer.ds.path, explorer.ds.rows, url)
+    if on_ready is not None:
+        on_ready(url)
+    if show:
+        server.io_loop.add_callback(server.show, "/")
+    try:
+        server.io_loop.start()
+    finally:
+        server._bigembed_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,611 @@
+"""The pure render function of the map: (x range, y range, width, height, colouring) -> PNG.
+
+:class:`FrameRenderer` keeps a layout in Z-order (:class:`~bigembed.server.spatial.
+SpatialIndex`). A frame whose view holds few points aggregates exactly those points (the
+same aggregate Datashader makes from the whole dataframe, since points outside the range
+are dropped either way). A frame that would touch many points is answered from the
+aggregate pyramid instead: each non-empty cell of the coarsest level whose cells are at most
+one pixel wide becomes one weighted point at its points' centroid. So frame cost follows
+the visible points or the pixels, whichever is smaller, never N.
+
+Colourings: ``None``/``"density"`` (count, histogram-equalised), a categorical column such
+as ``label`` or ``prediction`` (count per category, with a legend), ``"correct"`` (error rate
+per pixel), any numeric column, and layout columns such as ``knn_preservation`` (mean per
+pixel, with a colour bar).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..registry import Backend, cuda_check, register, resolve
+from .shade import png_rgba
+from .spatial import SpatialIndex
+
+log = logging.getLogger(__name__)
+
+#: a frame with at most this many candidate points is aggregated exactly from the points
+EXACT_BUDGET = 400_000
+#: pyramid cells are at most this many pixels wide: each lands in its centroid's pixel, so a
+#: cell straddling a pixel edge moves its points by less than one pixel
+PYRAMID_CELL_PX = 1.0
+MAX_SIDE = 4096
+MAX_CATEGORIES = 64
+#: colour maps (colorcet names) per kind
+DENSITY_CMAP = "fire"
+MEAN_CMAP = "bmy"
+ERROR_CMAP = "coolwarm"
+DENSITY_FROM = 30  # skip the near-black start of "fire" so sparse pixels stay visible
+CAT_MIN_ALPHA = 60
+SPREAD_THRESHOLD = 0.5
+SPREAD_MAX_PX = 2
+
+
+register(Backend("raster", "torch-cuda", factory=lambda: "cuda", requires=("torch",),
+                 check=cuda_check, gpu=True, install="pip install torch (a CUDA build)",
+                 description="torch index_add_ binning on the GPU (kernels/raster.py)"))
+register(Backend("raster", "datashader", factory=lambda: None, requires=("datashader",),
+                 install="pip install datashader", description="Datashader (numba) on the CPU"))
+register(Backend("raster", "torch-cpu", factory=lambda: "cpu", requires=("torch",),
+                 install="pip install torch",
+                 description="the torch binning kernel on the CPU device (tests)"))
+
+
+@dataclass(frozen=True)
+class Colouring:
+    """How points are coloured: ``kind`` in density/categorical/mean.
+
+    ``values``: array of shape (n,) in spatial order (category codes or floats) or None;
+    ``categories``: names of the codes; ``span``: (lo, hi) of a mean colouring.
+    """
+
+    name: str
+    kind: str
+    values: np.ndarray | None = None
+    categories: tuple = ()
+    colors: tuple = ()
+    span: tuple | None = None
+    cmap: str = DENSITY_CMAP
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One rendered frame: PNG bytes and how it was made (exact points or pyramid level)."""
+
+    png: bytes
+    mode: str
+    level: int | None
+    points: int
+    seconds: float
+
+
+def _as_xarray(a, c, x_range, y_range, width, height):
+    """An aggregate array as the xarray Datashader makes (pixel-centre coordinates)."""
+    import xarray as xr
+
+    xs = np.linspace(x_range[0], x_range[1], width, endpoint=False) + \
+        (x_range[1] - x_range[0]) / width / 2
+    ys = np.linspace(y_range[0], y_range[1], height, endpoint=False) + \
+        (y_range[1] - y_range[0]) / height / 2
+    if c.kind != "mean":
+        a = np.rint(a).astype(np.uint32)
+    if a.ndim == 3:
+        return xr.DataArray(a, coords={"y": ys, "x": xs, "c": list(c.categories)},
+                            dims=("y", "x", "c"))
+    return xr.DataArray(a, coords={"y": ys, "x": xs}, dims=("y", "x"))
+
+
+def _check_range(name, r):
+    try:
+        lo, hi = float(r[0]), float(r[1])
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"{name} must be a pair of numbers (lo, hi), got {r!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise InputError(f"{name} must be finite with lo < hi, got ({lo}, {hi})")
+    # float32 coordinates cannot be told apart below ~1e-7 relative; 1e-12 is far past that
+    if not math.isfinite(hi - lo) or (hi - lo) <= 1e-12 * max(1.0, abs(lo), abs(hi)):
+        raise InputError(f"{name} ({lo}, {hi}) is too narrow or too wide to render")
+    return lo, hi
+
+
+def _check_side(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_SIDE:
+        raise InputError(f"{name} must be an integer in 1..{MAX_SIDE}, got {v!r}")
+    return int(v)
+
+
+class FrameRenderer:
+    """Renders frames of one layout of a dataset. Build once, call :meth:`render_png` often.
+
+    ``ds``: a :class:`~bigembed.dataset.Dataset` (or path); ``layout_name``: a stored layout
+    (newest when None). Use :meth:`from_arrays` for a layout held only in memory.
+    """
+
+    def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
+                 exact_budget: int = EXACT_BUDGET):
+        from ..dataset import Dataset
+        from ..layouts import load_layout
+
+        if not isinstance(ds, Dataset):
+            ds = Dataset.open(ds)
+        lay = load_layout(ds, name=layout_name)
+        self.ds = ds
+        self.layout = lay
+        self._setup(lay.x, lay.y, dict(lay.columns), backend, exact_budget)
+
+    @classmethod
+    def from_arrays(cls, x, y, *, columns: dict | None = None, backend: str = "auto",
+                    exact_budget: int = EXACT_BUDGET) -> "FrameRenderer":
+        """A renderer over in-memory arrays: x, y of shape (n,), columns name -> (n,)."""
+        self = cls.__new__(cls)
+        self.ds = None
+        self.layout = None
+        self._setup(np.asarray(x, np.float32), np.asarray(y, np.float32), dict(columns or {}),
+                    backend, exact_budget)
+        return self
+
+    def _setup(self, x, y, columns, backend, exact_budget):
+        if x.shape != y.shape or x.ndim != 1:
+            raise InputError(f"x and y must be arrays of the same shape (n,), got {x.shape}, {y.shape}")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise InputError("layout coordinates must be finite")
+        self.backend = resolve("raster", backend)
+        self.device = self.backend.factory()
+        self.index = SpatialIndex(x, y)
+        self.n = self.index.n
+        self.exact_budget = int(exact_budget)
+        self._extra_columns = columns
+        self._colourings: dict[str, Colouring] = {}
+        self._filters: dict[tuple, np.ndarray] = {}
+        self._pyramid: dict[tuple, tuple] = {}
+        self._dev = None
+        if self.device is not None:
+            import torch
+
+            self._dev = (torch.as_tensor(self.index.xs, device=self.device),
+                         torch.as_tensor(self.index.ys, device=self.device))
+        log.info("frames: %d points in Z-order, raster backend %r", self.n, self.backend.name)
+
+    # -- columns and colourings ------------------------------------------------------------
+    def columns(self) -> list[str]:
+        """Names usable as ``color_by``."""
+        names = list(self._extra_columns)
+        if self.ds is not None:
+            names += [c for c in self.ds.meta.columns if c not in ("id",)]
+        return ["density"] + [c for c in dict.fromkeys(names) if c not in ("key",)]
+
+    def column(self, name: str) -> np.ndarray:
+        """A per-point column in id order: a layout column or a metadata column."""
+        if name in self._extra_columns:
+            return np.asarray(self._extra_columns[name])
+        if self.ds is not None and name in self.ds.meta.columns:
+            return self.ds.meta[name].to_numpy()
+        raise InputError(f"color_by: no column {name!r}; available: {self.columns()}")
+
+    def colouring(self, color_by: str | None) -> Colouring:
+        key = color_by or "density"
+        c = self._colourings.get(key)
+        if c is None:
+            c = self._make_colouring(key)
+            self._colourings[key] = c
+        return c
+
+    def _make_colouring(self, name: str) -> Colouring:
+        import colorcet as cc
+        import pandas as pd
+
+        if name == "density":
+            return Colouring("density", "density")
+        col = self.column(name)
+        ids = self.index.ids
+        if name == "correct":
+            err = 1.0 - np.asarray(col, np.float64)
+            return Colouring(name, "mean", err[ids], span=(0.0, 1.0), cmap=ERROR_CMAP)
+        if col.dtype.kind == "f":
+            v = np.asarray(col, np.float64)
+            fin = v[np.isfinite(v)]
+            span = (float(fin.min()), float(fin.max())) if len(fin) else (0.0, 1.0)
+            if span[0] == span[1]:
+                span = (span[0], span[0] + 1.0)
+            if name == "knn_preservation":
+                span = (0.0, 1.0)
+            return Colouring(name, "mean", v[ids], span=span, cmap=MEAN_CMAP)
+        cats = pd.Categorical(pd.Series(col).astype(str))
+        if len(cats.categories) > MAX_CATEGORIES:
+            if col.dtype.kind in "iub":
+                v = np.asarray(col, np.float64)
+                return Colouring(name, "mean", v[ids], span=(float(v.min()), float(v.max()) or 1.0),
+                                 cmap=MEAN_CMAP)
+            raise InputError(f"color_by: column {name!r} has {len(cats.categories)} distinct "
+                             f"values; at most {MAX_CATEGORIES} can be told apart by colour")
+        cat_names = tuple(str(c) for c in cats.categories)
+        if col.dtype.kind in "iu":
+            # Order integer labels numerically, not as strings ("10" after "9").
+            cat_names = tuple(sorted(cat_names, key=lambda s: int(s)))
+            cats = pd.Categorical(pd.Series(col).astype(str), categories=list(cat_names))
+        pal = cc.glasbey_category10
+        colors = tuple(cc.rgb_to_hex(*[int(255 * c) for c in pal[i % len(pal)]])
+                       for i in range(len(cat_names)))
+        codes = np.asarray(cats.codes, np.int64)[ids]
+        return Colouring(name, "categorical", codes, cat_names, colors)
+
+    def legend(self, color_by: str | None = None) -> dict:
+        """What the colours mean: categories and colours, or a span and colour map."""
+        c = self.colouring(color_by)
+        if c.kind == "categorical":
+            return {"kind": "categorical", "column": c.name,
+                    "items": [{"name": n, "color": col} for n, col in zip(c.categories, c.colors)]}
+        if c.kind == "mean":
+            return {"kind": "mean", "column": c.name, "span": list(c.span), "cmap": c.cmap}
+        return {"kind": "density", "column": "density", "cmap": DENSITY_CMAP}
+
+    # -- aggregation -----------------------------------------------------------------------
+    def default_range(self, pad: float = 0.02):
+        (x0, x1), (y0, y1) = self.index.bounds
+        px = (x1 - x0) * pad or 1.0
+        py = (y1 - y0) * pad or 1.0
+        return (x0 - px, x1 + px), (y0 - py, y1 + py)
+
+    def _pyramid_level(self, x_range, y_range, width, height) -> int | None:
+        """Coarsest level whose cells are at most ``PYRAMID_CELL_PX`` pixel on both axes."""
+        px = (x_range[1] - x_range[0]) / width * PYRAMID_CELL_PX
+        py = (y_range[1] - y_range[0]) / height * PYRAMID_CELL_PX
+        for lv in range(self.index.levels + 1):
+            cw, ch = self.index.cell_size(lv)
+            if cw <= px and ch <= py:
+                return lv
+        return None
+
+    def _cells(self, level: int, colouring: Colouring):
+        """Pyramid arrays of ``level``: centroid x, y, weight, values (cached)."""
+        key = (level, colouring.name)
+        got = self._pyramid.get(key)
+        if got is not None:
+            return got
+        base = self._pyramid.get((level, None))
+        starts = self.index.level_starts(level)
+        if base is None:
+            cnt = np.diff(starts).astype(np.float64)
+            head = starts[:-1]
+            # float32 like the layout itself: half the memory of the finest levels
+            mx = (np.add.reduceat(self.index.xs.astype(np.float64), head) / cnt).astype(np.float32)
+            my = (np.add.reduceat(self.index.ys.astype(np.float64), head) / cnt).astype(np.float32)
+            base = (mx, my, cnt.astype(np.float32))
+            self._pyramid[(level, None)] = base
+        mx, my, cnt = base
+        head = starts[:-1]
+        if colouring.kind == "categorical":
+            # Sparse (cell, category, count) triples sorted by cell, with per-cell offsets,
+            # so a frame takes the triples of its cells as runs, without a dense scan.
+            ncat = len(colouring.categories)
+            group = np.repeat(np.arange(len(head)), np.diff(starts))
+            counts = np.bincount(group * ncat + colouring.values, minlength=len(head) * ncat)
+            nzk = np.flatnonzero(counts)
+            cell, cat = np.divmod(nzk, ncat)
+            offs = np.searchsorted(cell, np.arange(len(head) + 1))
+            extra = (cell, cat, counts[nzk].astype(np.float64), offs)
+        elif colouring.kind == "mean":
+            v = colouring.values
+            fin = np.isfinite(v)
+            extra = (np.add.reduceat(np.where(fin, v, 0.0), head),
+                     np.add.reduceat(fin.astype(np.float64), head))
+        else:
+            extra = None
+        got = (mx, my, cnt, extra)
+        self._pyramid[key] = got
+        return got
+
+    def aggregate(self, *, x_range, y_range, width, height, color_by=None, mode="auto",
+                  where=None):
+        """The per-pixel aggregate of a view as an xarray DataArray, plus how it was made.
+
+        Returns (agg, mode, level, points): agg has shape (height, width) (density: counts;
+        mean: per-pixel mean, NaN where empty) or (height, width, categories).
+        """
+        sel = self._select(x_range, y_range, width, height, color_by, mode, where)
+        x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
+        agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
+        return agg, mode, level, int(len(x))
+
+    def filter_mask(self, where: dict | None):
+        """Bool array of shape (n,) in spatial order: points whose columns match ``where``.
+
+        ``where``: column -> allowed values (compared as text, e.g. ``{"label": ["3", "5"],
+        "correct": ["False"]}``); None or empty: no filter (returns None). Cached.
+        """
+        if not where:
+            return None
+        key = tuple(sorted((k, tuple(sorted(map(str, v)))) for k, v in where.items()))
+        got = self._filters.get(key)
+        if got is not None:
+            return got
+        mask = np.ones(self.n, bool)
+        for col, allowed in key:
+            if col == "density" or col not in self.columns():
+                raise InputError(f"filter: no column {col!r}; available: {self.columns()[1:]}")
+            v = np.asarray(self.column(col))
+            if v.dtype.kind == "f" and col != "correct":
+                raise InputError(f"filter: column {col!r} is numeric; filter on a categorical "
+                                 f"column (label, prediction, correct)")
+            text = v.astype(str)
+            known = set(np.unique(text).tolist())
+            bad = [a for a in allowed if a not in known]
+            if bad:
+                raise InputError(f"filter: column {col!r} has no value {bad[0]!r}; it has "
+                                 f"{sorted(known)[:20]}")
+            mask &= np.isin(text, list(allowed))[self.index.ids]
+        if len(self._filters) > 32:
+            self._filters.clear()
+        self._filters[key] = mask
+        return mask
+
+    def _select(self, x_range, y_range, width, height, color_by, mode, where=None):
+        """Validate a view and pick what it aggregates: the points in view or pyramid cells.
+
+        A filter (``where``) aggregates the matching points in view exactly (the pyramid
+        holds all points), so its cost follows the visible points.
+        """
+        x_range = _check_range("x_range", x_range)
+        y_range = _check_range("y_range", y_range)
+        width = _check_side("width", width)
+        height = _check_side("height", height)
+        if mode not in ("auto", "exact", "pyramid"):
+            raise InputError(f"mode must be 'auto', 'exact' or 'pyramid', got {mode!r}")
+        c = self.colouring(color_by)
+        level = self._pyramid_level(x_range, y_range, width, height)
+        fmask = self.filter_mask(where)
+        if fmask is not None:
+            mode = "exact"
+        runs = None
+        if mode == "auto":
+            runs, _ = self.index.ranges(x_range, y_range)
+            visible = int((runs[:, 1] - runs[:, 0]).sum())
+            mode = "pyramid" if (visible > self.exact_budget and level is not None) else "exact"
+        if mode == "pyramid" and level is None:
+            mode = "exact"
+        if mode == "exact":
+            if runs is None:
+                runs, _ = self.index.ranges(x_range, y_range)
+            pos = self.index.positions(runs)
+            if fmask is not None:
+                pos = pos[fmask[pos]]
+            x, y = self.index.xs[pos], self.index.ys[pos]
+            vals = None if c.values is None else c.values[pos]
+            w = None
+            level = None
+        else:
+            runs, _ = self.index.ranges(x_range, y_range, max_level=level)
+            starts = self.index.level_starts(level)
+            g0 = np.searchsorted(starts, runs[:, 0])
+            g1 = np.searchsorted(starts, runs[:, 1])
+            cells = SpatialIndex.positions(np.stack([g0, g1], 1))
+            mx, my, cnt, extra = self._cells(level, c)
+            x, y, w = mx[cells], my[cells], cnt[cells]
+            if c.kind == "categorical":
+                pc, pcat, pw, offs = extra
+                pairs = SpatialIndex.positions(np.stack([offs[g0], offs[g1]], 1))
+                x, y = mx[pc[pairs]], my[pc[pairs]]
+                vals = (pcat[pairs], pw[pairs])
+            elif c.kind == "mean":
+                vals = (extra[0][cells], extra[1][cells])
+            else:
+                vals = None
+        return x_range, y_range, width, height, c, mode, level, x, y, w, vals
+
+    def _bin(self, x, y, w, vals, c, x_range, y_range, width, height, *, weighted):
+        if self.device is not None:
+            return self._bin_torch(x, y, w, vals, c, x_range, y_range, width, height, weighted)
+        if weighted:
+            # Pyramid cells are weighted points; numpy's bincount (the kernel's reference
+            # twin, same pixel mapping as Datashader) sums them faster than a dataframe.
+            return self._bin_weighted_numpy(x, y, w, vals, c, x_range, y_range, width, height)
+        import datashader as dsh
+        import pandas as pd
+
+        cv = dsh.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
+        df = {"x": x, "y": y}
+        if not weighted:
+            if c.kind == "density":
+                return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.count())
+            if c.kind == "categorical":
+                df["c"] = pd.Categorical.from_codes(vals, categories=list(c.categories))
+                return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.count_cat("c"))
+            df["v"] = vals
+            return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.mean("v"))
+        if c.kind == "density":
+            df["w"] = w
+            return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.sum("w"))
+        if c.kind == "categorical":
+            cell, cat = np.nonzero(vals)
+            d2 = pd.DataFrame({"x": x[cell], "y": y[cell], "w": vals[cell, cat],
+                               "c": pd.Categorical.from_codes(cat, categories=list(c.categories))})
+            return cv.points(d2, "x", "y", agg=dsh.by("c", dsh.sum("w")))
+        s, m = vals
+        df["s"], df["m"] = s, m
+        frame = pd.DataFrame(df)
+        tot = cv.points(frame, "x", "y", agg=dsh.sum("s"))
+        num = cv.points(frame, "x", "y", agg=dsh.sum("m"))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = tot / num.where(num > 0)
+        return out
+
+    def _bin_weighted_numpy(self, x, y, w, vals, c, x_range, y_range, width, height):
+        from ..kernels.raster import bin_points_reference
+
+        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
+        if c.kind == "density":
+            a = bin_points_reference(x, y, weights=w, **kw)
+        elif c.kind == "categorical":
+            cat, cw = vals
+            a = bin_points_reference(x, y, weights=cw, categories=cat,
+                                     n_categories=len(c.categories), **kw)
+        else:
+            s, m = vals
+            tot = bin_points_reference(x, y, weights=s, **kw)
+            num = bin_points_reference(x, y, weights=m, **kw)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                a = np.where(num > 0, tot / np.where(num > 0, num, 1), np.nan)
+        return _as_xarray(a, c, x_range, y_range, width, height)
+
+    def _bin_torch(self, x, y, w, vals, c, x_range, y_range, width, height, weighted):
+        import torch
+
+        from ..kernels.raster import bin_points_torch
+
+        dev = self.device
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=dev)  # noqa: E731
+        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
+        tx, ty = t(x), t(y)
+        tw = None if w is None else t(w)
+        if c.kind == "density":
+            arr = bin_points_torch(tx, ty, weights=tw, **kw)
+        elif c.kind == "categorical":
+            ncat = len(c.categories)
+            if weighted:
+                cat, cw = vals
+                arr = bin_points_torch(tx, ty, weights=t(cw), categories=t(cat),
+                                       n_categories=ncat, **kw)
+            else:
+                arr = bin_points_torch(tx, ty, categories=t(vals), n_categories=ncat, **kw)
+        else:
+            if weighted:
+                s, m = vals
+            else:
+                fin = np.isfinite(vals)
+                s, m = np.where(fin, vals, 0.0), fin.astype(np.float64)
+            tot = bin_points_torch(tx, ty, weights=t(s), **kw)
+            num = bin_points_torch(tx, ty, weights=t(m), **kw)
+            arr = torch.where(num > 0, tot / num.clamp(min=1e-300),
+                              torch.full_like(tot, float("nan")))
+        return _as_xarray(arr.cpu().numpy(), c, x_range, y_range, width, height)
+
+    # -- shading ---------------------------------------------------------------------------
+    def shade(self, agg, color_by=None):
+        """Shade an aggregate to a Datashader image (RGBA, transparent where empty).
+
+        Uses :mod:`bigembed.server.shade` (``tf.shade``'s formulas on non-empty pixels only),
+        then Datashader's own ``dynspread``, which keeps isolated points visible.
+        """
+        import colorcet as cc
+        import datashader.transfer_functions as tf
+
+        from . import shade as sh
+
+        c = self.colouring(color_by)
+        a = np.asarray(agg.data)
+        if c.kind == "categorical":
+            img = sh.shade_categorical(a, c.colors, min_alpha=CAT_MIN_ALPHA)
+        elif c.kind == "mean":
+            img = sh.shade_mean(a, getattr(cc, c.cmap), c.span)
+        else:
+            img = sh.shade_density(a, getattr(cc, DENSITY_CMAP)[DENSITY_FROM:])
+        dims = agg.dims[:2]
+        out = tf.Image(img, coords={d: agg.coords[d] for d in dims}, dims=dims)
+        return tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+
+    def _render_categorical(self, x_range, y_range, width, height, color_by, mode, where):
+        """A categorical frame without the dense (H, W, C) aggregate: O(points + pixels)."""
+        import datashader.transfer_functions as tf
+
+        from ..kernels.raster import pixel_index
+        from . import shade as sh
+
+        sel = self._select(x_range, y_range, width, height, color_by, mode, where)
+        x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
+        if mode == "pyramid":
+            cat, weight = vals
+        else:
+            cat, weight = vals, None
+        pix, keep = pixel_index(x, y, x_range=x_range, y_range=y_range, width=width,
+                                height=height)
+        img = sh.shade_categorical_sparse(pix, cat[keep],
+                                          None if weight is None else weight[keep],
+                                          shape=(height, width), colors=c.colors,
+                                          min_alpha=CAT_MIN_ALPHA)
+        xs = np.linspace(x_range[0], x_range[1], width, endpoint=False) + \
+            (x_range[1] - x_range[0]) / width / 2
+        ys = np.linspace(y_range[0], y_range[1], height, endpoint=False) + \
+            (y_range[1] - y_range[0]) / height / 2
+        out = tf.Image(img, coords={"y": ys, "x": xs}, dims=("y", "x"))
+        out = tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+        return out, mode, level, int(len(x))
+
+    def shade_reference(self, agg, color_by=None):
+        """The same image made by Datashader's ``tf.shade`` itself (the trusted reference)."""
+        import colorcet as cc
+        import datashader.transfer_functions as tf
+
+        c = self.colouring(color_by)
+        if c.kind == "categorical":
+            img = tf.shade(agg, color_key=dict(zip(c.categories, c.colors)), how="eq_hist",
+                           min_alpha=CAT_MIN_ALPHA)
+        elif c.kind == "mean":
+            img = tf.shade(agg, cmap=getattr(cc, c.cmap), how="linear", span=list(c.span))
+        else:
+            img = tf.shade(agg, cmap=getattr(cc, DENSITY_CMAP)[DENSITY_FROM:], how="eq_hist")
+        return tf.dynspread(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+
+    def warm_up(self, width: int = 800, height: int = 800, color_by=None) -> None:
+        """Render a few views (JIT-compiles Datashader's kernels, builds pyramid levels)."""
+        (x0, x1), (y0, y1) = self.default_range()
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        for z in (1, 2, 4, 64):
+            hw, hh = (x1 - x0) / z / 2, (y1 - y0) / z / 2
+            self.render(x_range=(cx - hw, cx + hw), y_range=(cy - hh, cy + hh), width=width,
+                        height=height, color_by=color_by)
+
+    def render(self, *, x_range=None, y_range=None, width=800, height=800, color_by=None,
+               mode="auto", where=None) -> Frame:
+        """Render one frame to PNG bytes; ``None`` ranges mean the whole layout.
+
+        ``where`` filters points (see :meth:`filter_mask`).
+        """
+        t0 = time.perf_counter()
+        if x_range is None or y_range is None:
+            dx, dy = self.default_range()
+            x_range = dx if x_range is None else x_range
+            y_range = dy if y_range is None else y_range
+        c = self.colouring(color_by)
+        if c.kind == "categorical" and self.device is None:
+            img, mode, level, pts = self._render_categorical(x_range, y_range, width, height,
+                                                             color_by, mode, where)
+        else:
+            agg, mode, level, pts = self.aggregate(x_range=x_range, y_range=y_range,
+                                                   width=width, height=height,
+                                                   color_by=color_by, mode=mode, where=where)
+            img = self.shade(agg, color_by)
+        png = png_rgba(np.asarray(img.data))
+        return Frame(png, mode, level, pts, time.perf_counter() - t0)
+
+    def render_png(self, *, x_range, y_range, width, height, color_by=None) -> bytes:
+        """PNG bytes of the view (x_range, y_range) at width x height pixels."""
+        return self.render(x_range=x_range, y_range=y_range, width=width, height=height,
+                           color_by=color_by).png
+
+    # -- picking ---------------------------------------------------------------------------
+    def pick(self, x: float, y: float, radius: float) -> int | None:
+        """Id of the nearest point to (x, y) within ``radius`` (data units), or None."""
+        ids, _ = self.index.nearest(float(x), float(y), k=1, radius=float(radius))
+        return int(ids[0]) if len(ids) else None
+
+    def xy(self, ids) -> np.ndarray:
+        """Coordinates of ``ids``: array of shape (len(ids), 2)."""
+        ids = np.asarray(ids, np.int64)
+        if not hasattr(self, "_pos_of_id"):
+            pos = np.empty(self.n, np.int64)
+            pos[self.index.ids] = np.arange(self.n)
+            self._pos_of_id = pos
+        p = self._pos_of_id[ids]
+        return np.stack([self.index.xs[p], self.index.ys[p]], 1)
+
+    def neighbors_2d(self, id: int, k: int) -> np.ndarray:
+        """The ``k`` nearest other points of ``id`` in the layout; array of ids, shape (<=k,)."""
+        px, py = self.xy([id])[0]
+        ids, _ = self.index.nearest(float(px), float(py), k=k, exclude=int(id))
+        return ids

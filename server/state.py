@@ -1,0 +1,197 @@
+"""What every session of one served dataset shares: renderers, neighbour lookups, selection.
+
+Thread-safe enough for the server's worker pool: renderers are built once under a lock;
+everything else is read-only or a per-call computation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+MAX_K = 200
+MAX_SEARCH_HITS = 20
+
+
+def true_neighbors(ds, *, space, id, k):
+    """The k true (high-dimensional) neighbours of ``id``: a dict shaped as the CLI's --json.
+
+    The one place the view calls the neighbour-search stage (``bigembed.neighbors``), so the
+    map, ``/api/neighbors`` and ``bigembed neighbors --json`` answer the same.
+    """
+    from ..neighbors import neighbors
+
+    return neighbors(ds, space=space, id=id, k=k).to_json()
+
+
+@dataclass(frozen=True)
+class SelectionStats:
+    """A group of points (box or lasso) against the whole: counts, label mix, errors."""
+
+    count: int
+    total: int
+    ids: np.ndarray
+    label_mix: dict
+    error_rate: float | None
+    error_rate_all: float | None
+    mean_confidence: float | None
+    mean_confidence_all: float | None
+
+    def to_json(self, *, with_ids: bool = False) -> dict:
+        d = {"count": self.count, "total": self.total, "label_mix": self.label_mix,
+             "error_rate": self.error_rate, "error_rate_all": self.error_rate_all,
+             "mean_confidence": self.mean_confidence,
+             "mean_confidence_all": self.mean_confidence_all}
+        if with_ids:
+            d["ids"] = self.ids.tolist()
+        return d
+
+
+def _finite_or_none(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def points_in_polygon(x: np.ndarray, y: np.ndarray, px, py) -> np.ndarray:
+    """Boolean mask of shape (n,): which points (x, y) lie inside the polygon (px, py)."""
+    px = np.asarray(px, np.float64)
+    py = np.asarray(py, np.float64)
+    inside = np.zeros(len(x), bool)
+    j = len(px) - 1
+    for i in range(len(px)):
+        # Even-odd rule: count edge crossings of a ray to +x.
+        yi, yj, xi, xj = py[i], py[j], px[i], px[j]
+        cond = (yi > y) != (yj > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xcross = (xj - xi) * (y - yi) / (yj - yi) + xi
+        inside ^= cond & (x < xcross)
+        j = i
+    return inside
+
+
+class Explorer:
+    """Shared state of one served dataset.
+
+    ``dataset``: a path or :class:`~bigembed.dataset.Dataset`. Renderers of its layouts are
+    built on first use and kept (a layout in Z-order plus its pyramid).
+    """
+
+    def __init__(self, dataset, *, backend: str = "auto"):
+        from ..dataset import Dataset
+        from ..layouts import find_layouts
+
+        self.ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+        self.layouts = find_layouts(self.ds)
+        if not self.layouts:
+            raise InputError(f"dataset {self.ds.path} has no layout to show; make one with "
+                             f"`bigembed reduce {self.ds.path}`")
+        self.backend = backend
+        self._renderers = {}
+        self._lock = threading.Lock()
+
+    @property
+    def spaces(self) -> list[str]:
+        return sorted(self.ds.spaces)
+
+    def layout_name(self, name: str | None) -> str:
+        if name is None or name == "":
+            return self.layouts[0]
+        if name not in self.layouts:
+            raise InputError(f"layout must be one of {self.layouts}, got {name!r}")
+        return name
+
+    def renderer(self, name: str | None = None):
+        from .frames import FrameRenderer
+
+        name = self.layout_name(name)
+        with self._lock:
+            r = self._renderers.get(name)
+            if r is None:
+                r = FrameRenderer(self.ds, name, backend=self.backend)
+                self._renderers[name] = r
+        return r
+
+    def space_of(self, layout: str | None) -> str | None:
+        rec = self.ds.manifest.get("layouts", {}).get(self.layout_name(layout), {})
+        sp = rec.get("space")
+        return sp if sp in self.ds.spaces else None
+
+    # -- lookups ---------------------------------------------------------------------------
+    def meta(self, id: int) -> dict:
+        from ..neighbors import meta_rows
+
+        return meta_rows(self.ds, [int(id)])[0]
+
+    def neighbors(self, *, id, k, space=None, layout=None) -> dict:
+        """True neighbours of ``id`` plus, per neighbour, whether it is a 2-D neighbour too."""
+        if space is None:
+            space = self.space_of(layout)
+        out = true_neighbors(self.ds, space=space, id=id, k=k)
+        r = self.renderer(layout)
+        ids = [n["id"] for n in out["neighbors"]]
+        near2d = set(r.neighbors_2d(int(out["query"]["id"]), len(ids)).tolist()) if ids else set()
+        xy = r.xy(ids) if ids else np.empty((0, 2))
+        for n, (x, y) in zip(out["neighbors"], xy):
+            n["x"], n["y"] = float(x), float(y)
+            n["neighbor_2d"] = n["id"] in near2d
+        out["also_2d"] = int(sum(n["neighbor_2d"] for n in out["neighbors"]))
+        out["layout"] = r.layout.name
+        return out
+
+    def search(self, text: str) -> list[int]:
+        """Ids matching ``text``: an id, an exact key, or a substring of any text column."""
+        text = (text or "").strip()
+        if not text:
+            return []
+        meta = self.ds.meta
+        hits: list[int] = []
+        if text.lstrip("-").isdigit():
+            i = int(text)
+            if 0 <= i < self.ds.rows:
+                hits.append(i)
+        if "key" in meta.columns:
+            hits += np.flatnonzero(meta["key"].astype(str).to_numpy() == text)[:MAX_SEARCH_HITS].tolist()
+        if len(hits) < MAX_SEARCH_HITS:
+            for c in meta.columns:
+                if meta[c].dtype == object or str(meta[c].dtype) in ("string", "category"):
+                    m = meta[c].astype(str).str.contains(text, case=False, regex=False).to_numpy()
+                    hits += np.flatnonzero(m)[:MAX_SEARCH_HITS].tolist()
+        return list(dict.fromkeys(int(h) for h in hits))[:MAX_SEARCH_HITS]
+
+    def select(self, *, layout=None, box=None, polygon=None) -> SelectionStats:
+        """Points inside ``box`` ((x0, x1), (y0, y1)) or ``polygon`` ((xs), (ys)) and stats."""
+        r = self.renderer(layout)
+        if box is not None:
+            pos = r.index.box(*box)
+        elif polygon is not None:
+            px, py = polygon
+            pos = r.index.box((min(px), max(px)), (min(py), max(py)))
+            m = points_in_polygon(r.index.xs[pos].astype(np.float64),
+                                  r.index.ys[pos].astype(np.float64), px, py)
+            pos = pos[m]
+        else:
+            raise InputError("give a box or a polygon to select")
+        ids = np.sort(r.index.ids[pos])
+        meta = self.ds.meta
+        mix = {}
+        if "label" in meta.columns and len(ids):
+            vc = meta["label"].iloc[ids].astype(str).value_counts()
+            mix = {str(k): int(v) for k, v in vc.head(20).items()}
+        err = err_all = conf = conf_all = None
+        if "correct" in meta.columns:
+            c = meta["correct"].to_numpy().astype(np.float64)
+            err_all = _finite_or_none(1 - c.mean()) if len(c) else None
+            err = _finite_or_none(1 - c[ids].mean()) if len(ids) else None
+        if "confidence" in meta.columns:
+            c = meta["confidence"].to_numpy().astype(np.float64)
+            conf_all = _finite_or_none(np.nanmean(c)) if len(c) else None
+            conf = _finite_or_none(np.nanmean(c[ids])) if len(ids) else None
+        return SelectionStats(int(len(ids)), self.ds.rows, ids, mix, err, err_all, conf, conf_all)

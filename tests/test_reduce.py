@@ -1,0 +1,219 @@
+"""2-D layouts: UMAP / t-SNE / PCA on the CPU backends, degenerate inputs, quality, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bigembed import BackendUnavailable, Dataset, DatasetWriter, InputError
+from bigembed.layouts import load_layout
+from bigembed.reduce import initial_layout, place_by_neighbors, reduce
+from conftest import assert_clean_error, run_cli
+
+FAST = {"n_epochs": 60}  # fewer epochs/iterations: tests check correctness, not beauty
+
+
+def write(path, x, space="a"):
+    x = np.asarray(x, np.float32)
+    with DatasetWriter(path) as dw:
+        with dw.space(space, dim=x.shape[1], total_rows=len(x)) as sw:
+            sw.write(x)
+    return path
+
+
+def blobs(rng, n=600, d=10, centers=4, spread=0.3):
+    c = rng.standard_normal((centers, d)) * 4
+    lab = np.arange(n) % centers
+    return c[lab] + spread * rng.standard_normal((n, d)), lab
+
+
+def _separation(xy, lab):
+    """Between-centroid distance over within-cluster spread (higher: clusters apart)."""
+    cents = np.array([xy[lab == c].mean(0) for c in np.unique(lab)])
+    within = np.mean([np.linalg.norm(xy[lab == c] - cents[c], axis=1).mean()
+                      for c in np.unique(lab)])
+    between = np.mean([np.linalg.norm(a - b) for i, a in enumerate(cents) for b in cents[i + 1:]])
+    return between / within
+
+
+@pytest.mark.parametrize("method", ["umap", "tsne"])
+def test_layout_separates_clusters_stores_quality_and_is_reused(tmp_path, rng, method):
+    x, lab = blobs(rng)
+    ds_path = write(tmp_path / "d", x)
+    r = reduce(ds_path, method=method, **FAST)
+    assert not r.cached and r.backend == "cpu" and r.rows == 600
+    lay = load_layout(Dataset.open(ds_path), name=r.name)
+    assert lay.xy.shape == (600, 2) and np.isfinite(lay.xy).all()
+    assert _separation(lay.xy, lab) > 3.0
+    kp = lay.columns["knn_preservation"]
+    assert kp.dtype == np.float32 and kp.min() >= 0 and kp.max() <= 1
+    q = lay.record["quality"]
+    assert q["k"] == 15 and q["knn_preservation"] == pytest.approx(float(kp.mean()), abs=1e-4)
+    assert q["trustworthiness"] > 0.85 and q["continuity"] > 0.85
+    assert lay.record["fit"]["rows"] == 600 and lay.record["fit"]["sampled"] is False
+    again = reduce(ds_path, method=method, **FAST)
+    assert again.cached and again.name == r.name and again.quality == q
+    # Changing a parameter makes a new layout.
+    assert reduce(ds_path, method=method, seed=1, **FAST).name != r.name
+
+
+def test_umap_quality_close_to_plain_umap_learn(tmp_path, rng):
+    """Our UMAP (exact kNN graph, PCA init) against umap-learn's defaults on the same data."""
+    import warnings
+
+    import umap
+
+    from bigembed.quality import trustworthiness_continuity
+
+    x, _ = blobs(rng, n=800, d=12, centers=6, spread=1.0)
+    ds_path = write(tmp_path / "d", x)
+    r = reduce(ds_path, method="umap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = umap.UMAP(random_state=0).fit_transform(x.astype(np.float32))
+    ref_t = trustworthiness_continuity(x, ref, k=15)["trustworthiness"]
+    assert r.quality["trustworthiness"] >= ref_t - 0.02
+
+
+def test_pca_layout_matches_scikit_learn_up_to_sign(tmp_path, rng):
+    from sklearn.decomposition import PCA
+
+    x = rng.standard_normal((400, 6)) * np.arange(1, 7)
+    ds_path = write(tmp_path / "d", x)
+    r = reduce(ds_path, method="pca")
+    xy = load_layout(Dataset.open(ds_path), name=r.name).xy
+    ref = PCA(2).fit_transform(x.astype(np.float32))
+    for j in range(2):
+        s = np.sign(xy[:, j] @ ref[:, j])
+        np.testing.assert_allclose(s * xy[:, j], ref[:, j], atol=1e-3)
+
+
+def _degenerate(rng):
+    many_same = np.tile(rng.standard_normal((1, 6)), (40, 1))
+    zeros = rng.standard_normal((60, 5))
+    zeros[:20] = 0.0
+    return {
+        "n1": (rng.standard_normal((1, 4)), "l2"),
+        "n2": (rng.standard_normal((2, 4)), "l2"),
+        "n3": (rng.standard_normal((3, 4)), "l2"),
+        "n8_below_k": (rng.standard_normal((8, 4)), "l2"),
+        "identical": (many_same, "l2"),
+        "identical_cosine": (many_same, "cosine"),
+        "zero_vectors_cosine": (zeros, "cosine"),
+        "d1": (rng.standard_normal((50, 1)), "l2"),
+        "duplicates": (np.repeat(rng.standard_normal((10, 3)), 5, axis=0), "l2"),
+    }
+
+
+@pytest.mark.parametrize("method", ["umap", "tsne", "pca"])
+@pytest.mark.parametrize("case", list(_degenerate(np.random.default_rng(0))))
+def test_degenerate_input_never_gives_nan(tmp_path, method, case):
+    x, metric = _degenerate(np.random.default_rng(7))[case]
+    ds_path = write(tmp_path / "d", x)
+    r = reduce(ds_path, method=method, metric=metric, **FAST)
+    lay = load_layout(Dataset.open(ds_path), name=r.name)
+    assert lay.xy.shape == (len(x), 2) and np.isfinite(lay.xy).all()
+    kp = lay.columns["knn_preservation"]
+    assert np.isfinite(kp).all() and kp.min() >= 0 and kp.max() <= 1
+    if method != "pca" and len(x) < 30:
+        # Lowered n_neighbors / perplexity (or the PCA fallback) is said in the record.
+        assert lay.record.get("notes")
+
+
+def test_sampled_fit_places_the_rest_and_records_it(tmp_path, rng):
+    # A 2-D sheet embedded in 20-D: a good layout keeps most neighbours.
+    z = rng.uniform(0, 10, size=(1500, 2))
+    x = z @ rng.standard_normal((2, 20)) + 0.01 * rng.standard_normal((1500, 20))
+    ds_path = write(tmp_path / "d", x)
+    full = reduce(ds_path, method="umap", **FAST)
+    r = reduce(ds_path, method="umap", fit_rows=400, pca_dims=8, **FAST)
+    lay = load_layout(Dataset.open(ds_path), name=r.name)
+    assert lay.record["fit"]["sampled"] is True and lay.record["fit"]["rows"] == 400
+    assert lay.record["params"]["fit_rows"] == 400 and "transform" in lay.record["timings"]
+    assert np.isfinite(lay.xy).all()
+    # Placing by neighbours keeps a good share of what a full fit keeps.
+    assert r.quality["knn_preservation"] > 0.5 * full.quality["knn_preservation"]
+    assert r.quality["trustworthiness"] > 0.9
+
+
+def test_place_by_neighbors_and_initial_layout():
+    xy_fit = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+    # A point at distance 0 from fitted row 1 lands on it (weights decay from the nearest).
+    got = place_by_neighbors(xy_fit, np.array([[1, 0, 2]]), np.array([[0.0, 5.0, 5.0]]))
+    assert got.shape == (1, 2) and np.linalg.norm(got[0] - xy_fit[1]) < 5.0
+    even = place_by_neighbors(xy_fit, np.array([[0, 1]]), np.array([[2.0, 2.0]]))
+    np.testing.assert_allclose(even[0], [5.0, 0.0], atol=1e-5)
+    init = initial_layout(np.ones((5, 3), np.float32))
+    assert np.isfinite(init).all() and np.ptp(init, axis=0).min() > 0
+
+
+def test_bad_parameters_and_inputs_are_refused(tmp_path, rng):
+    ds_path = write(tmp_path / "d", rng.standard_normal((50, 4)))
+    with pytest.raises(InputError, match="--method"):
+        reduce(ds_path, method="mds")
+    with pytest.raises(InputError, match="--backend"):
+        reduce(ds_path, method="umap", backend="gpu")
+    with pytest.raises(InputError, match="--perplexity"):
+        reduce(ds_path, method="tsne", perplexity=-1)
+    with pytest.raises(InputError, match="--n-neighbors"):
+        reduce(ds_path, method="umap", n_neighbors=1)
+    with pytest.raises(InputError, match="--metric"):
+        reduce(ds_path, method="umap", metric="manhattan")
+    with pytest.raises(BackendUnavailable, match="cuml"):
+        reduce(ds_path, method="umap", backend="cuml")
+    x = rng.standard_normal((50, 4))
+    x[7, 2] = np.nan
+    bad = write(tmp_path / "nan", x)
+    with pytest.raises(InputError, match="NaN or infinite.*id 7"):
+        reduce(bad, method="umap")
+    assert not Dataset.open(bad).manifest.get("layouts")
+
+
+def test_cli_reduce_umap_then_info_shows_quality(tmp_path, rng):
+    x, _ = blobs(rng, n=300, d=6)
+    ds_path = write(tmp_path / "d", x)
+    p = run_cli("reduce", ds_path, "--method", "umap", "--n-epochs", "50", check=True)
+    assert "computed in" in p.stdout and "trustworthiness" in p.stdout
+    p = run_cli("reduce", ds_path, "--method", "umap", "--n-epochs", "50", check=True)
+    assert "up to date" in p.stdout
+    info = run_cli("info", ds_path, check=True)
+    assert "quality=" in info.stdout and "knn_preservation" in info.stdout
+    assert_clean_error(run_cli("reduce", ds_path, "--method", "tsne", "--perplexity", "0"),
+                       "--perplexity must be a number > 0")
+    assert_clean_error(run_cli("reduce", ds_path, "--backend", "cuml", "--method", "umap"),
+                       "cuml", "Install")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["umap", "tsne", "pca"])
+def test_cuml_backend_quality_close_to_cpu(tmp_path, rng, method):
+    pytest.importorskip("cuml")
+    x, _ = blobs(rng, n=2000, d=32)
+    ds_path = write(tmp_path / "d", x)
+    cpu = reduce(ds_path, method=method, backend="cpu")
+    gpu = reduce(ds_path, method=method, backend="cuml")
+    assert gpu.backend == "cuml"
+    assert gpu.quality["trustworthiness"] >= cpu.quality["trustworthiness"] - 0.02
+
+
+def test_numba_cache_goes_to_bigembed_cache_and_covers_umap_sgd(tmp_path):
+    """A second process loads umap-learn's compiled SGD from disk instead of compiling it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, umap.layouts as L\n"
+            "from numba.core.caching import NullCache\n"
+            "from bigembed.reduce_backends import _import_umap\n"
+            "_import_umap()\n"
+            "print(os.environ['NUMBA_CACHE_DIR'])\n"
+            "print(isinstance(L._nb_optimize_layout_euclidean_single_epoch_parallel._cache,"
+            " NullCache))\n")
+    env = dict(os.environ, BIGEMBED_CACHE=str(tmp_path / "c"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    # The probe imports umap.layouts first on purpose: caching must still be switched on.
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    cache_dir, still_uncached = p.stdout.split()
+    assert cache_dir == str(tmp_path / "c" / "numba") and still_uncached == "False"
