@@ -112,6 +112,10 @@ class Capture:
             if t is None:
                 raise InputError(f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                                  f"choose another layer")
+            if name in self.out:
+                raise InputError(f"layer {name!r} runs more than once in one forward pass (a "
+                                 f"shared module), so which output to keep is ambiguous; "
+                                 f"choose a layer that runs once")
             self.shapes[name] = tuple(t.shape)
             self.out[name] = pool(t.detach(), self.pooling, layer=name, module=mod)
         return hook

@@ -36,10 +36,23 @@ def cache_dir() -> Path:
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """Images of shape (1797, 8, 8) float32 in [0, 1] and labels (1797,) int64."""
-    from sklearn.datasets import load_digits
+    import importlib.util
 
-    d = load_digits()
-    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+    # Read scikit-learn's bundled file directly: importing sklearn costs seconds.
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is not None and path.is_file():
+        raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        images, target = raw[:, :-1].reshape(-1, 8, 8), raw[:, -1].astype(np.int64)
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        images, target = d.images.astype(np.float32), d.target.astype(np.int64)
+    if images.shape != (N_REAL, 8, 8):
+        raise InputError(f"scikit-learn's digits have shape {images.shape}, expected "
+                         f"({N_REAL}, 8, 8)")
+    return images / np.float32(16.0), target
 
 
 def _hash_uniform(seed: int, ids: np.ndarray, k: int) -> np.ndarray:
