@@ -103,7 +103,15 @@ class Capture:
 
     def __enter__(self):
         for name, mod in self.layers.items():
-            self.handles.append(mod.register_forward_hook(self._hook(name, mod)))
+            try:
+                self.handles.append(mod.register_forward_hook(self._hook(name, mod)))
+            except RuntimeError as e:  # TorchScript: "not supported on ScriptModules"
+                self.__exit__()
+                raise InputError(
+                    f"--layers {name!r}: cannot hook this layer ({e}); TorchScript models run "
+                    f"compiled code without per-layer hooks. Save the model with "
+                    f"torch.export.save(torch.export.export(model, ...)) and pass the .pt2 "
+                    f"file instead") from None
         return self
 
     def _hook(self, name, mod):
@@ -160,7 +168,10 @@ def list_layers(model, example) -> list[dict]:
         def hook(_m, _i, out, name=name):
             x = _first_tensor(out)
             shapes[name] = tuple(x.shape) if x is not None else type(out).__name__
-        handles.append(mod.register_forward_hook(hook))
+        try:
+            handles.append(mod.register_forward_hook(hook))
+        except RuntimeError:  # TorchScript modules take no hooks: names and types only
+            break
     try:
         with t.inference_mode():
             example()
