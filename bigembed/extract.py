@@ -115,6 +115,10 @@ def _chunk_rows(dims: dict, dtype: str, shard_rows: int | None) -> int:
     step = 1
     for d in dims.values():
         step = math.lcm(step, _page_step(d, dtype))
+    if shard_rows and shard_rows < step:
+        log.warning("--shard-rows %d is below %d, the smallest multiple that keeps shards "
+                    "page-aligned: reading these spaces will copy them", shard_rows, step)
+        return int(shard_rows)
     want = shard_rows if shard_rows else min(shard_rows_for(d, dtype) for d in dims.values())
     rows = max(step, int(want) // step * step)
     if shard_rows and rows != shard_rows:
@@ -406,7 +410,8 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     dims, shapes, has_labels, has_preds, has_loss = _probe(mdl, src, layer_mods, pooling, dev,
                                                            amp_dtype)
     chunk_rows = _chunk_rows(dims, dtype, shard_rows)
-    identity = {"model": mdesc, "weights": _weights_hash(mdl), "data": src.fingerprint,
+    # The weights hash names the model (class and every tensor), however it was passed.
+    identity = {"weights": _weights_hash(mdl), "data": src.fingerprint,
                 "layers": list(layer_mods), "pooling": pooling, "dtype": dtype,
                 "amp": amp_dtype, "chunk_rows": chunk_rows}
     key = xxhash.xxh3_64(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -467,6 +472,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
                 except (InputError, ExtractError):
                     raise
                 except Exception as e:
+                    drain(0)  # batches already computed still make their chunks
                     raise ExtractError(
                         f"the model raised {type(e).__name__} on {where}: {e}. The "
                         f"{chunker.index} finished chunks ({chunker.start} rows) are kept; "
