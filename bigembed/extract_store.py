@@ -74,7 +74,7 @@ class ExtractStore:
                              f"choose another path (it is never deleted, even with --overwrite)")
         if manifest is not None:
             ext = manifest.get("extract") or {}
-            if ext.get("key") == self.key:
+            if ext.get("key") == self.key and not self.overwrite:
                 return self._resume(manifest)
             if not self.overwrite:
                 if ext:

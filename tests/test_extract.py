@@ -440,14 +440,9 @@ def test_cli_list_layers_and_summary(tmp_path):
 @pytest.mark.parametrize("args,fragments", [
     (["--model", "digits", "--n", "50", "--layers", "conv3,fc1"],
      ["no layer 'conv3'", "close matches", "conv2"]),
-    (["--model", "bx_user:nope", "--data", "bx_user:data", "--layers", "embed"],
-     ["--model 'bx_user:nope'", "no attribute 'nope'"]),
-    (["--model", "bx_user:broken", "--data", "bx_user:data", "--layers", "embed"],
-     ["factory raised ValueError: no weights here"]),
     (["--model", "nopkg_xyz.models:net", "--data", "bx_user:data", "--layers", "embed"],
      ["cannot import module 'nopkg_xyz.models'", "ModuleNotFoundError"]),
     (["--model", "digits", "--n", "50", "--batch-size", "zero"], ["--batch-size", "'zero'"]),
-    (["--model", "digits", "--n", "0"], ["--n must be an integer >= 1"]),
     (["--model", "bx_user:net", "--data", "bx_user:data"], ["--layers is required"]),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, user_mod, args, fragments):
@@ -455,6 +450,39 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, user_mod, args, fragments):
     assert_clean_error(p, *fragments)
     assert p.returncode == 2
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(model="bx_user:nope"), r"--model 'bx_user:nope'.*no attribute 'nope'"),
+    (dict(model="bx_user:broken"), "factory raised ValueError: no weights here"),
+    (dict(model="bx_user:data"), "returned TensorDataset, expected a torch.nn.Module"),
+    (dict(model="no_colon_and_no_file"), "no such file"),
+    (dict(data="bx_user:broken"), "--data 'bx_user:broken'.*ValueError"),
+    (dict(data=torch.empty(0, 6)), "N >= 1"),
+    (dict(data=[]), "holds no batches"),
+    (dict(layers=["embed", "embed"]), "named more than once"),
+    (dict(layers=[]), "at least one layer"),
+    (dict(pooling="median"), "--pooling must be one of"),
+    (dict(dtype="int8"), "--dtype must be one of"),
+    (dict(batch_size=0), "--batch-size must be an integer >= 1"),
+    (dict(amp="fp8"), "--amp must be one of"),
+    (dict(device="cuda"), "torch-cuda' cannot run: no CUDA device"),
+])
+def test_bad_arguments_raise_clear_errors(tmp_path, user_mod, kw, match):
+    from bigembed.errors import BigembedError
+
+    args = dict(model="bx_user:net", data="bx_user:data", out=tmp_path / "d", layers="embed")
+    args.update(kw)
+    if kw.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(BigembedError, match=match):
+        extract(**args)
+    assert not (tmp_path / "d").exists()
+
+
+def test_digits_needs_a_positive_n(tmp_path):
+    with pytest.raises(InputError, match="--n must be an integer >= 1"):
+        build_digits_dataset(tmp_path / "d", n=0)
 
 
 def test_cli_factory_import_error_names_module_and_reason(tmp_path, user_mod):
