@@ -190,7 +190,11 @@ class _Runner:
     """Runs batches through the model on the device; halves the batch on out-of-memory."""
 
     def __init__(self, model, capture: Capture, device, amp, auto_batch: bool):
+        from .extract_text import is_text_model
+
         self.model, self.capture, self.device = model, capture, device
+        # An embedding model's output is not class scores: no prediction/confidence/loss.
+        self.predict = not is_text_model(model)
         self.amp = amp
         self.auto_batch = auto_batch
         self.non_blocking = device.type == "cuda"
@@ -214,7 +218,7 @@ class _Runner:
                     f"model does not call, or a TorchScript model whose compiled forward skips "
                     f"hooks: save it with torch.export instead)")
             with t.inference_mode():
-                preds = predictions(out, y)
+                preds = predictions(out, y) if self.predict else None
             return pooled, preds
         except oom:
             self.capture.take()
@@ -404,7 +408,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     if data is None and model == "digits":
         data = "digits"
     mdl, mdesc = load_model(model, seed=model_seed)
-    src = load_data(data, n=n, seed=seed)
+    src = load_data(_text_data(mdl, data, batch_size), n=n, seed=seed)
     mdl.eval().to(dev)
     layer_mods = resolve_layers(mdl, layers)
     dims, shapes, has_labels, has_preds, has_loss = _probe(mdl, src, layer_mods, pooling, dev,
@@ -515,6 +519,15 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     return _result(store, result_kw, t0, computed=computed, resumed=resumed, timings=timings)
 
 
+def _text_data(model, data, batch_size):
+    """For a text model, texts (a file or a list of strings) become tokenised batches."""
+    from .extract_text import TextBatches, is_text_model, read_texts
+
+    if not is_text_model(model):
+        return data
+    return TextBatches(read_texts(data), model, batch_size)
+
+
 def _result(store, kw, t0, *, computed, resumed, cached=False, timings=None):
     m = json.loads((store.path / "manifest.json").read_text())
     nbytes = sum(s["bytes"] for name in kw["spaces"] for s in m["spaces"][name]["shards"])
@@ -536,7 +549,7 @@ def inspect_layers(*, model, data=None, n: int | None = None, seed: int = 0,
     if data is None:
         return [{"name": k, "type": type(m).__name__, "output_shape": None}
                 for k, m in mdl.named_modules() if k]
-    src = load_data(data, n=n, seed=seed)
+    src = load_data(_text_data(mdl, data, 2), n=n, seed=seed)
     if src.map_style:
         first = next(iter(t.utils.data.DataLoader(src.data, batch_size=min(2, src.rows))))
     else:

@@ -82,9 +82,15 @@ def load_model(model, *, seed: int = 0):
         return model, f"{type(model).__module__}.{type(model).__qualname__}"
     if not isinstance(model, (str, Path)):
         raise InputError(f"--model must be an nn.Module, 'package.module:factory', a built-in "
-                         f"name {sorted(BUILTIN_MODELS)} or a model file, got "
+                         f"name {sorted(BUILTIN_MODELS) + ['minilm']}, 'text:DIR' or a model "
+                         f"file, got "
                          f"{type(model).__name__}")
     spec = str(model)
+    if spec == "minilm" or spec.startswith("text:"):
+        from .extract_text import load_text_model, minilm_path
+
+        path = minilm_path() if spec == "minilm" else Path(spec[5:])
+        return load_text_model(path), spec
     if spec in BUILTIN_MODELS:
         fn = import_object(BUILTIN_MODELS[spec], "--model")
         obj = fn(seed=seed) if spec == "digits" else fn()

