@@ -30,7 +30,7 @@ import xxhash
 from . import _mmap
 from .dataset import DTYPES, shard_rows_for
 from .errors import InputError, check_choice, check_positive_int
-from .extract_capture import POOLINGS, Capture, list_layers, predictions, resolve_layers
+from .extract_capture import POOLINGS, Capture, list_layers, logits_of, resolve_layers, scores
 from .extract_sources import (batch_rows, load_data, load_model, slice_inputs, split_batch,
                               to_device, torch)
 from .extract_store import ChunkWriter, ExtractError, ExtractStore
@@ -100,7 +100,7 @@ def _weights_hash(model) -> str:
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch().uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch().uint8).numpy())  # the buffer, no copy
     return h.hexdigest()
 
 
@@ -201,7 +201,7 @@ class _Runner:
         self.halvings = 0
 
     def forward(self, x, y, where: str):
-        """Pooled outputs ``{layer: (b, d) float32}`` and ``(pred, conf, loss) | None``."""
+        """Pooled outputs ``{layer: (b, d) float32}`` and the (b, C) logits or None."""
         t = torch()
         oom = getattr(t, "OutOfMemoryError", t.cuda.OutOfMemoryError)
         try:
@@ -217,9 +217,7 @@ class _Runner:
                     f"--layers {missing}: never ran in the model's forward pass (a layer the "
                     f"model does not call, or a TorchScript model whose compiled forward skips "
                     f"hooks: save it with torch.export instead)")
-            with t.inference_mode():
-                preds = predictions(out, y) if self.predict else None
-            return pooled, preds
+            return pooled, (logits_of(out) if self.predict else None)
         except oom:
             self.capture.take()
             if self.device.type == "cuda":
@@ -238,29 +236,30 @@ class _Runner:
             a = self.forward(slice_inputs(x, 0, h), y1, where)
             b = self.forward(slice_inputs(x, h, n), y2, where)
             pooled = {k: t.cat([a[0][k], b[0][k]]) for k in a[0]}
-            preds = None
-            if a[1] is not None and b[1] is not None:
-                preds = tuple(None if p is None or q is None else t.cat([p, q])
-                              for p, q in zip(a[1], b[1]))
-            return pooled, preds
+            logits = None if a[1] is None or b[1] is None else t.cat([a[1], b[1]])
+            return pooled, logits
 
 
 class _Chunker:
     """Collects per-batch host arrays into chunks of ``chunk_rows`` rows and submits them."""
 
     def __init__(self, writer: ChunkWriter, src, layers, *, chunk_rows: int, index: int,
-                 start: int, has_labels: bool, has_preds: bool, has_loss: bool):
+                 start: int, has_labels: bool, classes: int | None, has_loss: bool,
+                 dtype: str = "float32"):
         self.writer, self.src, self.layers = writer, src, list(layers)
+        self.dtype = dtype
         self.chunk_rows, self.index, self.start = chunk_rows, index, start
-        self.has_labels, self.has_preds, self.has_loss = has_labels, has_preds, has_loss
+        self.has_labels, self.has_loss = has_labels, has_loss
+        self.classes, self.has_preds = classes, classes is not None
         self._reset()
 
     def _reset(self):
         self.vec = {k: [] for k in self.layers}
-        self.meta = {k: [] for k in ("label", "prediction", "confidence", "loss")}
+        self.meta = {"label": [], "logits": []}
         self.rows = 0
 
-    def add(self, pooled: dict, preds, labels, n: int) -> None:
+    def add(self, pooled: dict, logits, labels, n: int) -> None:
+        """Append a batch: ``{layer: (n, d)}``, logits (n, C) or None, labels (n,) or None."""
         off = 0
         while off < n:
             take = min(n - off, self.chunk_rows - self.rows)
@@ -270,15 +269,9 @@ class _Chunker:
                 lab = labels if labels is not None else np.full(n, -1)
                 self.meta["label"].append(lab[off:off + take])
             if self.has_preds:
-                if preds is None:
-                    p = (np.full(n, -1), np.full(n, np.nan, np.float32), None)
-                else:
-                    p = preds
-                self.meta["prediction"].append(p[0][off:off + take])
-                self.meta["confidence"].append(p[1][off:off + take])
-                if self.has_loss:
-                    loss = p[2] if p[2] is not None else np.full(n, np.nan, np.float32)
-                    self.meta["loss"].append(loss[off:off + take])
+                lg = logits if logits is not None else np.full((n, self.classes), np.nan,
+                                                               np.float32)
+                self.meta["logits"].append(lg[off:off + take])
             self.rows += take
             off += take
             if self.rows == self.chunk_rows:
@@ -290,23 +283,28 @@ class _Chunker:
         blocks = {}
         for k in self.layers:
             b = np.concatenate(self.vec[k]) if len(self.vec[k]) > 1 else self.vec[k][0]
+            # Checked in the storage dtype: float16 turns values above 65504 into Inf.
+            b = b.astype(DTYPES[self.dtype], copy=False)
             finite = np.isfinite(b).all(axis=1)
             if not finite.all():
                 bad = int(np.flatnonzero(~finite)[0]) + self.start
+                hint = (" (or its values exceed the float16 range: use --dtype float32)"
+                        if self.dtype == "float16" else "")
                 raise ExtractError(
                     f"layer {k!r} produced NaN or Inf for instance {bad} (chunk {self.index}, "
                     f"rows {self.start}..{self.start + self.rows - 1}); the model or its input "
-                    f"is broken there. The {self.index} finished chunks are kept")
+                    f"is broken there{hint}. The {self.index} finished chunks are kept")
             blocks[k] = b
         cols = {}
         if self.has_labels:
             cols["label"] = np.concatenate(self.meta["label"])
         if self.has_preds:
-            pred = np.concatenate(self.meta["prediction"]).astype(np.int64)
-            cols["prediction"] = pred
-            cols["confidence"] = np.concatenate(self.meta["confidence"]).astype(np.float32)
-            if self.has_loss:
-                cols["loss"] = np.concatenate(self.meta["loss"]).astype(np.float32)
+            pred, conf, loss = scores(np.concatenate(self.meta["logits"]), cols.get("label"))
+            missing = ~np.isfinite(conf)
+            pred[missing] = -1
+            cols["prediction"], cols["confidence"] = pred, conf
+            if self.has_loss and loss is not None:
+                cols["loss"] = loss
             if self.has_labels and cols["label"].dtype.kind in "iu":
                 cols["correct"] = cols["label"] == pred
         stop = self.start + self.rows
@@ -328,8 +326,8 @@ def _probe(model, src, layers: dict, pooling: str, device, amp):
     if src.map_style:
         if src.rows == 0:
             raise InputError(f"--data {src.description}: holds no instances")
-        loader = t.utils.data.DataLoader(src.data, batch_size=min(2, src.rows))
-        first = next(iter(loader))
+        # One instance is enough to learn the output shapes.
+        first = next(iter(t.utils.data.DataLoader(src.data, batch_size=1)))
         rest = None
     else:
         it = iter(src.data)
@@ -350,16 +348,17 @@ def _probe(model, src, layers: dict, pooling: str, device, amp):
     cap = Capture(layers, pooling)
     with cap:
         try:
-            pooled, preds = _Runner(model, cap, device, amp, False).forward(x, y, "batch 0")
+            pooled, logits = _Runner(model, cap, device, amp, False).forward(x, y, "batch 0")
         except (InputError, ExtractError):
             raise
         except Exception as e:
             raise ExtractError(f"the model raised {type(e).__name__} on the first batch "
                                f"(rows 0..{n - 1}): {e}") from None
-    dims = {k: int(v.shape[1]) for k, v in pooled.items()}
+    dims = {k: int(pooled[k].shape[1]) for k in layers}  # in the order asked for
     del rest
-    return dims, dict(cap.shapes), y is not None, preds is not None, (
-        preds is not None and preds[2] is not None)
+    classes = None if logits is None else int(logits.shape[1])
+    has_loss = classes is not None and y is not None and _labels_numpy(y, n).dtype.kind in "iu"
+    return dims, dict(cap.shapes), y is not None, classes, has_loss
 
 
 def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=256,
@@ -411,7 +410,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     src = load_data(_text_data(mdl, data, batch_size), n=n, seed=seed)
     mdl.eval().to(dev)
     layer_mods = resolve_layers(mdl, layers)
-    dims, shapes, has_labels, has_preds, has_loss = _probe(mdl, src, layer_mods, pooling, dev,
+    dims, shapes, has_labels, classes, has_loss = _probe(mdl, src, layer_mods, pooling, dev,
                                                            amp_dtype)
     chunk_rows = _chunk_rows(dims, dtype, shard_rows)
     # The weights hash names the model (class and every tensor), however it was passed.
@@ -439,8 +438,8 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
         log.info("--batch-size is ignored: the data yields its own batches")
     writer = ChunkWriter(store, background=background_writer)
     chunker = _Chunker(writer, src, dims, chunk_rows=chunk_rows, index=store.done_chunks,
-                       start=resumed, has_labels=has_labels, has_preds=has_preds,
-                       has_loss=has_loss)
+                       start=resumed, has_labels=has_labels, classes=classes,
+                       has_loss=has_loss, dtype=dtype)
     batches = _Batches(src, start=resumed, chunk_rows=chunk_rows, batch_size=batch_size,
                        workers=workers, pin=dev.type == "cuda")
     cap = Capture(layer_mods, pooling)
@@ -455,13 +454,11 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
         # Host copies were queued non-blocking; wait for the oldest only when it is needed,
         # so the device runs the next batch meanwhile.
         while len(pending) > keep:
-            event, n, pooled, preds, labels = pending.popleft()
+            event, n, pooled, logits, labels = pending.popleft()
             if event is not None:
                 event.synchronize()
             host = {k: v.numpy() for k, v in pooled.items()}
-            hp = None if preds is None else tuple(None if p is None else p.numpy()
-                                                  for p in preds)
-            chunker.add(host, hp, labels, n)
+            chunker.add(host, None if logits is None else logits.numpy(), labels, n)
             bar.update(n)
 
     i = -1
@@ -472,7 +469,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
                 where = f"batch {i} (rows {row}..{row + n_b - 1})"
                 ts = time.perf_counter()
                 try:
-                    pooled, preds = runner.forward(x, y, where)
+                    pooled, logits = runner.forward(x, y, where)
                 except (InputError, ExtractError):
                     raise
                 except Exception as e:
@@ -485,15 +482,14 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
                     batches.batch_size = max(1, AUTO_BATCH >> runner.halvings)
                 nb = dev.type == "cuda"
                 pooled = {k: v.to("cpu", non_blocking=nb) for k, v in pooled.items()}
-                if preds is not None:
-                    preds = tuple(None if p is None else p.to("cpu", non_blocking=nb)
-                                  for p in preds)
+                if logits is not None:
+                    logits = logits.to("cpu", non_blocking=nb)
                 event = None
                 if nb:
                     event = t.cuda.Event()
                     event.record()
                 t_model += time.perf_counter() - ts
-                pending.append((event, n_b, pooled, preds, _labels_numpy(y, n_b)))
+                pending.append((event, n_b, pooled, logits, _labels_numpy(y, n_b)))
                 computed += n_b
                 drain(1)
             drain(0)

@@ -555,3 +555,12 @@ def test_text_model_from_the_packaged_minilm(tmp_path):
     assert "prediction" not in ds.meta.columns  # an embedding is not class scores
     with pytest.raises(InputError, match="not a sentence-transformers model directory"):
         extract(model=f"text:{tmp_path}", data=str(f), out=tmp_path / "e", layers="embedding")
+
+
+def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1e5)
+    x = torch.ones(10, 2)
+    with pytest.raises(ExtractError, match="instance 0.*float16 range"):
+        extract(model=model, data=x, out=tmp_path / "d", layers="0", dtype="float16")
