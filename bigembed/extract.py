@@ -328,7 +328,6 @@ def _probe(model, src, layers: dict, pooling: str, device, amp):
             raise InputError(f"--data {src.description}: holds no instances")
         # One instance is enough to learn the output shapes.
         first = next(iter(t.utils.data.DataLoader(src.data, batch_size=1)))
-        rest = None
     else:
         it = iter(src.data)
         try:
@@ -340,7 +339,6 @@ def _probe(model, src, layers: dict, pooling: str, device, amp):
             import itertools
 
             src.data = itertools.chain([first], it)
-        rest = None
     x, y = split_batch(first, "--data batch 0")
     n = batch_rows(x)
     if n == 0:
@@ -355,7 +353,6 @@ def _probe(model, src, layers: dict, pooling: str, device, amp):
             raise ExtractError(f"the model raised {type(e).__name__} on the first batch "
                                f"(rows 0..{n - 1}): {e}") from None
     dims = {k: int(pooled[k].shape[1]) for k in layers}  # in the order asked for
-    del rest
     classes = None if logits is None else int(logits.shape[1])
     has_loss = classes is not None and y is not None and _labels_numpy(y, n).dtype.kind in "iu"
     return dims, dict(cap.shapes), y is not None, classes, has_loss

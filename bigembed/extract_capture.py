@@ -79,7 +79,8 @@ def pool(t_out, how: str, *, layer: str, module=None):
         return t_out.float()
     if how == "flatten":
         return t_out.reshape(shape[0], -1).float()
-    spatial = t_out.ndim >= 4 or (t_out.ndim == 3 and module is not None and _channels_first(module))
+    spatial = t_out.ndim >= 4 or (
+        t_out.ndim == 3 and module is not None and _channels_first(module))
     if spatial:
         if how == "cls":
             raise InputError(f"--pooling cls takes the first token of a (batch, tokens, dim) "
