@@ -128,6 +128,9 @@ def main(argv=None):
     ap.add_argument("--vit-batch", default="4,8")
     ap.add_argument("--vit-bf16", action="store_true", help="also time bf16 autocast for ViT")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for both sides (default: torch's own choice); 1 "
+                    "steadies the figures on a shared, busy machine")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default="benchmarks/results/extract.json")
     args = ap.parse_args(argv)
@@ -138,11 +141,16 @@ def main(argv=None):
     from bigembed.models.digits import DigitsData, load_model
     from bigembed.models.vit import RandomImages, build_vit_b16
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(tempfile.mkdtemp(prefix="bench-extract-", dir=args.workdir))
     t0 = time.perf_counter()
     try:
-        res = {"device": str(device), "torch_threads": torch.get_num_threads()}
+        import os
+
+        res = {"device": str(device), "torch_threads": torch.get_num_threads(),
+               "load_average_at_start": list(os.getloadavg())}
         digits = load_model().to(device)
         res["digits_cnn"] = bench_model(
             "digits_cnn", digits, DigitsData(args.digits_n), ["conv2", "fc1"], "mean",
@@ -163,6 +171,7 @@ def main(argv=None):
                           "background writer) runs the same code and was not timed here; the "
                           "H100 goal of 10,000 ViT-B/16 images/s in bf16 is unverified.")
         res["vit_flops_per_image"] = 17.6e9
+        res["load_average_at_end"] = list(os.getloadavg())
         res["bench_seconds"] = round(time.perf_counter() - t0, 1)
         path = write_results(args.out, results_doc("extract", res, params=vars(args)))
         log.info("wrote %s in %.0fs", path, time.perf_counter() - t0)
