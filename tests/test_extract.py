@@ -105,7 +105,7 @@ USER_MODULE = textwrap.dedent('''
              "if os.environ.get('BX_BREAK'):\n    import nonexistent_dependency_xyz")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def user_mod(tmp_path_factory):
     d = tmp_path_factory.mktemp("usermods")
     (d / "bx_user.py").write_text(USER_MODULE)
@@ -114,9 +114,9 @@ def user_mod(tmp_path_factory):
     sys.path.remove(str(d))
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def model_cache(tmp_path_factory):
-    """One digits-model cache for the session (trained once, a few seconds)."""
+    """One digits-model cache for this module (trained once, a few seconds)."""
     d = tmp_path_factory.mktemp("bigembed-cache")
     # Small batches on a shared 2-core machine: one thread avoids OpenMP contention stalls.
     threads = torch.get_num_threads()
