@@ -240,13 +240,20 @@ class _Runner:
             return pooled, logits
 
 
+def _grow(a: np.ndarray, rows: int) -> np.ndarray:
+    out = np.empty((max(rows, 2 * len(a)),) + a.shape[1:], a.dtype)
+    out[:len(a)] = a
+    return out
+
+
 class _Chunker:
     """Collects per-batch host arrays into chunks of ``chunk_rows`` rows and submits them."""
 
-    def __init__(self, writer: ChunkWriter, src, layers, *, chunk_rows: int, index: int,
+    def __init__(self, writer: ChunkWriter, src, dims: dict, *, chunk_rows: int, index: int,
                  start: int, has_labels: bool, classes: int | None, has_loss: bool,
                  dtype: str = "float32"):
-        self.writer, self.src, self.layers = writer, src, list(layers)
+        self.writer, self.src, self.dims = writer, src, dict(dims)
+        self.layers = list(dims)
         self.dtype = dtype
         self.chunk_rows, self.index, self.start = chunk_rows, index, start
         self.has_labels, self.has_loss = has_labels, has_loss
@@ -254,8 +261,14 @@ class _Chunker:
         self._reset()
 
     def _reset(self):
-        self.vec = {k: [] for k in self.layers}
-        self.meta = {"label": [], "logits": []}
+        # One buffer per chunk, filled in place: keeping per-batch arrays alive between the
+        # large transient activations fragments the heap (RSS grew ~5 KB/row before this).
+        rows = self.chunk_rows
+        if self.src.rows is not None:
+            rows = max(1, min(rows, self.src.rows - self.start))
+        self.vec = {k: np.empty((rows, d), np.float32) for k, d in self.dims.items()}
+        self.logits = (np.empty((rows, self.classes), np.float32) if self.has_preds else None)
+        self.labels = []
         self.rows = 0
 
     def add(self, pooled: dict, logits, labels, n: int) -> None:
@@ -263,15 +276,19 @@ class _Chunker:
         off = 0
         while off < n:
             take = min(n - off, self.chunk_rows - self.rows)
+            if self.rows + take > len(self.vec[self.layers[0]]):  # more rows than announced
+                for k in self.layers:
+                    self.vec[k] = _grow(self.vec[k], self.rows + take)
+                if self.logits is not None:
+                    self.logits = _grow(self.logits, self.rows + take)
+            r = slice(self.rows, self.rows + take)
             for k in self.layers:
-                self.vec[k].append(pooled[k][off:off + take])
+                self.vec[k][r] = pooled[k][off:off + take]
             if self.has_labels:
                 lab = labels if labels is not None else np.full(n, -1)
-                self.meta["label"].append(lab[off:off + take])
+                self.labels.append(np.array(lab[off:off + take]))
             if self.has_preds:
-                lg = logits if logits is not None else np.full((n, self.classes), np.nan,
-                                                               np.float32)
-                self.meta["logits"].append(lg[off:off + take])
+                self.logits[r] = logits[off:off + take] if logits is not None else np.nan
             self.rows += take
             off += take
             if self.rows == self.chunk_rows:
@@ -282,7 +299,7 @@ class _Chunker:
             return
         blocks = {}
         for k in self.layers:
-            b = np.concatenate(self.vec[k]) if len(self.vec[k]) > 1 else self.vec[k][0]
+            b = self.vec[k][:self.rows]
             # Checked in the storage dtype: float16 turns values above 65504 into Inf.
             b = b.astype(DTYPES[self.dtype], copy=False)
             finite = np.isfinite(b).all(axis=1)
@@ -297,9 +314,9 @@ class _Chunker:
             blocks[k] = b
         cols = {}
         if self.has_labels:
-            cols["label"] = np.concatenate(self.meta["label"])
+            cols["label"] = np.concatenate(self.labels)
         if self.has_preds:
-            pred, conf, loss = scores(np.concatenate(self.meta["logits"]), cols.get("label"))
+            pred, conf, loss = scores(self.logits[:self.rows], cols.get("label"))
             missing = ~np.isfinite(conf)
             pred[missing] = -1
             cols["prediction"], cols["confidence"] = pred, conf
