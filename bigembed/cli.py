@@ -14,7 +14,8 @@ import sys
 from .errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
-COMMANDS = ["demo", "synth", "ingest", "info", "reduce", "index", "neighbors", "render", "serve"]
+COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "neighbors",
+            "render", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -219,6 +219,35 @@ def _aligned_pad(path: Path, block: np.ndarray, dtype: str, pad: int, extra: dic
     return pad
 
 
+def write_shard(directory: Path, block: np.ndarray, *, space: str, index: int, start: int,
+                dtype: str = "float32", count: int | None = None, pad: int = 0) -> tuple[dict, int]:
+    """Write one shard of a space atomically, page-aligned; return (its manifest record, pad).
+
+    For writers that record each shard in the manifest as soon as it exists (resumable
+    extraction). ``block`` has shape (rows, dim); the file is ``part-<index>-of-<count>.arrow``
+    (``part-<index>.arrow`` when the count is not known ahead). Pass the returned pad to the next
+    call so later shards are aligned at the first write.
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    block = np.ascontiguousarray(block, dtype=DTYPES[dtype])
+    if block.ndim != 2 or block.shape[1] < 1 or block.shape[0] < 1:
+        raise InputError(f"space {space!r}: shard {index} has shape {block.shape}, "
+                         f"expected (rows >= 1, dim >= 1)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = (f"part-{index:05d}-of-{count:05d}.arrow" if count is not None
+            else f"part-{index:05d}.arrow")
+    final = directory / name
+    extra = {"bigembed.space": space, "bigembed.shard": f"{index:012d}",
+             "bigembed.start": f"{start:020d}"}
+    with _atomic.atomic_path(final) as tmp:
+        pad = _aligned_pad(tmp, block, dtype, pad, extra)
+    rec = {"file": name, "rows": int(block.shape[0]), "start": int(start),
+           "bytes": final.stat().st_size, "xxh3_64": file_checksum(final)}
+    return rec, pad
+
+
 class SpaceWriter:
     """Writes one space as shards, buffering rows until a shard is full.
 

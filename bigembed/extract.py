@@ -1,0 +1,572 @@
+"""Extract activations of named layers of a PyTorch model into the spaces of a dataset.
+
+One pass over the data runs the model with forward hooks on the requested layers; each layer's
+output is pooled to a vector per instance (see :mod:`bigembed.extract_capture`) and becomes a
+space. Beside the vectors, meta.parquet holds per instance the label (when the data has one)
+and, when the model returns (B, C) logits, prediction, confidence, loss and correct.
+
+The device comes from the backend registry (``torch-cuda`` when a GPU is visible, else
+``torch-cpu``); the same code runs on both. On CUDA: optional bf16/fp16 autocast, a DataLoader
+with workers and pinned memory, non-blocking copies back to the host overlapped with the next
+batch, and a background shard writer. Output is written chunk by chunk and is resumable (see
+:mod:`bigembed.extract_store`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from . import _mmap
+from .dataset import DTYPES, shard_rows_for
+from .errors import InputError, check_choice, check_positive_int
+from .extract_capture import POOLINGS, Capture, list_layers, logits_of, resolve_layers, scores
+from .extract_sources import (batch_rows, load_data, load_model, slice_inputs, split_batch,
+                              to_device, torch)
+from .extract_store import ChunkWriter, ExtractError, ExtractStore
+from .progress import progress_bar
+from .registry import Backend, cuda_check, register, resolve
+
+log = logging.getLogger(__name__)
+
+__all__ = ["extract", "inspect_layers", "ExtractResult", "ExtractError"]
+
+AMPS = {None: None, "none": None, "bf16": "bfloat16", "fp16": "float16"}
+DEVICES = {"auto": "auto", "cpu": "torch-cpu", "cuda": "torch-cuda"}
+#: batch size ``"auto"`` starts here and halves on out-of-memory
+AUTO_BATCH = 1024
+
+register(Backend("extract", "torch-cuda", factory=lambda: "cuda", requires=("torch",),
+                 check=cuda_check, install="install a CUDA build of torch==2.13.0",
+                 description="torch on a CUDA GPU", gpu=True, extra={"device": "cuda"}))
+register(Backend("extract", "torch-cpu", factory=lambda: "cpu", requires=("torch",),
+                 install="pip install torch==2.13.0", description="torch on the CPU",
+                 extra={"device": "cpu"}))
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What :func:`extract` wrote to the dataset at ``path``.
+
+    ``rows_computed`` ran through the model in this call; ``rows_resumed`` were already on disk
+    from an earlier, interrupted run; ``cached`` means the whole extraction was already done.
+    """
+
+    path: Path
+    spaces: tuple
+    rows: int
+    dims: dict
+    dtype: str
+    shards: int
+    bytes: int
+    seconds: float
+    rows_computed: int
+    rows_resumed: int
+    device: str
+    backend: str
+    batch_size: int
+    amp: str | None
+    cached: bool = False
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.rows_computed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "spaces": list(self.spaces), "rows": self.rows,
+                "dims": self.dims, "dtype": self.dtype, "shards": self.shards,
+                "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "rows_computed": self.rows_computed, "rows_resumed": self.rows_resumed,
+                "items_per_s": round(self.items_per_s, 1), "device": self.device,
+                "backend": self.backend, "batch_size": self.batch_size, "amp": self.amp,
+                "cached": self.cached, "timings": self.timings}
+
+
+def _weights_hash(model) -> str:
+    """xxh3 of every parameter and buffer (names, shapes, bytes): the model's identity."""
+    h = xxhash.xxh3_64()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch().uint8).numpy())  # the buffer, no copy
+    return h.hexdigest()
+
+
+def _page_step(dim: int, dtype: str) -> int:
+    row = dim * np.dtype(DTYPES[dtype]).itemsize
+    return int(_mmap.PAGE // math.gcd(_mmap.PAGE, row))
+
+
+def _chunk_rows(dims: dict, dtype: str, shard_rows: int | None) -> int:
+    """Rows per chunk (one shard per layer): about SHARD_BYTES for the widest layer, and a
+    multiple of every layer's page step so each space maps as one array without copying."""
+    step = 1
+    for d in dims.values():
+        step = math.lcm(step, _page_step(d, dtype))
+    if shard_rows and shard_rows < step:
+        log.warning("--shard-rows %d is below %d, the smallest multiple that keeps shards "
+                    "page-aligned: reading these spaces will copy them", shard_rows, step)
+        return int(shard_rows)
+    want = shard_rows if shard_rows else min(shard_rows_for(d, dtype) for d in dims.values())
+    rows = max(step, int(want) // step * step)
+    if shard_rows and rows != shard_rows:
+        log.info("--shard-rows %d rounded to %d (a multiple of %d keeps shards page-aligned)",
+                 shard_rows, rows, step)
+    return rows
+
+
+class _Batches:
+    """Batches ``(start_row, inputs, labels)`` from ``start``, never crossing a chunk boundary
+    for map-style data, so a resumed run computes exactly the batches a fresh one would."""
+
+    def __init__(self, src, *, start: int, chunk_rows: int, batch_size: int, workers: int,
+                 pin: bool):
+        self.src, self.start, self.chunk_rows = src, start, chunk_rows
+        self.batch_size, self.workers, self.pin = batch_size, workers, pin
+
+    def _index_batches(self):
+        n = self.src.rows
+        s = self.start
+        while s < n:
+            end = min(n, (s // self.chunk_rows + 1) * self.chunk_rows)
+            while s < end:
+                e = min(end, s + self.batch_size)  # batch_size may shrink after an OOM
+                yield list(range(s, e))
+                s = e
+
+    def __iter__(self):
+        t = torch()
+        if self.src.map_style:
+            loader = t.utils.data.DataLoader(
+                self.src.data, batch_sampler=self._index_batches(), num_workers=self.workers,
+                pin_memory=self.pin)
+            row = self.start
+            for i, b in enumerate(loader):
+                x, y = split_batch(b, f"--data batch {i}")
+                n = batch_rows(x)
+                yield row, x, y
+                row += n
+            return
+        row = 0
+        for i, b in enumerate(self.src.data):
+            x, y = split_batch(b, f"--data batch {i}")
+            n = batch_rows(x)
+            if row + n <= self.start:  # finished in an earlier run: skip without computing
+                row += n
+                continue
+            if row < self.start:
+                k = self.start - row
+                x = slice_inputs(x, k, n)
+                y = None if y is None else y[k:]
+                row, n = self.start, n - k
+            yield row, x, y
+            row += n
+
+
+def _labels_numpy(y, n: int):
+    if y is None:
+        return None
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.shape[:1] != (n,):
+        raise InputError(f"--data: a batch has {n} inputs but {y.shape[:1]} labels")
+    return y.reshape(n, -1)[:, 0] if y.ndim > 1 else y
+
+
+class _Runner:
+    """Runs batches through the model on the device; halves the batch on out-of-memory."""
+
+    def __init__(self, model, capture: Capture, device, amp, auto_batch: bool):
+        from .extract_text import is_text_model
+
+        self.model, self.capture, self.device = model, capture, device
+        # An embedding model's output is not class scores: no prediction/confidence/loss.
+        self.predict = not is_text_model(model)
+        self.amp = amp
+        self.auto_batch = auto_batch
+        self.non_blocking = device.type == "cuda"
+        self.halvings = 0
+
+    def forward(self, x, y, where: str):
+        """Pooled outputs ``{layer: (b, d) float32}`` and the (b, C) logits or None."""
+        t = torch()
+        oom = getattr(t, "OutOfMemoryError", t.cuda.OutOfMemoryError)
+        try:
+            xd = to_device(x, self.device, self.non_blocking)
+            with t.inference_mode(), t.autocast(
+                    device_type=self.device.type, dtype=getattr(t, self.amp or "float32"),
+                    enabled=self.amp is not None):
+                out = self.model(**xd) if isinstance(xd, dict) else self.model(xd)
+            pooled = self.capture.take()
+            missing = [k for k in self.capture.layers if k not in pooled]
+            if missing:
+                raise InputError(
+                    f"--layers {missing}: never ran in the model's forward pass (a layer the "
+                    f"model does not call, or a TorchScript model whose compiled forward skips "
+                    f"hooks: save it with torch.export instead)")
+            return pooled, (logits_of(out) if self.predict else None)
+        except oom:
+            self.capture.take()
+            if self.device.type == "cuda":
+                t.cuda.empty_cache()
+            n = batch_rows(x)
+            if not self.auto_batch or n <= 1:
+                raise ExtractError(
+                    f"out of memory on {self.device} at {where} with a batch of {n}; pass a "
+                    f"smaller --batch-size, or --batch-size auto to halve and retry") from None
+            self.halvings += 1
+            h = n // 2
+            log.warning("out of memory on %s at %s with a batch of %d; halving to %d",
+                        self.device, where, n, h)
+            y1 = None if y is None else y[:h]
+            y2 = None if y is None else y[h:]
+            a = self.forward(slice_inputs(x, 0, h), y1, where)
+            b = self.forward(slice_inputs(x, h, n), y2, where)
+            pooled = {k: t.cat([a[0][k], b[0][k]]) for k in a[0]}
+            logits = None if a[1] is None or b[1] is None else t.cat([a[1], b[1]])
+            return pooled, logits
+
+
+def _grow(a: np.ndarray, rows: int) -> np.ndarray:
+    out = np.empty((max(rows, 2 * len(a)),) + a.shape[1:], a.dtype)
+    out[:len(a)] = a
+    return out
+
+
+class _Chunker:
+    """Collects per-batch host arrays into chunks of ``chunk_rows`` rows and submits them."""
+
+    def __init__(self, writer: ChunkWriter, src, dims: dict, *, chunk_rows: int, index: int,
+                 start: int, has_labels: bool, classes: int | None, has_loss: bool,
+                 dtype: str = "float32"):
+        self.writer, self.src, self.dims = writer, src, dict(dims)
+        self.layers = list(dims)
+        self.dtype = dtype
+        self.chunk_rows, self.index, self.start = chunk_rows, index, start
+        self.has_labels, self.has_loss = has_labels, has_loss
+        self.classes, self.has_preds = classes, classes is not None
+        self._reset()
+
+    def _reset(self):
+        # One buffer per chunk, filled in place: keeping per-batch arrays alive between the
+        # large transient activations fragments the heap (RSS grew ~5 KB/row before this).
+        rows = self.chunk_rows
+        if self.src.rows is not None:
+            rows = max(1, min(rows, self.src.rows - self.start))
+        self.vec = {k: np.empty((rows, d), np.float32) for k, d in self.dims.items()}
+        self.logits = (np.empty((rows, self.classes), np.float32) if self.has_preds else None)
+        self.labels = []
+        self.rows = 0
+
+    def add(self, pooled: dict, logits, labels, n: int) -> None:
+        """Append a batch: ``{layer: (n, d)}``, logits (n, C) or None, labels (n,) or None."""
+        off = 0
+        while off < n:
+            take = min(n - off, self.chunk_rows - self.rows)
+            if self.rows + take > len(self.vec[self.layers[0]]):  # more rows than announced
+                for k in self.layers:
+                    self.vec[k] = _grow(self.vec[k], self.rows + take)
+                if self.logits is not None:
+                    self.logits = _grow(self.logits, self.rows + take)
+            r = slice(self.rows, self.rows + take)
+            for k in self.layers:
+                self.vec[k][r] = pooled[k][off:off + take]
+            if self.has_labels:
+                lab = labels if labels is not None else np.full(n, -1)
+                self.labels.append(np.array(lab[off:off + take]))
+            if self.has_preds:
+                self.logits[r] = logits[off:off + take] if logits is not None else np.nan
+            self.rows += take
+            off += take
+            if self.rows == self.chunk_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.rows == 0:
+            return
+        blocks = {}
+        for k in self.layers:
+            b = self.vec[k][:self.rows]
+            # Checked in the storage dtype: float16 turns values above 65504 into Inf.
+            b = b.astype(DTYPES[self.dtype], copy=False)
+            finite = np.isfinite(b).all(axis=1)
+            if not finite.all():
+                bad = int(np.flatnonzero(~finite)[0]) + self.start
+                hint = (" (or its values exceed the float16 range: use --dtype float32)"
+                        if self.dtype == "float16" else "")
+                raise ExtractError(
+                    f"layer {k!r} produced NaN or Inf for instance {bad} (chunk {self.index}, "
+                    f"rows {self.start}..{self.start + self.rows - 1}); the model or its input "
+                    f"is broken there{hint}. The {self.index} finished chunks are kept")
+            blocks[k] = b
+        cols = {}
+        if self.has_labels:
+            cols["label"] = np.concatenate(self.labels)
+        if self.has_preds:
+            pred, conf, loss = scores(self.logits[:self.rows], cols.get("label"))
+            missing = ~np.isfinite(conf)
+            pred[missing] = -1
+            cols["prediction"], cols["confidence"] = pred, conf
+            if self.has_loss and loss is not None:
+                cols["loss"] = loss
+            if self.has_labels and cols["label"].dtype.kind in "iu":
+                cols["correct"] = cols["label"] == pred
+        stop = self.start + self.rows
+        for k, v in self.src.metadata(self.start, stop).items():
+            cols[k] = np.asarray(v)
+        table = pa.table({k: pa.array(v) for k, v in cols.items()}) if cols else pa.table(
+            {"_rows": pa.array(np.zeros(self.rows, np.int8))}).drop_columns(["_rows"])
+        if table.num_rows != self.rows:  # a table without columns has no rows of its own
+            table = pa.table({"row": pa.array(np.arange(self.start, stop, dtype=np.int64))})
+        self.writer.submit(self.index, self.start, blocks, table)
+        self.index += 1
+        self.start = stop
+        self._reset()
+
+
+def _probe(model, src, layers: dict, pooling: str, device, amp):
+    """One small batch through the model: output shapes, dims, and which meta columns exist."""
+    t = torch()
+    if src.map_style:
+        if src.rows == 0:
+            raise InputError(f"--data {src.description}: holds no instances")
+        # One instance is enough to learn the output shapes.
+        first = next(iter(t.utils.data.DataLoader(src.data, batch_size=1)))
+    else:
+        it = iter(src.data)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise InputError(f"--data {src.description}: holds no batches") from None
+        # A one-shot iterator must not lose its first batch: chain it back.
+        if it is src.data:
+            import itertools
+
+            src.data = itertools.chain([first], it)
+    x, y = split_batch(first, "--data batch 0")
+    n = batch_rows(x)
+    if n == 0:
+        raise InputError(f"--data {src.description}: the first batch is empty")
+    cap = Capture(layers, pooling)
+    with cap:
+        try:
+            pooled, logits = _Runner(model, cap, device, amp, False).forward(x, y, "batch 0")
+        except (InputError, ExtractError):
+            raise
+        except Exception as e:
+            raise ExtractError(f"the model raised {type(e).__name__} on the first batch "
+                               f"(rows 0..{n - 1}): {e}") from None
+    dims = {k: int(pooled[k].shape[1]) for k in layers}  # in the order asked for
+    classes = None if logits is None else int(logits.shape[1])
+    has_loss = classes is not None and y is not None and _labels_numpy(y, n).dtype.kind in "iu"
+    return dims, dict(cap.shapes), y is not None, classes, has_loss
+
+
+def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=256,
+            device: str = "auto", amp: str | None = None, dtype: str = "float32",
+            workers: int | None = None, shard_rows: int | None = None,
+            background_writer: bool = True, overwrite: bool = False, n: int | None = None,
+            seed: int = 0, model_seed: int = 0, progress: bool | None = None) -> ExtractResult:
+    """Run ``model`` over ``data`` once; write each of ``layers`` as a space of ``out``.
+
+    model: an ``nn.Module``, ``"package.module:factory"``, a built-in name (``digits``,
+    ``vit_b16``) or a TorchScript / torch.export file. data: a map-style Dataset (items ``x``,
+    ``(x, label)`` or dicts), a tensor of instances, an iterable of batches, or
+    ``"package.module:factory"``; ``None`` with ``model="digits"`` makes ``n`` digits.
+    layers: module names (list or ``"a,b"``); each space holds an array of shape (N, d) where d
+    is the pooled width. batch_size: int or ``"auto"`` (start at 1024, halve on OOM).
+    amp: None, ``"bf16"`` or ``"fp16"`` autocast. dtype: storage ``float32`` or ``float16``.
+    Rerunning with the same arguments resumes a killed run (or returns at once when complete);
+    different settings refuse to mix with existing shards unless ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    check_choice("--pooling", pooling, POOLINGS)
+    check_choice("--dtype", dtype, list(DTYPES))
+    check_choice("--device", device, list(DEVICES))
+    if amp not in AMPS:
+        raise InputError(f"--amp must be one of ['none', 'bf16', 'fp16'], got {amp!r}")
+    amp_dtype = AMPS[amp]
+    auto_batch = batch_size == "auto"
+    if auto_batch:
+        batch_size = AUTO_BATCH
+    else:
+        if isinstance(batch_size, str) and batch_size.isdigit():
+            batch_size = int(batch_size)
+        batch_size = check_positive_int("--batch-size", batch_size)
+    if shard_rows is not None:
+        shard_rows = check_positive_int("--shard-rows", shard_rows)
+    if workers is not None:
+        workers = check_positive_int("--workers", workers, minimum=0)
+    if out is None:
+        raise InputError("--out is required (the dataset directory to write)")
+    t = torch()
+    backend = resolve("extract", DEVICES[device])
+    dev = t.device(backend.extra["device"])
+    if amp_dtype == "float16" and dev.type == "cpu":
+        log.info("--amp fp16 on the CPU runs slowly in PyTorch; bf16 is the CPU choice")
+
+    if data is None and model == "digits":
+        data = "digits"
+    mdl, mdesc = load_model(model, seed=model_seed)
+    src = load_data(_text_data(mdl, data, batch_size), n=n, seed=seed)
+    mdl.eval().to(dev)
+    layer_mods = resolve_layers(mdl, layers)
+    dims, shapes, has_labels, classes, has_loss = _probe(mdl, src, layer_mods, pooling, dev,
+                                                           amp_dtype)
+    chunk_rows = _chunk_rows(dims, dtype, shard_rows)
+    # The weights hash names the model (class and every tensor), however it was passed.
+    identity = {"weights": _weights_hash(mdl), "data": src.fingerprint,
+                "layers": list(layer_mods), "pooling": pooling, "dtype": dtype,
+                "amp": amp_dtype, "chunk_rows": chunk_rows}
+    key = xxhash.xxh3_64(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    provenance = {"source": "extract", "model": mdesc, "data": src.description,
+                  "pooling": pooling, "amp": amp_dtype,
+                  "output_shapes": {k: list(v[1:]) for k, v in shapes.items()}}
+    store = ExtractStore(out, identity=identity, key=key, dims=dims, dtype=dtype,
+                         chunk_rows=chunk_rows, total_rows=src.rows, provenance=provenance,
+                         overwrite=overwrite).open()
+    result_kw = dict(path=Path(out), spaces=tuple(dims), dims=dims, dtype=dtype,
+                     device=str(dev), backend=backend.name, batch_size=batch_size,
+                     amp=amp_dtype)
+    if store.complete:
+        log.info("extract: %s already holds this extraction; nothing to do", out)
+        return _result(store, result_kw, t0, computed=0, resumed=store.done_rows, cached=True)
+
+    resumed = store.done_rows
+    if workers is None:
+        workers = 0 if dev.type == "cpu" else min(8, os.cpu_count() or 1)
+    if not src.map_style and batch_size != 256:
+        log.info("--batch-size is ignored: the data yields its own batches")
+    writer = ChunkWriter(store, background=background_writer)
+    chunker = _Chunker(writer, src, dims, chunk_rows=chunk_rows, index=store.done_chunks,
+                       start=resumed, has_labels=has_labels, classes=classes,
+                       has_loss=has_loss, dtype=dtype)
+    batches = _Batches(src, start=resumed, chunk_rows=chunk_rows, batch_size=batch_size,
+                       workers=workers, pin=dev.type == "cuda")
+    cap = Capture(layer_mods, pooling)
+    runner = _Runner(mdl, cap, dev, amp_dtype, auto_batch)
+    bar = progress_bar(total=src.rows, initial=resumed, desc="extract", unit="items",
+                       enabled=progress)
+    pending: deque = deque()
+    computed = 0
+    t_model = 0.0
+
+    def drain(keep: int) -> None:
+        # Host copies were queued non-blocking; wait for the oldest only when it is needed,
+        # so the device runs the next batch meanwhile.
+        while len(pending) > keep:
+            event, n, pooled, logits, labels = pending.popleft()
+            if event is not None:
+                event.synchronize()
+            host = {k: v.numpy() for k, v in pooled.items()}
+            chunker.add(host, None if logits is None else logits.numpy(), labels, n)
+            bar.update(n)
+
+    i = -1
+    try:
+        with cap:
+            for i, (row, x, y) in enumerate(batches):
+                n_b = batch_rows(x)
+                where = f"batch {i} (rows {row}..{row + n_b - 1})"
+                ts = time.perf_counter()
+                try:
+                    pooled, logits = runner.forward(x, y, where)
+                except (InputError, ExtractError):
+                    raise
+                except Exception as e:
+                    drain(0)  # batches already computed still make their chunks
+                    raise ExtractError(
+                        f"the model raised {type(e).__name__} on {where}: {e}. The "
+                        f"{chunker.index} finished chunks ({chunker.start} rows) are kept; "
+                        f"rerun the same command to resume") from None
+                if auto_batch:
+                    batches.batch_size = max(1, AUTO_BATCH >> runner.halvings)
+                nb = dev.type == "cuda"
+                pooled = {k: v.to("cpu", non_blocking=nb) for k, v in pooled.items()}
+                if logits is not None:
+                    logits = logits.to("cpu", non_blocking=nb)
+                event = None
+                if nb:
+                    event = t.cuda.Event()
+                    event.record()
+                t_model += time.perf_counter() - ts
+                pending.append((event, n_b, pooled, logits, _labels_numpy(y, n_b)))
+                computed += n_b
+                drain(1)
+            drain(0)
+            chunker.flush()
+        writer.close()
+    except BaseException:
+        bar.close()
+        writer.abandon()  # the chunks finished before the failure stay on disk, listed
+        raise
+    bar.close()
+    total = store.done_rows
+    if src.rows is not None and total != src.rows:
+        raise ExtractError(f"--data {src.description}: says it has {src.rows} instances but "
+                           f"yielded {total}")
+    if total == 0:
+        raise InputError(f"--data {src.description}: holds no instances")
+    seconds = time.perf_counter() - t0
+    timings = {"model_s": round(t_model, 3), "write_s": round(writer.write_seconds, 3),
+               "batches": i + 1, "oom_halvings": runner.halvings}
+    store.finish({"rows": total, "rows_computed": computed, "seconds": round(seconds, 3),
+                  "items_per_s": round(computed / max(seconds, 1e-9), 1), "device": str(dev),
+                  "batch_size": batches.batch_size, **timings})
+    return _result(store, result_kw, t0, computed=computed, resumed=resumed, timings=timings)
+
+
+def _text_data(model, data, batch_size):
+    """For a text model, texts (a file or a list of strings) become tokenised batches."""
+    from .extract_text import TextBatches, is_text_model, read_texts
+
+    if not is_text_model(model):
+        return data
+    return TextBatches(read_texts(data), model, batch_size)
+
+
+def _result(store, kw, t0, *, computed, resumed, cached=False, timings=None):
+    m = json.loads((store.path / "manifest.json").read_text())
+    nbytes = sum(s["bytes"] for name in kw["spaces"] for s in m["spaces"][name]["shards"])
+    shards = len(m["spaces"][kw["spaces"][0]]["shards"])
+    return ExtractResult(rows=int(m["rows"]), shards=shards, bytes=nbytes,
+                         seconds=time.perf_counter() - t0, rows_computed=computed,
+                         rows_resumed=resumed, cached=cached, timings=timings or {}, **kw)
+
+
+def inspect_layers(*, model, data=None, n: int | None = None, seed: int = 0,
+                   model_seed: int = 0) -> list[dict]:
+    """``[{name, type, output_shape}]`` for every named module, from one forward pass of the
+    first (up to 2) instances of ``data``; without data, names and types only."""
+    t = torch()
+    if data is None and model == "digits":
+        data, n = "digits", n or 2
+    mdl, _ = load_model(model, seed=model_seed)
+    mdl.eval()
+    if data is None:
+        return [{"name": k, "type": type(m).__name__, "output_shape": None}
+                for k, m in mdl.named_modules() if k]
+    src = load_data(_text_data(mdl, data, 2), n=n, seed=seed)
+    if src.map_style:
+        first = next(iter(t.utils.data.DataLoader(src.data, batch_size=min(2, src.rows))))
+    else:
+        first = next(iter(src.data))
+    x, _ = split_batch(first, "--data batch 0")
+
+    def run():
+        return mdl(**x) if isinstance(x, dict) else mdl(x)
+
+    return list_layers(mdl, run)
