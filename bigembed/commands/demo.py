@@ -4,17 +4,20 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the built-in demo end to end")
+    p = sub.add_parser("demo", help="run the built-in demo end to end",
+                       description="Extract a digits CNN's activations, lay them out, index, "
+                       "render and look up neighbours, then serve the explorer.")
     p.add_argument("--out", default="demo-data", help="directory for the demo (default: demo-data)")
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-serve", action="store_true",
                    help="stop after building (do not start the explorer)")
+    p.add_argument("--port", type=int, default=5006)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, n=args.n, seed=args.seed)
+    run_demo(args.out, n=args.n, seed=args.seed, serve=not args.no_serve, port=args.port)
     return 0
