@@ -14,7 +14,7 @@ import sys
 from .errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
-COMMANDS = ["demo", "synth", "ingest", "info", "reduce", "neighbors", "render"]
+COMMANDS = ["demo", "synth", "ingest", "info", "reduce", "neighbors", "render", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
