@@ -25,6 +25,11 @@ class Trial:
     ``name`` is ``"bigembed"`` for the library's own stage, else the peer library call;
     ``items`` is how many units one call handles (queries for lookup) so per-item time can
     be reported; ``max_n`` caps the sizes a slow peer is run at (None: no cap).
+
+    ``warm``, when given, replaces the full-size warm-up run: a call on a small sample that
+    pays the one-off costs (numba JIT, imports), timed apart. Slow peers use it so warming
+    up does not cost a second full fit; its time also seeds the budget's prediction.
+    ``max_repeat`` caps the timed repeats of a slow trial.
     """
 
     name: str
@@ -35,6 +40,9 @@ class Trial:
     backend: str | None = None
     items: int = 1
     max_n: int | None = None
+    warm: Callable[[], Any] | None = None
+    warm_n: int | None = None
+    max_repeat: int | None = None
 
 
 @dataclass

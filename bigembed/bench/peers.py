@@ -20,7 +20,11 @@ from .quality import knn_preservation, recall
 PEERS: dict[str, list[Callable[[BenchContext], Trial]]] = {}
 
 #: default largest N per peer (the slow ones), before --peer-max-n
-DEFAULT_MAX_N = {"umap-learn": 30_000, "openTSNE": 30_000, "pynndescent": 300_000}
+DEFAULT_MAX_N = {"umap-learn": 30_000, "openTSNE": 10_000, "pynndescent": 300_000}
+#: rows of the small sample slow peers warm up on (JIT and imports), timed apart
+WARM_ROWS = 1000
+#: timed repeats of the slow peers (each is a full fit)
+SLOW_REPEAT = 1
 
 
 def peer(stage: str):
@@ -100,18 +104,27 @@ def faiss_flat_graph(ctx: BenchContext) -> Trial:
 def pynndescent_graph(ctx: BenchContext) -> Trial:
     _need("pynndescent", "pynndescent")
 
-    def run():
+    def fit(x):
         from pynndescent import NNDescent
 
-        return NNDescent(ctx.x, n_neighbors=ctx.k + 1, random_state=ctx.seed,
+        return NNDescent(x, n_neighbors=ctx.k + 1, random_state=ctx.seed,
                          verbose=False).neighbor_graph[0]
+
+    def run():
+        return fit(ctx.x)
 
     def quality(idx):
         found = idx[ctx.queries]
         return {"recall": round(recall(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
 
     return Trial("pynndescent", run, what=f"NNDescent(n_neighbors={ctx.k}+1).neighbor_graph",
-                 quality=quality, max_n=_cap(ctx, "pynndescent"))
+                 quality=quality, max_n=_cap(ctx, "pynndescent"), **_slow(ctx, fit))
+
+
+def _slow(ctx: BenchContext, fit) -> dict:
+    """Warm a slow peer up on a small sample (pays numba JIT once) and time it once."""
+    m = min(ctx.n, WARM_ROWS)
+    return {"warm": lambda: fit(ctx.x[:m]), "warm_n": m, "max_repeat": SLOW_REPEAT}
 
 
 @peer("lookup")
@@ -157,27 +170,27 @@ def sklearn_pca(ctx: BenchContext) -> Trial:
 def umap_learn(ctx: BenchContext) -> Trial:
     _need("umap", "umap-learn")
 
-    def run():
+    def fit(x):
         import umap
 
         # No random_state: a seed makes umap-learn single-threaded, which no user wants.
-        return umap.UMAP(n_neighbors=ctx.k, n_components=2).fit_transform(ctx.x)
+        return umap.UMAP(n_neighbors=ctx.k, n_components=2).fit_transform(x)
 
-    return Trial("umap-learn", run, what=f"UMAP(n_neighbors={ctx.k}).fit_transform",
-                 quality=_layout_quality(ctx), max_n=_cap(ctx, "umap-learn"))
+    return Trial("umap-learn", lambda: fit(ctx.x), what=f"UMAP(n_neighbors={ctx.k}).fit_transform",
+                 quality=_layout_quality(ctx), max_n=_cap(ctx, "umap-learn"), **_slow(ctx, fit))
 
 
 @peer("reduce")
 def opentsne(ctx: BenchContext) -> Trial:
     _need("openTSNE", "openTSNE")
 
-    def run():
+    def fit(x):
         from openTSNE import TSNE
 
-        return np.asarray(TSNE(n_jobs=-1, random_state=ctx.seed, verbose=False).fit(ctx.x))
+        return np.asarray(TSNE(n_jobs=-1, random_state=ctx.seed, verbose=False).fit(x))
 
-    return Trial("openTSNE", run, what="TSNE(n_jobs=-1).fit", quality=_layout_quality(ctx),
-                 max_n=_cap(ctx, "openTSNE"))
+    return Trial("openTSNE", lambda: fit(ctx.x), what="TSNE(n_jobs=-1).fit",
+                 quality=_layout_quality(ctx), max_n=_cap(ctx, "openTSNE"), **_slow(ctx, fit))
 
 
 # -- render ----------------------------------------------------------------------------------
@@ -226,7 +239,7 @@ def vector_data(x: np.ndarray):
     """The vectors as a torch dataset of (input,) rows."""
     import torch
 
-    return torch.utils.data.TensorDataset(torch.from_numpy(x))
+    return torch.utils.data.TensorDataset(torch.from_numpy(np.array(x, np.float32)))
 
 
 @peer("extract")

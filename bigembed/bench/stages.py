@@ -34,10 +34,14 @@ def _import(module: str, attr: str, issue: str):
     """``module.attr``, or :class:`StageSkipped` naming what is missing."""
     try:
         mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise StageSkipped(f"{module} is not in this build ({issue})") from None
+        raise StageSkipped(f"{module} cannot be imported ({issue}): {e}") from None
     except ImportError as e:
-        raise StageSkipped(f"{module} is not available in this build ({issue}): {e}") from None
+        raise StageSkipped(f"{module} cannot be imported ({issue}): {e}") from None
     if not hasattr(mod, attr):
-        raise StageSkipped(f"{module}.{attr} is not available in this build ({issue})")
+        raise StageSkipped(f"{module}.{attr} is not in this build ({issue})")
     return getattr(mod, attr)
 
 

@@ -25,9 +25,9 @@ def register(sub) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also run what a user would otherwise call, on the same data")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--budget", default="14m",
+    p.add_argument("--budget", default="13m",
                    help="time budget (900, 90s, 15m, 1.5h; 'none' for no limit): sizes the "
-                   "fitted scaling predicts would overrun it are skipped (default 14m)")
+                   "fitted scaling predicts would overrun it are skipped (default 13m)")
     p.add_argument("--out", default="bench-results", help="output directory")
     p.add_argument("--name", default="bench", help="file name stem of the JSON/HTML")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement")
