@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if args.only in (None, "bench"):
         cmd = [sys.executable, "-m", "bigembed", "bench", "--compare", "--budget", args.budget,
                "--out", str(RESULTS), "--name", "bench-default", *args.extra]
-        print("$", " ".join(cmd[1:]), flush=True)
+        print("$ python", " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd, cwd=HERE.parent)
         print(f"bigembed bench: exit {rc} after {time.perf_counter() - t0:.0f}s", flush=True)

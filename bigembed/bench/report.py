@@ -79,7 +79,9 @@ def _stage_figure(stage: str, rows: list[dict], exps: dict):
     from bokeh.models import ColumnDataSource, HoverTool, Whisker
     from bokeh.plotting import figure
 
-    p = figure(title=stage, x_axis_type="log", y_axis_type="log", width=460, height=340,
+    e = exps.get("bigembed", {}).get("exponent")
+    title = f"{stage}: bigembed time ~ N^{e:.2f}" if e is not None else stage
+    p = figure(title=title, x_axis_type="log", y_axis_type="log", width=460, height=340,
                x_axis_label="N (rows)", y_axis_label="median seconds per call",
                tools="pan,wheel_zoom,box_zoom,reset,save")
     impls = list(dict.fromkeys(r["impl"] for r in rows))
@@ -107,6 +109,7 @@ def _stage_figure(stage: str, rows: list[dict], exps: dict):
                                     ("backend", "@backend")]))
     p.legend.location = "top_left"
     p.legend.label_text_font_size = "9pt"
+    p.legend.background_fill_alpha = 0.6
     return p
 
 
@@ -125,10 +128,11 @@ def _facts(doc) -> str:
     items = [f"<b>{esc(str(k))}</b>: {esc(str(x))}" for k, x in m.items()]
     exps = []
     for stage, impls in res.get("exponents", {}).items():
-        for impl, e in impls.items():
-            if e.get("exponent") is not None:
-                exps.append(f"{esc(stage)} / {esc(impl)}: <b>N^{e['exponent']:.2f}</b> "
-                            f"(R&sup2; {e['r2']:.3f}, {e['points']} sizes)")
+        parts = [f"{esc(impl)} <b>N^{e['exponent']:.2f}</b> <small>(R&sup2; {e['r2']:.3f}, "
+                 f"{e['points']} sizes)</small>"
+                 for impl, e in impls.items() if e.get("exponent") is not None]
+        if parts:
+            exps.append(f"<b>{esc(stage)}</b>: " + " &middot; ".join(parts))
     setup = res.get("setup", {})
     cuda = (f"<p>CUDA context (measured apart): {setup['cuda_context_s']}s</p>"
             if setup.get("cuda_context_s") is not None else "")

@@ -11,6 +11,7 @@ Each use of another stage's API sits in one function here, so it can be switched
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 from typing import Callable
 
@@ -230,17 +231,14 @@ def lookup_stage(ctx: BenchContext) -> Trial:
 def extract_stage(ctx: BenchContext) -> Trial:
     """``bigembed.extract.extract`` (issue 3) of two layers of a small MLP over the vectors."""
     extract = _import("bigembed.extract", "extract", "issue 3")
-    try:
-        import torch
-    except ImportError:
-        raise StageSkipped("torch is not installed (pip install torch)") from None
+    if importlib.util.find_spec("torch") is None:
+        raise StageSkipped("torch is not installed (pip install torch)")
     from .peers import mlp, vector_data
 
     model = mlp(ctx.dim, ctx.seed)
     data = vector_data(ctx.x)
     out = ctx.work / "extracted"
     kw = _quiet(extract, layers=["1", "3"], batch_size=256, device=ctx.device)
-    torch.set_grad_enabled(False)
 
     def quality(r):
         return {"rows": getattr(r, "rows", None)}
