@@ -27,8 +27,10 @@ WARM_ROWS = 1000
 SLOW_REPEAT = 1
 
 
-def peer(stage: str):
+def peer(stage: str, name: str):
+    """Register ``fn(ctx) -> Trial`` as a peer of ``stage``; ``name`` labels its rows."""
     def deco(fn):
+        fn.peer_name = name
         PEERS.setdefault(stage, []).append(fn)
         return fn
     return deco
@@ -46,7 +48,7 @@ def _cap(ctx: BenchContext, name: str) -> int | None:
 # -- ingest ----------------------------------------------------------------------------------
 
 
-@peer("ingest")
+@peer("ingest", "pyarrow.ipc")
 def arrow_ipc(ctx: BenchContext) -> Trial:
     """The same .npy rewritten by hand as one Arrow IPC file of FixedSizeList vectors."""
     import pyarrow as pa
@@ -80,13 +82,13 @@ def _flat(x):
     return index
 
 
-@peer("index")
+@peer("index", "faiss.IndexFlatL2")
 def faiss_flat_build(ctx: BenchContext) -> Trial:
     return Trial("faiss.IndexFlatL2", lambda: _flat(ctx.x), what="IndexFlatL2 + add",
                  quality=lambda _: {"kind": "flat", "recall_at_10": 1.0})
 
 
-@peer("knn-graph")
+@peer("knn-graph", "faiss.IndexFlatL2")
 def faiss_flat_graph(ctx: BenchContext) -> Trial:
     def run():
         _, idx = _flat(ctx.x).search(ctx.x, ctx.k + 1)
@@ -100,7 +102,7 @@ def faiss_flat_graph(ctx: BenchContext) -> Trial:
                  quality=quality)
 
 
-@peer("knn-graph")
+@peer("knn-graph", "pynndescent")
 def pynndescent_graph(ctx: BenchContext) -> Trial:
     _need("pynndescent", "pynndescent")
 
@@ -127,7 +129,7 @@ def _slow(ctx: BenchContext, fit) -> dict:
     return {"warm": lambda: fit(ctx.x[:m]), "warm_n": m, "max_repeat": SLOW_REPEAT}
 
 
-@peer("lookup")
+@peer("lookup", "faiss.IndexFlatL2")
 def faiss_flat_lookup(ctx: BenchContext) -> Trial:
     from .stages import LOOKUP_QUERIES
 
@@ -156,7 +158,7 @@ def _layout_quality(ctx):
     return quality
 
 
-@peer("reduce")
+@peer("reduce", "sklearn.PCA")
 def sklearn_pca(ctx: BenchContext) -> Trial:
     def run():
         from sklearn.decomposition import PCA
@@ -166,7 +168,7 @@ def sklearn_pca(ctx: BenchContext) -> Trial:
     return Trial("sklearn.PCA", run, what="PCA(2).fit_transform", quality=_layout_quality(ctx))
 
 
-@peer("reduce")
+@peer("reduce", "umap-learn")
 def umap_learn(ctx: BenchContext) -> Trial:
     _need("umap", "umap-learn")
 
@@ -180,7 +182,7 @@ def umap_learn(ctx: BenchContext) -> Trial:
                  quality=_layout_quality(ctx), max_n=_cap(ctx, "umap-learn"), **_slow(ctx, fit))
 
 
-@peer("reduce")
+@peer("reduce", "openTSNE")
 def opentsne(ctx: BenchContext) -> Trial:
     _need("openTSNE", "openTSNE")
 
@@ -196,7 +198,7 @@ def opentsne(ctx: BenchContext) -> Trial:
 # -- render ----------------------------------------------------------------------------------
 
 
-@peer("render")
+@peer("render", "datashader")
 def datashader_full(ctx: BenchContext) -> Trial:
     """Datashader on the full (x, y) dataframe, shaded and PNG-encoded, as a notebook does."""
     import pandas as pd
@@ -242,7 +244,7 @@ def vector_data(x: np.ndarray):
     return torch.utils.data.TensorDataset(torch.from_numpy(np.array(x, np.float32)))
 
 
-@peer("extract")
+@peer("extract", "torch hooks")
 def torch_hooks(ctx: BenchContext) -> Trial:
     _need("torch", "torch")
     import torch

@@ -435,7 +435,7 @@ def _run_size(run: _Run, n: int, *, stage_names, compare, dev, seed, k, reduce_m
         for s in stage_names:
             factories = [("bigembed", STAGES[s])]
             if compare:
-                factories += [(f.__name__, f) for f in PEERS.get(s, [])]
+                factories += [(f.peer_name, f) for f in PEERS.get(s, [])]
             for label, make in factories:
                 try:
                     trial = make(ctx)
