@@ -30,18 +30,21 @@ def _fmt_quality(q: dict) -> str:
     return " ".join(parts)
 
 
-def table_rows(doc: dict) -> list[list]:
+def table_rows(doc: dict, *, reason_width: int | None = 100) -> list[list]:
     rows = []
     for r in doc["results"]["rows"]:
         if r["status"] != "ok":
-            rows.append([r["stage"], r["n"], r["impl"], r["status"], "", "", "", "",
-                         "", (r.get("reason") or "")[:70]])
+            reason = r.get("reason") or ""
+            if reason_width and len(reason) > reason_width:
+                reason = reason[:reason_width - 3] + "..."
+            rows.append([r["stage"], r["n"], r["impl"], r["status"], "", "", "", "", "", reason])
             continue
         t = r["timing"]
         per = f"{_fmt_s(r['per_item_s'])}/item" if r.get("items", 1) > 1 else ""
         sp = r.get("speedup")
+        spread = f" ±{_fmt_s(t['spread'])}" if t.get("repeats", 0) > 1 else " (1 run)"
         rows.append([r["stage"], r["n"], r["impl"], r.get("backend") or "",
-                     f"{_fmt_s(t['median'])} ±{_fmt_s(t['spread'])} {per}".strip(),
+                     f"{_fmt_s(t['median'])}{spread} {per}".strip(),
                      _fmt_s(t.get("warmup_s")), r.get("peak_rss_mb") or "",
                      r.get("peak_rss_delta_mb") if r.get("peak_rss_delta_mb") is not None else "",
                      f"{sp:.2f}x" if sp else "", _fmt_quality(r.get("quality", {}))])
@@ -117,7 +120,7 @@ def _html_table(doc) -> str:
     esc = _html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>"
-                   for r in table_rows(doc))
+                   for r in table_rows(doc, reason_width=None))
     return f"<table class='bench'><tr>{head}</tr>{body}</table>"
 
 

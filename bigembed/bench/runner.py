@@ -224,17 +224,16 @@ class _Run:
         # budget that bigembed's own stages need at the larger sizes.
         share = 1.0 if key[1] in ("bigembed", "synth") else PEER_SHARE
         if pred * calls > left * share:
-            what = "the" if share == 1.0 else f"{share:.0%} of the"
-            return (f"predicted {pred * calls:.1f}s for {calls} run(s) (time ~ N^{e:.2f} from "
-                    f"{len(points)} size(s)) exceeds {what} {max(left, 0):.0f}s left of the "
-                    f"budget")
+            peer = "" if share == 1.0 else f", a peer may use {share:.0%}"
+            return (f"budget: predicted {pred * calls:.1f}s > {max(left, 0):.0f}s left{peer} "
+                    f"({calls} run(s), time ~ N^{e:.2f} fitted on {len(points)} size(s))")
         return None
 
     def run_trial(self, stage: str, trial: Trial, ctx: BenchContext) -> dict:
         n = ctx.n
         if trial.max_n is not None and n > trial.max_n:
-            return self.skip(stage, trial.name, n, f"{trial.name} is only run up to N="
-                             f"{trial.max_n} (raise it with --peer-max-n {trial.name}=N)",
+            return self.skip(stage, trial.name, n, f"peer cap: {trial.name} runs up to N="
+                             f"{trial.max_n} (raise it: --peer-max-n {trial.name}=N)",
                              what=trial.what)
         key = (stage, trial.name)
         out = {}
