@@ -326,3 +326,15 @@ def test_cuda_run_measures_context_and_gpu_memory(tmp_path):
                   out=tmp_path, repeat=2, k=5, html=False)
     assert r.doc["results"]["setup"]["cuda_context_s"] > 0
     assert all(x["device"] == "cuda" for x in r.doc["results"]["rows"] if x["status"] == "ok")
+
+
+def test_budgeted_order_runs_cheap_stages_first(tmp_path):
+    from bigembed.bench.runner import _Run
+
+    run = _Run(json_path=tmp_path / "x.json", params={"dim": 2}, deadline=None, repeat=1,
+               warmup=0, sync=None, on_row=None)
+    run.history = {("knn-graph", "bigembed"): [(100, 5.0)], ("render", "bigembed"): [(100, 0.1)],
+                   ("knn-graph", "faiss.IndexFlatL2"): [(100, 0.001)]}
+    # Unmeasured stages keep registry order and come first; measured ones cheapest first.
+    assert run.order(["ingest", "knn-graph", "render", "lookup"], 1000) == [
+        "ingest", "lookup", "render", "knn-graph"]

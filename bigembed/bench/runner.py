@@ -211,6 +211,16 @@ class _Run:
         write_results(self.json_path, d)
         return d
 
+    def order(self, stage_names, n: int) -> list[str]:
+        """Stages cheapest first (by bigembed's predicted time at ``n``; unmeasured ones in
+        registry order, first), so under a budget one slow stage at a size cannot starve
+        the cheap ones: the slow ones come last and are the ones skipped."""
+        def cost(i_s):
+            i, s = i_s
+            pred, _ = predict_seconds(self.history.get((s, "bigembed"), []), n)
+            return (pred is not None, pred or 0.0, i)
+        return [s for _, s in sorted(enumerate(stage_names), key=cost)]
+
     # timing one trial
     def over_budget(self, key, n, calls) -> str | None:
         if self.deadline is None:
@@ -431,7 +441,7 @@ def _run_size(run: _Run, n: int, *, stage_names, compare, dev, seed, k, reduce_m
                        seed=seed, k=k, compare=compare, reduce_method=reduce_method,
                        quality_sample=quality_sample, peer_max_n=peer_max_n)
     try:
-        for s in stage_names:
+        for s in run.order(stage_names, n):
             factories = [("bigembed", STAGES[s])]
             if compare:
                 factories += [(f.peer_name, f) for f in PEERS.get(s, [])]
