@@ -129,11 +129,13 @@ class _PeakRSS:
         return round(self.peak / 2**20, 1) if self._proc is not None else None
 
 
-def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None) -> Timing:
+def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None,
+            deadline: float | None = None) -> Timing:
     """Run ``fn()`` ``warmup`` times (timed apart: JIT, CUDA context), then ``repeat`` times.
 
     ``setup()`` runs untimed before every call; ``sync()`` (e.g. ``torch.cuda.synchronize``)
-    runs inside the timed region after each call.
+    runs inside the timed region after each call. ``deadline`` (a ``time.perf_counter()``
+    value) stops the repeats early once passed; at least one timed run always happens.
     """
     warm = None
     for _ in range(warmup):
@@ -155,7 +157,9 @@ def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None) -> T
     except ImportError:
         pass
     with _PeakRSS() as mem:
-        for _ in range(max(1, repeat)):
+        for i in range(max(1, repeat)):
+            if i and deadline is not None and time.perf_counter() > deadline:
+                break
             if setup:
                 setup()
             t0 = time.perf_counter()
@@ -168,6 +172,28 @@ def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None) -> T
 
         gpu_peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return Timing(times, warm, mem.peak_mb, gpu_peak or None)
+
+
+def fit_power_law(sizes, seconds) -> dict | None:
+    """Least-squares fit of ``seconds ~ c * size ** exponent`` in log-log space.
+
+    Returns ``{"exponent", "coefficient", "r2", "points"}``, or None with fewer than two
+    distinct positive sizes.
+    """
+    import numpy as np
+
+    pts = [(float(n), float(t)) for n, t in zip(sizes, seconds)
+           if n and t and n > 0 and t > 0]
+    if len({n for n, _ in pts}) < 2:
+        return None
+    lx = np.log([n for n, _ in pts])
+    ly = np.log([t for _, t in pts])
+    slope, icept = np.polyfit(lx, ly, 1)
+    resid = ly - (slope * lx + icept)
+    ss = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0
+    return {"exponent": round(float(slope), 3), "coefficient": float(np.exp(icept)),
+            "r2": round(r2, 4), "points": len(pts)}
 
 
 def results_doc(suite: str, results, *, params: dict | None = None) -> dict:

@@ -15,7 +15,7 @@ from .errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
 COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "neighbors",
-            "render", "serve"]
+            "render", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
