@@ -216,7 +216,11 @@ def datashader_full(ctx: BenchContext) -> Trial:
         canvas = dsh.Canvas(plot_width=RENDER_SIZE, plot_height=RENDER_SIZE)
         img = tf.shade(canvas.points(df, "x", "y", agg=dsh.count()), cmap=cc.fire[40:],
                        how="eq_hist")
-        img = tf.set_background(tf.spread(img, px=1), "white")
+        # The same spreading as the explorer's frames, so the two pictures are comparable.
+        from ..server.frames import SPREAD_MAX_PX, SPREAD_THRESHOLD
+
+        img = tf.set_background(tf.dynspread(img, threshold=SPREAD_THRESHOLD,
+                                             max_px=SPREAD_MAX_PX), "white")
         buf = io.BytesIO()
         img.to_pil().save(buf, "PNG")
         return buf.getvalue()
