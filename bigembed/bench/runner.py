@@ -267,10 +267,12 @@ class _Run:
                 warm_s = times[0]
                 self.warm_points[key] = [(trial.warm_n or n, times[1])]
             full_warmups = 0 if trial.warm is not None else self.warmup
-            why = self.over_budget(key, n, full_warmups + 1)
+            repeat = min(self.repeat, trial.max_repeat or self.repeat)
+            # The whole trial (warm-ups and every repeat) must fit, not only its first call:
+            # a default run overran its budget by 8 minutes when only the first was counted.
+            why = self.over_budget(key, n, full_warmups + repeat)
             if why:
                 return self.skip(stage, trial.name, n, why, what=trial.what)
-            repeat = min(self.repeat, trial.max_repeat or self.repeat)
             timing = measure(fn, repeat=repeat, warmup=full_warmups, setup=trial.setup,
                              sync=self.sync, deadline=self.deadline)
             if warm_s is not None:
