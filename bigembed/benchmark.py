@@ -129,6 +129,17 @@ class _PeakRSS:
         return round(self.peak / 2**20, 1) if self._proc is not None else None
 
 
+def _timed_call(fn, setup, sync) -> float:
+    """Seconds of one ``fn()`` (plus ``sync()``); ``setup()`` runs before, untimed."""
+    if setup:
+        setup()
+    t0 = time.perf_counter()
+    fn()
+    if sync:
+        sync()
+    return time.perf_counter() - t0
+
+
 def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None,
             deadline: float | None = None) -> Timing:
     """Run ``fn()`` ``warmup`` times (timed apart: JIT, CUDA context), then ``repeat`` times.
@@ -139,13 +150,7 @@ def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None,
     """
     warm = None
     for _ in range(warmup):
-        if setup:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        warm = (warm or 0.0) + time.perf_counter() - t0
+        warm = (warm or 0.0) + _timed_call(fn, setup, sync)
     times = []
     gpu_peak = None
     try:
@@ -160,13 +165,7 @@ def measure(fn, *, repeat: int = 3, warmup: int = 1, setup=None, sync=None,
         for i in range(max(1, repeat)):
             if i and deadline is not None and time.perf_counter() > deadline:
                 break
-            if setup:
-                setup()
-            t0 = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            times.append(time.perf_counter() - t0)
+            times.append(_timed_call(fn, setup, sync))
     if gpu_peak:
         import torch
 
