@@ -260,8 +260,6 @@ class TableSource(Source):
             self.dtype = np.float32
         self.meta_cols = [n for n in names if n != self.list_col and
                           (self.vec_cols is None or n not in self.vec_cols)]
-        if key is not None and key not in names:
-            self.meta_cols = self.meta_cols  # key may come from --meta instead
         self._row = 0
 
     def _schema(self) -> pa.Schema:
@@ -605,8 +603,6 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
         table = _assemble_meta(meta_table, extras, keep, n_invalid, key, meta, row)
         if table is not None:
             dw.set_meta(table, key=key)
-        elif appending:
-            pass
     ds = Dataset.open(out, verify="none")
     rec = ds.manifest["spaces"][space]
     return IngestResult(out, space, rec["rows"], rec["dim"], rec["dtype"], len(rec["shards"]),

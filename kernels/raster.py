@@ -45,18 +45,9 @@ def bin_points_reference(x, y, *, x_range, y_range, width, height, weights=None,
     [0, n_categories) or None. Returns float64 array of shape (height, width), or
     (height, width, n_categories) with categories; row 0 is ``y_range[0]``.
     """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    (x0, x1), (y0, y1) = x_range, y_range
-    sx, tx = _mapping(x0, x1, width)
-    sy, ty = _mapping(y0, y1, height)
-    keep = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
-    xi = (x[keep] * sx + tx).astype(np.int64)
-    yi = (y[keep] * sy + ty).astype(np.int64)
-    xi = np.where(x[keep] == x1, width - 1, np.minimum(xi, width - 1))
-    yi = np.where(y[keep] == y1, height - 1, np.minimum(yi, height - 1))
+    flat, keep = pixel_index(x, y, x_range=x_range, y_range=y_range, width=width,
+                             height=height)
     w = None if weights is None else np.asarray(weights, np.float64)[keep]
-    flat = yi * width + xi
     if categories is None:
         return np.bincount(flat, weights=w, minlength=width * height).reshape(height, width)
     c = np.asarray(categories, np.int64)[keep]
