@@ -29,13 +29,17 @@ def low_knn(xy: np.ndarray, k: int) -> np.ndarray:
         return np.empty((n, 0), np.int64)
     k = min(k, n - 1)
     _, idx = cKDTree(xy).query(xy, k=k + 1, workers=-1)
-    idx = np.asarray(idx, np.int64).reshape(n, k + 1)
-    # Drop self; with coincident points self may not come first (or at all): then drop the last.
-    is_self = idx == np.arange(n)[:, None]
+    return _drop_self(np.asarray(idx, np.int64).reshape(n, k + 1), np.arange(n), k)
+
+
+def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(m, k) of neighbour lists of shape (m, k + 1) that may hold the row itself: drop it
+    (with coincident points self may not come first, or at all: then drop the last)."""
+    is_self = idx == rows[:, None]
     drop = np.where(is_self.any(1), is_self.argmax(1), k)
     keep = np.ones_like(idx, bool)
-    keep[np.arange(n), drop] = False
-    return idx[keep].reshape(n, k)
+    keep[np.arange(len(idx)), drop] = False
+    return idx[keep].reshape(len(idx), k)
 
 
 def knn_preservation(high_indices: np.ndarray, xy: np.ndarray, *,
@@ -133,4 +137,28 @@ def layout_quality(high_indices: np.ndarray, xy: np.ndarray, vectors: np.ndarray
                        "continuity": tc["continuity"], "k": k, "sample": tc["sample"]}
 
 
-__all__ = ["knn_preservation", "low_knn", "trustworthiness_continuity", "layout_quality"]
+def sample_quality(rows: np.ndarray, high_indices: np.ndarray, xy: np.ndarray,
+                   vectors: np.ndarray, *, k: int = 15, sample: int = 2000, seed: int = 0,
+                   metric: str = "l2") -> dict:
+    """The ``quality`` record of :func:`layout_quality` with kNN preservation estimated on
+    ``rows`` only (no per-point column): for large layouts without a kNN graph.
+
+    ``rows``: (m,) sampled row ids; ``high_indices``: (m, k + 1) their exact neighbours
+    among all N rows, which may include the row itself; ``xy``: (N, 2).
+    """
+    from scipy.spatial import cKDTree
+
+    rows = np.asarray(rows, np.int64)
+    xy = np.asarray(xy, dtype=np.float64)
+    high = _drop_self(np.asarray(high_indices, np.int64), rows, k)
+    _, low = cKDTree(xy).query(xy[rows], k=k + 1, workers=-1)
+    low = _drop_self(np.asarray(low, np.int64).reshape(len(rows), k + 1), rows, k)
+    hit = (high[:, :, None] == low[:, None, :]).any(2).sum(1) / k
+    tc = trustworthiness_continuity(vectors, xy, k=k, sample=sample, seed=seed, metric=metric)
+    return {"knn_preservation": round(float(hit.mean()), 5) if len(hit) else None,
+            "trustworthiness": tc["trustworthiness"], "continuity": tc["continuity"],
+            "k": k, "sample": tc["sample"], "per_point": False,
+            "knn_preservation_sample": int(len(rows))}
+
+
+__all__ = ["knn_preservation", "sample_quality", "low_knn", "trustworthiness_continuity", "layout_quality"]

@@ -344,8 +344,10 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
     qual = None
     if quality:
         t = time.perf_counter()
-        columns["knn_preservation"], qual = _quality(ds, sp, xy, graph, quality_k,
-                                                     quality_sample, seed, metric, progress)
+        per_point, qual = _quality(ds, sp, xy, graph, quality_k, quality_sample, seed,
+                                   metric, progress)
+        if per_point is not None:
+            columns["knn_preservation"] = per_point
         timings["quality"] = round(time.perf_counter() - t, 3)
     secs = time.perf_counter() - t0
     record = {"space": sp.name, "method": method, "params": params, "backend": be.name,
@@ -388,8 +390,21 @@ def _place_rest(sp, ids, xy_fit, pca_dims, seed, metric, n_neighbors, progress,
     return xy
 
 
+#: past this many rows a PCA layout without a stored kNN graph gets its quality from a sample
+#: (building the full graph for it would cost minutes where the PCA costs seconds)
+QUALITY_FULL_ROWS = 200_000
+
+
 def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
-    from .quality import layout_quality
+    """(per-point kNN preservation (N,) or None, quality record) of a layout.
+
+    Per point when the kNN graph is at hand (UMAP/t-SNE built it; a stored one is reused) or
+    cheap to build (N <= QUALITY_FULL_ROWS); otherwise kNN preservation is estimated on a
+    seeded sample of ``sample`` rows (their exact neighbours among all N) and no per-point
+    column is stored: build the graph first (``bigembed index`` / ``knn_graph``) to get one.
+    """
+    from .neighbors import find_graph, knn_graph
+    from .quality import layout_quality, sample_quality
 
     n = sp.rows
     kq = min(k, n - 1)
@@ -397,7 +412,20 @@ def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
         return np.ones(n, np.float32), {"knn_preservation": 1.0, "trustworthiness": None,
                                         "continuity": None, "k": 0, "sample": n}
     if graph is None or graph[0].shape[1] < kq:
-        graph = _knn_full(ds, sp, kq, metric, progress)
+        stored = find_graph(ds, space=sp.name, k=kq, metric=metric)
+        if stored is not None or n <= QUALITY_FULL_ROWS:
+            g = knn_graph(ds, space=sp.name, k=kq, metric=metric, progress=progress)
+            graph = (g.indices, g.distances)
+        else:
+            log.info("quality: no stored kNN graph of %r and %d rows; kNN preservation "
+                     "estimated on %d sampled rows (build the graph for a per-point column)",
+                     sp.name, n, sample)
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n),
+                                                               replace=False))
+            high, _ = _knn_search(sp.vectors, np.asarray(sp.vectors[rows], np.float32), kq + 1,
+                                  metric, progress=progress, desc="quality sample")
+            return None, sample_quality(rows, high, xy, sp.vectors, k=kq, sample=sample,
+                                        seed=seed, metric=metric)
     return layout_quality(graph[0][:, :kq], xy, sp.vectors, k=kq, sample=sample, seed=seed,
                           metric=metric)
 

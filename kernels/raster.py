@@ -89,3 +89,145 @@ def bin_points_torch(x, y, *, x_range, y_range, width, height, weights=None,
     out = torch.zeros(width * height * n_categories, dtype=torch.float64, device=flat.device)
     out.index_add_(0, flat * n_categories + c, w)
     return out.view(height, width, n_categories)
+
+
+# -- CPU kernels over Z-order runs (numba) ----------------------------------------------------
+#
+# The map keeps its points (and each pyramid level's cells) in Z-order, so a view is a few
+# contiguous runs of positions. These kernels bin those runs in place: no gather of the
+# visible points into new arrays, no dataframe, one pass. Same pixel mapping as above (and as
+# Datashader): float64 arithmetic, truncation, the upper edge in the last pixel, points
+# outside the closed range (and NaN) dropped. Compiled on first use and cached on disk.
+
+_NUMBA = {}
+
+
+def _kernels():
+    """The compiled kernels (numba is imported on first use only)."""
+    if _NUMBA:
+        return _NUMBA
+    import numba
+
+    @numba.njit(inline="always")
+    def _pixel(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height):
+        if not (x >= x0 and x <= x1 and y >= y0 and y <= y1):
+            return -1
+        if x == x1:
+            xi = width - 1
+        else:
+            xi = min(int(x * sx + tx), width - 1)
+        if y == y1:
+            yi = height - 1
+        else:
+            yi = min(int(y * sy + ty), height - 1)
+        return yi * width + xi
+
+    @numba.njit(cache=True, nogil=True)
+    def bin_runs(xs, ys, runs, weights, mask, geom, width, height, out):
+        # out (H*W, c) float64; weights (n, c) or (0, c): add the item's row, else 1 to col 0
+        x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
+            geom[5], geom[6], geom[7]
+        use_w = weights.shape[0] > 0
+        use_m = mask.shape[0] > 0
+        c = out.shape[1]
+        hits = 0
+        for r in range(runs.shape[0]):
+            for i in range(runs[r, 0], runs[r, 1]):
+                if use_m and not mask[i]:
+                    continue
+                p = _pixel(np.float64(xs[i]), np.float64(ys[i]), x0, x1, y0, y1, sx, tx, sy,
+                           ty, width, height)
+                if p < 0:
+                    continue
+                hits += 1
+                if use_w:
+                    for j in range(c):
+                        out[p, j] += weights[i, j]
+                else:
+                    out[p, 0] += 1.0
+        return hits
+
+    @numba.njit(cache=True, nogil=True)
+    def bin_runs_lut(xs, ys, runs, codes, lut, mask, geom, width, height, out):
+        # out[p, :] += lut[codes[i], :]  (categorical: lut rows are (1, r, g, b))
+        x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
+            geom[5], geom[6], geom[7]
+        use_m = mask.shape[0] > 0
+        c = out.shape[1]
+        hits = 0
+        for r in range(runs.shape[0]):
+            for i in range(runs[r, 0], runs[r, 1]):
+                if use_m and not mask[i]:
+                    continue
+                p = _pixel(np.float64(xs[i]), np.float64(ys[i]), x0, x1, y0, y1, sx, tx, sy,
+                           ty, width, height)
+                if p < 0:
+                    continue
+                hits += 1
+                k = codes[i]
+                for j in range(c):
+                    out[p, j] += lut[k, j]
+        return hits
+
+    @numba.njit(cache=True, nogil=True)
+    def bin_runs_mean(xs, ys, runs, values, mask, geom, width, height, out):
+        # out[p, 0] += value, out[p, 1] += 1 for finite values (Datashader's mean skips NaN)
+        x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
+            geom[5], geom[6], geom[7]
+        use_m = mask.shape[0] > 0
+        hits = 0
+        for r in range(runs.shape[0]):
+            for i in range(runs[r, 0], runs[r, 1]):
+                if use_m and not mask[i]:
+                    continue
+                p = _pixel(np.float64(xs[i]), np.float64(ys[i]), x0, x1, y0, y1, sx, tx, sy,
+                           ty, width, height)
+                if p < 0:
+                    continue
+                hits += 1
+                v = values[i]
+                if np.isfinite(v):
+                    out[p, 0] += v
+                    out[p, 1] += 1.0
+        return hits
+
+    _NUMBA.update(bin_runs=bin_runs, bin_runs_lut=bin_runs_lut, bin_runs_mean=bin_runs_mean)
+    return _NUMBA
+
+
+def _geom(x_range, y_range, width, height) -> np.ndarray:
+    (x0, x1), (y0, y1) = x_range, y_range
+    sx, tx = _mapping(x0, x1, width)
+    sy, ty = _mapping(y0, y1, height)
+    return np.array([x0, x1, y0, y1, sx, tx, sy, ty], np.float64)
+
+
+_NO_MASK = np.zeros(0, np.bool_)
+
+
+def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, codes=None,
+             lut=None, mean_of=None, mask=None):
+    """Bin the items at positions ``runs`` (array (r, 2) of [start, end)) of ``xs, ys``.
+
+    One of: nothing (count per pixel: out (H*W, 1)); ``weights`` (n, c) float64 (their sum
+    per pixel: out (H*W, c)); ``codes`` (n,) ints with ``lut`` (C, c) float64 (sum of
+    ``lut[code]``: out (H*W, c)); ``mean_of`` (n,) float64 (out (H*W, 2): sum and count of
+    the finite values). ``mask`` (n,) bool: only items where it is True. Returns (out, hits),
+    hits = items that landed in the range. Row 0 of the image is ``y_range[0]``.
+    """
+    k = _kernels()
+    runs = np.ascontiguousarray(runs, np.int64).reshape(-1, 2)
+    geom = _geom(x_range, y_range, width, height)
+    m = _NO_MASK if mask is None else mask
+    hw = width * height
+    if mean_of is not None:
+        out = np.zeros((hw, 2), np.float64)
+        hits = k["bin_runs_mean"](xs, ys, runs, mean_of, m, geom, width, height, out)
+    elif codes is not None:
+        out = np.zeros((hw, lut.shape[1]), np.float64)
+        hits = k["bin_runs_lut"](xs, ys, runs, codes, lut, m, geom, width, height, out)
+    else:
+        w = np.zeros((0, 1), np.float64) if weights is None else weights
+        out = np.zeros((hw, w.shape[1]), np.float64)
+        hits = k["bin_runs"](xs, ys, runs, w, m, geom, width, height, out)
+    return out, int(hits)

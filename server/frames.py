@@ -50,8 +50,13 @@ SPREAD_MAX_PX = 2
 register(Backend("raster", "torch-cuda", factory=lambda: "cuda", requires=("torch",),
                  check=cuda_check, gpu=True, install="pip install torch (a CUDA build)",
                  description="torch index_add_ binning on the GPU (kernels/raster.py)"))
+register(Backend("raster", "numba", factory=lambda: "numba", requires=("numba", "datashader"),
+                 install="pip install numba datashader",
+                 description="numba kernels binning the view's Z-order runs in place "
+                             "(kernels/raster.py, Datashader's pixel mapping) on the CPU"))
 register(Backend("raster", "datashader", factory=lambda: None, requires=("datashader",),
-                 install="pip install datashader", description="Datashader (numba) on the CPU"))
+                 install="pip install datashader",
+                 description="Datashader's Canvas.points on the gathered visible points"))
 register(Backend("raster", "torch-cpu", factory=lambda: "cpu", requires=("torch",),
                  install="pip install torch",
                  description="the torch binning kernel on the CPU device (tests)"))
@@ -85,14 +90,16 @@ class Frame:
     seconds: float
 
 
+def _centres(r, n: int) -> np.ndarray:
+    """Pixel-centre coordinates of ``n`` pixels over the range ``r`` (as Datashader)."""
+    return np.linspace(r[0], r[1], n, endpoint=False) + (r[1] - r[0]) / n / 2
+
+
 def _as_xarray(a, c, x_range, y_range, width, height):
     """An aggregate array as the xarray Datashader makes (pixel-centre coordinates)."""
     import xarray as xr
 
-    xs = np.linspace(x_range[0], x_range[1], width, endpoint=False) + \
-        (x_range[1] - x_range[0]) / width / 2
-    ys = np.linspace(y_range[0], y_range[1], height, endpoint=False) + \
-        (y_range[1] - y_range[0]) / height / 2
+    xs, ys = _centres(x_range, width), _centres(y_range, height)
     if c.kind != "mean":
         a = np.rint(a).astype(np.uint32)
     if a.ndim == 3:
@@ -157,6 +164,9 @@ class FrameRenderer:
             raise InputError("layout coordinates must be finite")
         self.backend = resolve("raster", backend)
         self.device = self.backend.factory()
+        self._numba = self.device == "numba"
+        if self._numba:
+            self.device = None
         self.index = SpatialIndex(x, y)
         self.n = self.index.n
         self.exact_budget = int(exact_budget)
@@ -308,6 +318,9 @@ class FrameRenderer:
         Returns (agg, mode, level, points): agg has shape (height, width) (density: counts;
         mean: per-pixel mean, NaN where empty) or (height, width, categories).
         """
+        if self._numba:
+            return self._aggregate_cpu(self._plan(x_range, y_range, width, height, color_by,
+                                                  mode, where))
         sel = self._select(x_range, y_range, width, height, color_by, mode, where)
         x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
         agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
@@ -345,11 +358,13 @@ class FrameRenderer:
         self._filters[key] = mask
         return mask
 
-    def _select(self, x_range, y_range, width, height, color_by, mode, where=None):
+    def _plan(self, x_range, y_range, width, height, color_by, mode, where=None):
         """Validate a view and pick what it aggregates: the points in view or pyramid cells.
 
-        A filter (``where``) aggregates the matching points in view exactly (the pyramid
-        holds all points), so its cost follows the visible points.
+        Returns (x_range, y_range, width, height, colouring, mode, level, runs, mask): runs
+        (r, 2) of point positions (exact) or of cell numbers at ``level`` (pyramid). A filter
+        (``where``) aggregates the matching points in view exactly (the pyramid holds all
+        points), so its cost follows the visible points.
         """
         x_range = _check_range("x_range", x_range)
         y_range = _check_range("y_range", y_range)
@@ -372,19 +387,28 @@ class FrameRenderer:
         if mode == "exact":
             if runs is None:
                 runs, _ = self.index.ranges(x_range, y_range)
+            level = None
+        else:
+            runs, _ = self.index.ranges(x_range, y_range, max_level=level)
+            starts = self.index.level_starts(level)
+            runs = np.stack([np.searchsorted(starts, runs[:, 0]),
+                             np.searchsorted(starts, runs[:, 1])], 1)
+        return x_range, y_range, width, height, c, mode, level, runs, fmask
+
+    def _select(self, x_range, y_range, width, height, color_by, mode, where=None):
+        """:meth:`_plan`, then the arrays of what is aggregated (gathered)."""
+        plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
+        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
+        if mode == "exact":
             pos = self.index.positions(runs)
             if fmask is not None:
                 pos = pos[fmask[pos]]
             x, y = self.index.xs[pos], self.index.ys[pos]
             vals = None if c.values is None else c.values[pos]
             w = None
-            level = None
         else:
-            runs, _ = self.index.ranges(x_range, y_range, max_level=level)
-            starts = self.index.level_starts(level)
-            g0 = np.searchsorted(starts, runs[:, 0])
-            g1 = np.searchsorted(starts, runs[:, 1])
-            cells = SpatialIndex.positions(np.stack([g0, g1], 1))
+            g0, g1 = runs[:, 0], runs[:, 1]
+            cells = SpatialIndex.positions(runs)
             mx, my, cnt, extra = self._cells(level, c)
             x, y, w = mx[cells], my[cells], cnt[cells]
             if c.kind == "categorical":
@@ -397,6 +421,75 @@ class FrameRenderer:
             else:
                 vals = None
         return x_range, y_range, width, height, c, mode, level, x, y, w, vals
+
+    # -- the CPU path: numba kernels over the runs, nothing gathered -------------------------
+    def _lut(self, c: Colouring, mix: bool) -> np.ndarray:
+        """Per category what a point adds: one-hot counts, or (1, r, g, b) to mix colours."""
+        if not mix:
+            return np.eye(len(c.categories), dtype=np.float64)
+        from .shade import _rgb
+
+        return np.c_[np.ones(len(c.categories)), _rgb(c.colors)]
+
+    def _cell_weights(self, level: int, c: Colouring, mix: bool):
+        """(x, y, weights (cells, ch)) of a pyramid level for the run kernels (cached)."""
+        key = (level, c.name, "w", mix)
+        got = self._pyramid.get(key)
+        if got is not None:
+            return got
+        # (categorical: the per-cell colour sums below, not _cells' sparse triples)
+        mx, my, cnt, extra = self._cells(level, self.colouring(None) if c.kind == "categorical"
+                                         else c)
+        if c.kind == "density":
+            w = cnt.astype(np.float64)[:, None]
+        elif c.kind == "mean":
+            w = np.stack([extra[0], extra[1]], 1)
+        else:
+            starts = self.index.level_starts(level)
+            group = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+            lut = self._lut(c, mix)
+            w = np.stack([np.bincount(group, weights=lut[:, j][c.values],
+                                      minlength=len(starts) - 1)
+                          for j in range(lut.shape[1])], 1)
+        got = (mx, my, np.ascontiguousarray(w))
+        if len(self._pyramid) > 64:
+            self._pyramid.clear()
+        self._pyramid[key] = got
+        return got
+
+    def _acc_cpu(self, plan, *, mix: bool = False):
+        """Per-pixel accumulators (H*W, ch) of a planned view, and the items visited."""
+        from ..kernels.raster import bin_runs
+
+        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
+        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
+        touched = int((runs[:, 1] - runs[:, 0]).sum()) if len(runs) else 0
+        if mode == "pyramid":
+            mx, my, w = self._cell_weights(level, c, mix)
+            acc, hits = bin_runs(mx, my, runs, weights=w, **kw)
+        elif c.kind == "density":
+            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, mask=fmask, **kw)
+        elif c.kind == "mean":
+            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, mean_of=c.values,
+                                 mask=fmask, **kw)
+        else:
+            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, codes=c.values,
+                                 lut=self._lut(c, mix), mask=fmask, **kw)
+        # Items visited; with a filter, the matching points in view.
+        return acc, (hits if fmask is not None else touched)
+
+    def _aggregate_cpu(self, plan):
+        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
+        acc, touched = self._acc_cpu(plan)
+        if c.kind == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                a = np.where(acc[:, 1] > 0, acc[:, 0] / np.where(acc[:, 1] > 0, acc[:, 1], 1),
+                             np.nan).reshape(height, width)
+        elif c.kind == "categorical":
+            a = acc.reshape(height, width, -1)
+        else:
+            a = acc[:, 0].reshape(height, width)
+        return _as_xarray(a, c, x_range, y_range, width, height), mode, level, touched
 
     def _bin(self, x, y, w, vals, c, x_range, y_range, width, height, *, weighted):
         if self.device is not None:
@@ -528,13 +621,31 @@ class FrameRenderer:
                                           None if weight is None else weight[keep],
                                           shape=(height, width), colors=c.colors,
                                           min_alpha=CAT_MIN_ALPHA)
-        xs = np.linspace(x_range[0], x_range[1], width, endpoint=False) + \
-            (x_range[1] - x_range[0]) / width / 2
-        ys = np.linspace(y_range[0], y_range[1], height, endpoint=False) + \
-            (y_range[1] - y_range[0]) / height / 2
-        out = tf.Image(img, coords={"y": ys, "x": xs}, dims=("y", "x"))
+        out = tf.Image(img, coords={"y": _centres(y_range, height),
+                                    "x": _centres(x_range, width)}, dims=("y", "x"))
         out = tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
         return out, mode, level, int(len(x))
+
+    def _render_mixed(self, x_range, y_range, width, height, color_by, mode, where):
+        """A categorical frame from four accumulators per pixel (count and the count-weighted
+        r, g, b of its points' categories), whatever the number of categories. Returns
+        (None, ...) in the one case it cannot match Datashader: every pixel non-empty (then
+        Datashader subtracts the smallest per-category count, which needs every count)."""
+        import datashader.transfer_functions as tf
+
+        from . import shade as sh
+
+        plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
+        x_range, y_range, width, height, c, mode, level = plan[:7]
+        acc, pts = self._acc_cpu(plan, mix=True)
+        img = sh.shade_categorical_mixed(acc, shape=(height, width), colors=c.colors,
+                                         min_alpha=CAT_MIN_ALPHA)
+        if img is None:
+            return None, mode, level, pts
+        out = tf.Image(img, coords={"y": _centres(y_range, height), "x": _centres(x_range, width)},
+                       dims=("y", "x"))
+        out = tf.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+        return out, mode, level, pts
 
     def shade_reference(self, agg, color_by=None):
         """The same image made by Datashader's ``tf.shade`` itself (the trusted reference)."""
@@ -572,7 +683,13 @@ class FrameRenderer:
             x_range = dx if x_range is None else x_range
             y_range = dy if y_range is None else y_range
         c = self.colouring(color_by)
-        if c.kind == "categorical" and self.device is None:
+        img = None
+        if self._numba and c.kind == "categorical":
+            img, mode, level, pts = self._render_mixed(x_range, y_range, width, height,
+                                                       color_by, mode, where)
+        if img is not None:
+            pass
+        elif c.kind == "categorical" and self.device is None:
             img, mode, level, pts = self._render_categorical(x_range, y_range, width, height,
                                                              color_by, mode, where)
         else:

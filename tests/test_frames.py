@@ -32,10 +32,12 @@ def pts():
     return dict(x=x, y=y, label=lab, val=val, correct=correct, knn_preservation=q)
 
 
-@pytest.fixture(scope="module")
-def fr(pts):
+@pytest.fixture(scope="module", params=["numba", "datashader"])
+def fr(pts, request):
+    """Both CPU paths: numba kernels over the Z-order runs (the default) and Datashader's
+    Canvas.points on the gathered points."""
     cols = {k: v for k, v in pts.items() if k not in ("x", "y")}
-    return FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="datashader",
+    return FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend=request.param,
                                      exact_budget=10_000)
 
 
@@ -210,7 +212,7 @@ def test_bad_frame_arguments(fr, kw, frag):
 def test_adversarial_layouts():
     # all points identical, one point, zero points
     for x in (np.full(1000, 2.5, np.float32), np.array([1.0], np.float32), np.empty(0, np.float32)):
-        r = FrameRenderer.from_arrays(x, x.copy(), backend="datashader")
+        r = FrameRenderer.from_arrays(x, x.copy())
         f = r.render(width=32, height=16)
         assert f.png[:8] == b"\x89PNG\r\n\x1a\n"
         agg, *_ = r.aggregate(x_range=(-10, 10), y_range=(-10, 10), width=20, height=20)

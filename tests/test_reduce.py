@@ -57,6 +57,33 @@ def test_layout_separates_clusters_stores_quality_and_is_reused(tmp_path, rng, m
     assert reduce(ds_path, method=method, seed=1, **FAST).name != r.name
 
 
+def test_large_pca_without_graph_estimates_quality_on_a_sample(tmp_path, rng, monkeypatch):
+    """Past QUALITY_FULL_ROWS a PCA layout does not build the full kNN graph for its quality:
+    kNN preservation is estimated on sampled rows (close to the per-point mean), no column."""
+    import bigembed.reduce as red
+
+    x, _ = blobs(rng, n=3000, d=12)
+    ds_path = write(tmp_path / "d", x)
+    full = reduce(ds_path, method="pca", quality_sample=800)
+    assert "knn_preservation" in load_layout(Dataset.open(ds_path), name=full.name).columns
+    monkeypatch.setattr(red, "QUALITY_FULL_ROWS", 1000)
+    ds2 = write(tmp_path / "d2", x)
+    est = reduce(ds2, method="pca", quality_sample=800)
+    lay = load_layout(Dataset.open(ds2), name=est.name)
+    assert "knn_preservation" not in lay.columns
+    assert not Dataset.open(ds2).artifacts("graphs")  # no graph was built for it
+    q = lay.record["quality"]
+    assert q["per_point"] is False and q["knn_preservation_sample"] == 800
+    assert q["knn_preservation"] == pytest.approx(full.quality["knn_preservation"], abs=0.04)
+    assert q["trustworthiness"] == full.quality["trustworthiness"]
+    # With a stored graph the full per-point column comes back.
+    from bigembed.neighbors import knn_graph
+
+    knn_graph(Dataset.open(ds2), k=15)
+    again = reduce(ds2, method="pca", quality_sample=800, force=True)
+    assert "knn_preservation" in load_layout(Dataset.open(ds2), name=again.name).columns
+
+
 def test_umap_quality_close_to_plain_umap_learn(tmp_path, rng):
     """Our UMAP (exact kNN graph, PCA init) against umap-learn's defaults on the same data."""
     import warnings

@@ -448,6 +448,11 @@ def _run_size(run: _Run, n: int, *, stage_names, compare, dev, seed, k, reduce_m
             if compare:
                 factories += [(f.peer_name, f) for f in PEERS.get(s, [])]
             for label, make in factories:
+                if run.deadline is not None and time.perf_counter() >= run.deadline:
+                    # Preparing a trial (its data, a base layout) is untimed work: none of
+                    # it starts once the budget is spent.
+                    run.skip(s, label, n, "budget: spent before this stage")
+                    continue
                 try:
                     trial = make(ctx)
                 except StageSkipped as e:
