@@ -1,7 +1,7 @@
 """Benchmark the reduce stage against the plain libraries a user would otherwise call.
 
     .venv/bin/python -m benchmarks.bench_reduce [--n 100000] [--dim 64] [--tsne-n 20000]
-        [--tsne-alone-n 100000] [--scale-n 1000000 --scale-dim 50]
+        [--tsne-alone-n 100000] [--scale-n 1000000 --scale-dim 50] [--torch-n 20000]
 
 In one run, on the same synthetic data (``bigembed.synth``):
 
@@ -148,6 +148,35 @@ def bench_scale(ds, *, method, note):
     return out
 
 
+def bench_torch(ds, *, note):
+    """UMAP by the torch backend (CUDA when present, else the CPU device) against the cpu
+    backend (umap-learn's SGD) on the same kNN graph: time and quality side by side."""
+    from bigembed.layouts import load_layout
+    from bigembed.reduce import reduce
+    from bigembed.registry import cuda_check
+
+    out = {"device": "cpu" if cuda_check() else "cuda"}
+    for be in ("torch", "cpu"):
+        res = {}
+
+        def run():
+            res["r"] = reduce(ds.path, method="umap", backend=be, force=True)
+
+        t = measure(run, repeat=1, warmup=0)
+        rec = _record(ds, res["r"].name)
+        xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
+        out[be] = {"seconds": t.median, "timing": t, "stage_seconds": rec["timings"],
+                   "quality": _quality(ds, ds.space().name, xy)}
+        print(f"[{note}] {be} umap: {t.median:.1f}s {rec['timings']} {out[be]['quality']}",
+              flush=True)
+    out["fit_speedup_torch_over_cpu"] = round(out["cpu"]["stage_seconds"]["fit"]
+                                              / out["torch"]["stage_seconds"]["fit"], 3)
+    out["quality_delta_torch_minus_cpu"] = {
+        m: round(out["torch"]["quality"][m] - out["cpu"]["quality"][m], 5)
+        for m in ("knn_preservation", "trustworthiness", "continuity")}
+    return out
+
+
 def bench_numba_cache(ds_path, *, n):
     """Wall time of `bigembed reduce --method umap` in a first and a second process."""
     cache = Path(tempfile.mkdtemp(prefix="bigembed-numba-"))
@@ -182,12 +211,14 @@ def main(argv=None):
     p.add_argument("--scale-dim", type=int, default=50)
     p.add_argument("--tsne-alone-n", type=int, default=0,
                    help="also t-SNE of this many rows by bigembed alone (0: skip)")
+    p.add_argument("--torch-n", type=int, default=0,
+                   help="also UMAP by the torch backend vs the cpu backend at this size")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-reduce-"))
     results = {}
     params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
-              "scale_n": a.scale_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
+              "scale_n": a.scale_n, "torch_n": a.torch_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
               "data": "bigembed.synth clusters=10 error_rate=0.05 seed=0",
               "command": "python -m benchmarks.bench_reduce " + " ".join(argv or sys.argv[1:])}
     try:
@@ -213,6 +244,12 @@ def main(argv=None):
                 Dataset.open(work / "tsne-alone"), method="tsne", note=f"{a.tsne_alone_n}"))
             write_results(a.out, results_doc("reduce", results, params=params))
             shutil.rmtree(work / "tsne-alone", ignore_errors=True)
+        if a.torch_n:
+            synth(work / "torch", n=a.torch_n, dim=a.dim, clusters=10, seed=0)
+            results["umap_torch"] = dict(rows=a.torch_n, dim=a.dim, **bench_torch(
+                Dataset.open(work / "torch"), note=f"{a.torch_n}x{a.dim}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
+            shutil.rmtree(work / "torch", ignore_errors=True)
         if a.scale_n:
             synth(work / "scale", n=a.scale_n, dim=a.scale_dim, clusters=10, seed=0)
             results["umap_scale"] = dict(rows=a.scale_n, dim=a.scale_dim, **bench_scale(

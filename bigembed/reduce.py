@@ -28,7 +28,7 @@ from .progress import progress_bar
 log = logging.getLogger(__name__)
 
 METHODS = ("pca", "umap", "tsne")
-BACKENDS = ("auto", "cuml", "cpu")
+BACKENDS = ("auto", "cuml", "torch", "cpu")
 METRICS = ("l2", "cosine")
 
 
@@ -247,7 +247,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         ds = Dataset.open(ds)
     sp = ds.space(space)
     n = sp.rows
-    be = resolve("reduce", backend)
+    be = resolve("reduce", backend, method=method)
     # A limit at or above N changes nothing: keep it out of the key (min) so it stays reused.
     limit = min(int(fit_rows or be.extra.get("fit_rows", 2_000_000)), n)
 

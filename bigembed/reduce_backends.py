@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .progress import progress_enabled
+from .errors import BackendUnavailable
 from .registry import Backend, cuda_check, register
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,47 @@ class CumlLayouts:
         return out
 
 
+class TorchLayouts:
+    """UMAP and PCA in torch (``kernels/umap_torch.py``): the GPU path where cuML is not
+    installed; it runs on the CPU device too (slower than umap-learn there). No t-SNE: its
+    repulsion needs an FFT or tree method this path does not have (cuML or openTSNE do)."""
+
+    name = "torch"
+
+    def __init__(self, device: str | None = None):
+        if device is None:
+            from .registry import cuda_check
+
+            device = "cpu" if cuda_check() else "cuda"
+        self.device = device
+
+    def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
+             progress=False):
+        from .kernels.umap_torch import find_ab_params, fuzzy_graph, optimize_layout
+        from .progress import progress_bar
+
+        n = len(indices)
+        epochs = int(n_epochs or (500 if n <= 10_000 else 200))  # umap-learn's default
+        a, b = find_ab_params(1.0, float(min_dist))
+        head, tail, w = fuzzy_graph(indices, distances, n_neighbors=n_neighbors,
+                                    device=self.device)
+        bar = progress_bar(total=epochs, desc=f"UMAP (torch, {self.device})", unit="epoch",
+                           enabled=progress)
+        xy = optimize_layout(head, tail, w, init, n_epochs=epochs, a=a, b=b, seed=seed,
+                             callback=lambda e: bar.update(1))
+        bar.close()
+        return xy
+
+    def tsne(self, *, indices, distances, x, init, perplexity, n_iter, seed, progress=False):
+        raise BackendUnavailable("the torch backend has no t-SNE (it needs FFT or tree "
+                                 "repulsion): use --backend cpu (openTSNE) or cuml")
+
+    def pca(self, *, vectors, seed, progress=False):
+        from .kernels.umap_torch import pca_2d
+
+        return pca_2d(vectors, device=self.device)
+
+
 def _cuml_check() -> str | None:
     return cuda_check()
 
@@ -240,6 +282,13 @@ register(Backend(
     extra={"fit_rows": 5_000_000},
 ))
 register(Backend(
+    stage="reduce", name="torch", factory=TorchLayouts, requires=("torch", "scipy"),
+    install="pip install torch (a CUDA build for the GPU)",
+    description="UMAP / PCA in torch (kernels/umap_torch.py): CUDA when present, else CPU",
+    # under auto only with a GPU (on the CPU umap-learn is faster); by name on any device
+    extra={"fit_rows": 5_000_000, "methods": ("umap", "pca"), "auto_check": cuda_check},
+))
+register(Backend(
     stage="reduce", name="cpu", factory=CpuLayouts,
     requires=("umap", "openTSNE", "sklearn", "numba"),
     install="Install the layout extra: `pip install 'bigembed[layout]'`.",
@@ -247,4 +296,4 @@ register(Backend(
     extra={"fit_rows": 2_000_000},
 ))
 
-__all__ = ["CpuLayouts", "CumlLayouts", "enable_numba_cache", "numba_cache_dir"]
+__all__ = ["CpuLayouts", "CumlLayouts", "TorchLayouts", "enable_numba_cache", "numba_cache_dir"]

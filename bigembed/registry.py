@@ -60,15 +60,27 @@ def available(stage: str) -> list[str]:
     return [n for n, b in _REGISTRY.get(stage, {}).items() if b.unavailable_reason() is None]
 
 
-def resolve(stage: str, name: str = "auto") -> Backend:
-    """The backend to use for ``stage``: the named one, or under ``"auto"`` the first usable."""
+def resolve(stage: str, name: str = "auto", *, method: str | None = None) -> Backend:
+    """The backend to use for ``stage``: the named one, or under ``"auto"`` the first usable.
+
+    ``method``: what the backend must do (checked against ``extra["methods"]`` where a
+    backend lists them). Under ``"auto"`` a backend's ``extra["auto_check"]()`` (None or why
+    not) must also pass: a backend usable by name may be one auto passes over (e.g. a GPU
+    path that also runs, slowly, on the CPU).
+    """
     table = _REGISTRY.get(stage)
     if not table:
         raise InputError(f"no backends are registered for stage {stage!r}")
     if name == "auto":
         skipped = []
         for b in table.values():
+            does = b.extra.get("methods")
+            if method is not None and does is not None and method not in does:
+                skipped.append(f"{b.name}: has no {method}")
+                continue
             why = b.unavailable_reason()
+            if why is None and b.extra.get("auto_check") is not None:
+                why = b.extra["auto_check"]()
             if why is None:
                 if skipped:
                     log.info("%s: using backend %r (%s unavailable)", stage, b.name,
@@ -81,6 +93,9 @@ def resolve(stage: str, name: str = "auto") -> Backend:
     if name not in table:
         raise InputError(f"--backend for {stage} must be one of {['auto', *table]}, got {name!r}")
     b = table[name]
+    does = b.extra.get("methods")
+    if method is not None and does is not None and method not in does:
+        raise InputError(f"{stage} backend {name!r} has no {method}; it does {list(does)}")
     why = b.unavailable_reason()
     if why is not None:
         raise BackendUnavailable(

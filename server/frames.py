@@ -31,7 +31,10 @@ from .spatial import SpatialIndex
 log = logging.getLogger(__name__)
 
 #: a frame with at most this many candidate points is aggregated exactly from the points
-EXACT_BUDGET = 400_000
+#: (numba run kernels: about 4-16 ns a point here, so 1M points cost 4-16 ms; gathering the
+#: points for Datashader or torch costs several times that, hence a smaller budget there)
+EXACT_BUDGET = {"numba": 1_000_000}
+EXACT_BUDGET_OTHER = 400_000
 #: pyramid cells are at most this many pixels wide: each lands in its centroid's pixel, so a
 #: cell straddling a pixel edge moves its points by less than one pixel
 PYRAMID_CELL_PX = 1.0
@@ -135,7 +138,7 @@ class FrameRenderer:
     """
 
     def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
-                 exact_budget: int = EXACT_BUDGET):
+                 exact_budget: int | None = None):
         from ..dataset import Dataset
         from ..layouts import load_layout
 
@@ -148,7 +151,7 @@ class FrameRenderer:
 
     @classmethod
     def from_arrays(cls, x, y, *, columns: dict | None = None, backend: str = "auto",
-                    exact_budget: int = EXACT_BUDGET) -> "FrameRenderer":
+                    exact_budget: int | None = None) -> "FrameRenderer":
         """A renderer over in-memory arrays: x, y of shape (n,), columns name -> (n,)."""
         self = cls.__new__(cls)
         self.ds = None
@@ -169,7 +172,8 @@ class FrameRenderer:
             self.device = None
         self.index = SpatialIndex(x, y)
         self.n = self.index.n
-        self.exact_budget = int(exact_budget)
+        self.exact_budget = int(exact_budget if exact_budget is not None else
+                                EXACT_BUDGET.get(self.backend.name, EXACT_BUDGET_OTHER))
         self._extra_columns = columns
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}

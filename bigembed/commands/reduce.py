@@ -1,4 +1,4 @@
-"""bigembed reduce DATASET --method umap|tsne|pca [--space S] [--backend auto|cuml|cpu]
+"""bigembed reduce DATASET --method umap|tsne|pca [--space S] [--backend auto|cuml|torch|cpu]
 [--pca-dims 50] [--seed N] [--metric l2|cosine] [--n-neighbors 15] [--perplexity 30] ..."""
 
 from __future__ import annotations
