@@ -123,11 +123,11 @@ def _kernels():
         return yi * width + xi
 
     @numba.njit(cache=True, nogil=True)
-    def bin_runs(xs, ys, runs, weights, mask, geom, width, height, out):
-        # out (H*W, c) float64; weights (n, c) or (0, c): add the item's row, else 1 to col 0
+    def bin_runs(xs, ys, runs, kind, weights, codes, lut, mask, geom, width, height, out):
+        # kind 0: out[p, 0] += 1;  1: out[p, :] += weights[i, :];  2: out[p, :] +=
+        # lut[codes[i], :];  3: out[p] += (weights[i, 0], 1) for finite weights[i, 0] (mean)
         x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
             geom[5], geom[6], geom[7]
-        use_w = weights.shape[0] > 0
         use_m = mask.shape[0] > 0
         c = out.shape[1]
         hits = 0
@@ -140,58 +140,23 @@ def _kernels():
                 if p < 0:
                     continue
                 hits += 1
-                if use_w:
+                if kind == 0:
+                    out[p, 0] += 1.0
+                elif kind == 1:
                     for j in range(c):
                         out[p, j] += weights[i, j]
+                elif kind == 2:
+                    k = codes[i]
+                    for j in range(c):
+                        out[p, j] += lut[k, j]
                 else:
-                    out[p, 0] += 1.0
+                    v = weights[i, 0]
+                    if np.isfinite(v):
+                        out[p, 0] += v
+                        out[p, 1] += 1.0
         return hits
 
-    @numba.njit(cache=True, nogil=True)
-    def bin_runs_lut(xs, ys, runs, codes, lut, mask, geom, width, height, out):
-        # out[p, :] += lut[codes[i], :]  (categorical: lut rows are (1, r, g, b))
-        x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
-            geom[5], geom[6], geom[7]
-        use_m = mask.shape[0] > 0
-        c = out.shape[1]
-        hits = 0
-        for r in range(runs.shape[0]):
-            for i in range(runs[r, 0], runs[r, 1]):
-                if use_m and not mask[i]:
-                    continue
-                p = _pixel(np.float64(xs[i]), np.float64(ys[i]), x0, x1, y0, y1, sx, tx, sy,
-                           ty, width, height)
-                if p < 0:
-                    continue
-                hits += 1
-                k = codes[i]
-                for j in range(c):
-                    out[p, j] += lut[k, j]
-        return hits
-
-    @numba.njit(cache=True, nogil=True)
-    def bin_runs_mean(xs, ys, runs, values, mask, geom, width, height, out):
-        # out[p, 0] += value, out[p, 1] += 1 for finite values (Datashader's mean skips NaN)
-        x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
-            geom[5], geom[6], geom[7]
-        use_m = mask.shape[0] > 0
-        hits = 0
-        for r in range(runs.shape[0]):
-            for i in range(runs[r, 0], runs[r, 1]):
-                if use_m and not mask[i]:
-                    continue
-                p = _pixel(np.float64(xs[i]), np.float64(ys[i]), x0, x1, y0, y1, sx, tx, sy,
-                           ty, width, height)
-                if p < 0:
-                    continue
-                hits += 1
-                v = values[i]
-                if np.isfinite(v):
-                    out[p, 0] += v
-                    out[p, 1] += 1.0
-        return hits
-
-    _NUMBA.update(bin_runs=bin_runs, bin_runs_lut=bin_runs_lut, bin_runs_mean=bin_runs_mean)
+    _NUMBA["bin_runs"] = bin_runs
     return _NUMBA
 
 
@@ -215,19 +180,20 @@ def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, cod
     the finite values). ``mask`` (n,) bool: only items where it is True. Returns (out, hits),
     hits = items that landed in the range. Row 0 of the image is ``y_range[0]``.
     """
-    k = _kernels()
+    kernel = _kernels()["bin_runs"]
     runs = np.ascontiguousarray(runs, np.int64).reshape(-1, 2)
     geom = _geom(x_range, y_range, width, height)
     m = _NO_MASK if mask is None else mask
-    hw = width * height
+    none_w, none_c, none_l = np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros((0, 1))
     if mean_of is not None:
-        out = np.zeros((hw, 2), np.float64)
-        hits = k["bin_runs_mean"](xs, ys, runs, mean_of, m, geom, width, height, out)
+        kind, ch, w = 3, 2, np.asarray(mean_of, np.float64).reshape(-1, 1)
+        c, lt = none_c, none_l
     elif codes is not None:
-        out = np.zeros((hw, lut.shape[1]), np.float64)
-        hits = k["bin_runs_lut"](xs, ys, runs, codes, lut, m, geom, width, height, out)
+        kind, ch, w, c, lt = 2, lut.shape[1], none_w, np.asarray(codes, np.int64), lut
+    elif weights is not None:
+        kind, ch, w, c, lt = 1, weights.shape[1], weights, none_c, none_l
     else:
-        w = np.zeros((0, 1), np.float64) if weights is None else weights
-        out = np.zeros((hw, w.shape[1]), np.float64)
-        hits = k["bin_runs"](xs, ys, runs, w, m, geom, width, height, out)
+        kind, ch, w, c, lt = 0, 1, none_w, none_c, none_l
+    out = np.zeros((width * height, ch), np.float64)
+    hits = kernel(xs, ys, runs, kind, w, c, lt, m, geom, width, height, out)
     return out, int(hits)
