@@ -4,7 +4,9 @@
 
 Same run, same data, same ranges: a frame is aggregate + shade + PNG bytes at 800 x 800.
 ``bigembed`` is :class:`bigembed.server.frames.FrameRenderer` (Z-order index, exact points or
-the aggregate pyramid); ``datashader`` is what a user would otherwise write: ``Canvas.points``
+the aggregate pyramid, numba kernels binning the view's runs in place); the aggregation
+kernel alone is also timed against the renderer's Datashader backend (Canvas.points on the
+gathered points) on the same exact views; ``datashader`` is what a user would otherwise write: ``Canvas.points``
 on the whole pandas dataframe, the same shading, PNG. Views: the full extent and zooms by
 4x .. 4096x centred on random points (so they sit on data), several positions each; the p95
 is over every frame of a zoom class. Hover is ``pick`` (nearest point under the cursor);
@@ -74,6 +76,7 @@ def bench_size(n: int, *, positions: int, repeat: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     fr = FrameRenderer.from_arrays(x, y, columns={"label": lab})
     build = time.perf_counter() - t0
+    fr_ds = FrameRenderer.from_arrays(x, y, columns={"label": lab}, backend="datashader")
     log.info("n=%d: Z-order index built in %.2fs (backend %s)", n, build, fr.backend.name)
     df = pd.DataFrame({"x": x, "y": y, "label": pd.Categorical(lab.astype(str))})
     rng = np.random.default_rng(seed + 1)
@@ -132,9 +135,24 @@ def bench_size(n: int, *, positions: int, repeat: int, seed: int = 0) -> dict:
                              "speedup_datashader_over_bigembed": t.median / tb.median}
             log.info("n=%d %s %s: datashader %.1f ms, bigembed %.1f ms (%.1fx)", n, cname, label,
                      1e3 * t.median, 1e3 * tb.median, t.median / tb.median)
+        # The aggregation kernel alone: the same exact aggregate of the same views by the
+        # numba run kernel and by Datashader's Canvas.points on the gathered points.
+        kern = {}
+        mid = [v for v in vlist if v[0] == 16][0]
+        for label, (z, xr_, yr_) in (("full", vlist[0]), ("zoom16", mid)):
+            kw = dict(x_range=xr_, y_range=yr_, width=W, height=H, color_by=color, mode="exact")
+            fr_ds.aggregate(**kw)
+            t_nb = measure(lambda: fr.aggregate(**kw), repeat=repeat, warmup=1)
+            t_ds = measure(lambda: fr_ds.aggregate(**kw), repeat=repeat, warmup=0)
+            pts = fr.aggregate(**kw)[3]
+            kern[label] = {"zoom": z, "points": pts, "numba_runs": t_nb.to_json(),
+                           "datashader_gathered": t_ds.to_json(),
+                           "speedup": t_ds.median / t_nb.median}
+            log.info("n=%d %s exact aggregate %s (%d points): numba %.1f ms, datashader %.1f ms",
+                     n, cname, label, pts, 1e3 * t_nb.median, 1e3 * t_ds.median)
         out["frames"][cname] = {"warm_up_s": warm_s, "per_zoom": res, "p95_all_views_s": p95(all_times),
                                 "max_all_views_s": float(max(all_times)),
-                                "vs_datashader": ds_res}
+                                "vs_datashader": ds_res, "aggregate_kernel": kern}
     # hover: nearest point under the cursor within 8 px, at full extent and deep zoom
     hov = {}
     for label, (z, xr_, yr_) in (("full", vlist[0]), ("deep", vlist[-1])):
@@ -170,7 +188,7 @@ def bench_tap(n: int, work: Path) -> dict:
     ex = Explorer(path)
     fr = ex.renderer()
     rng = np.random.default_rng(3)
-    ex.neighbors(id=0, k=10)  # warm-up
+    index = ex.neighbors(id=0, k=10).get("index")  # warm-up (loads the index once)
     times = []
     (x0, x1), _ = fr.default_range()
     for c in rng.choice(n, 30, replace=False):
@@ -181,7 +199,8 @@ def bench_tap(n: int, work: Path) -> dict:
         times.append(time.perf_counter() - t0)
     return {"n": n, "dim": 32, "k": 10, "p95_s": p95(times), "median_s": float(np.median(times)),
             "taps": len(times),
-            "neighbors_impl": "bigembed.neighbors.neighbors (exact FAISS IndexFlatL2, as on main)"}
+            "neighbors_impl": f"bigembed.neighbors.neighbors via server.state.Explorer "
+                              f"(index {index})"}
 
 
 def main(argv=None):
