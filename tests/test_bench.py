@@ -140,7 +140,9 @@ def test_run_writes_real_figures(tiny_run):
             assert row["status"] == "ok", row
             t = row["timing"]
             assert t["repeats"] == 2 and len(t["times"]) == 2
-            assert all(x > 0 for x in t["times"]) and t["warmup_s"] > 0
+            assert all(x > 0 for x in t["times"])
+            # warm-up (JIT, imports) timed apart at the first size only
+            assert (t["warmup_s"] > 0) if n == 300 else t["warmup_s"] is None
             assert t["median"] == pytest.approx(float(np.median(t["times"])))
             assert row["peak_rss_mb"] > 0 and row["rss_before_mb"] > 0
             assert row["compare"], f"{stage}: a peer should have run beside bigembed"

@@ -239,6 +239,19 @@ class _Run:
                     f"({calls} run(s), time ~ N^{e:.2f} fitted on {len(points)} size(s))")
         return None
 
+    def affordable_repeats(self, key, n, repeat: int, warmups: int) -> int:
+        """Fewer repeats (at least one) for a call predicted to take more than a tenth of
+        what is left: a spread of one slow stage is worth less than the other stages at
+        the largest size."""
+        if self.deadline is None or repeat <= 1:
+            return repeat
+        pred, _ = predict_seconds(self.history.get(key) or self.warm_points.get(key, []), n)
+        if not pred:
+            return repeat
+        left = self.deadline - time.perf_counter()
+        fits = int(0.1 * left / pred) - warmups
+        return max(1, min(repeat, fits))
+
     def run_trial(self, stage: str, trial: Trial, ctx: BenchContext) -> dict:
         n = ctx.n
         if trial.max_n is not None and n > trial.max_n:
@@ -266,8 +279,12 @@ class _Run:
                     times.append(time.perf_counter() - t0)
                 warm_s = times[0]
                 self.warm_points[key] = [(trial.warm_n or n, times[1])]
-            full_warmups = 0 if trial.warm is not None else self.warmup
+            # One-off costs (JIT, first imports) are paid at the first size a trial runs;
+            # at larger sizes a warm-up call would only repeat the measurement.
+            full_warmups = 0 if (trial.warm is not None or key in self.history) \
+                else self.warmup
             repeat = min(self.repeat, trial.max_repeat or self.repeat)
+            repeat = self.affordable_repeats(key, n, repeat, full_warmups)
             # The whole trial (warm-ups and every repeat) must fit, not only its first call:
             # a default run overran its budget by 8 minutes when only the first was counted.
             why = self.over_budget(key, n, full_warmups + repeat)
