@@ -80,15 +80,6 @@ class _Base(RequestHandler):
             raise InputError(f"parameter {name!r} must be finite, got {v!r}")
         return f
 
-    def floats_arg(self, name, v):
-        try:
-            out = [float(t) for t in v.split(",")]
-        except ValueError:
-            raise InputError(f"parameter {name!r} must be comma-separated numbers") from None
-        if not all(math.isfinite(f) for f in out):
-            raise InputError(f"parameter {name!r} must hold finite numbers")
-        return out
-
     def choice_arg(self, name, allowed, default=None):
         v = self._raw(name, default)
         if v is not None and v not in allowed:
@@ -193,20 +184,40 @@ def format_where(where: dict | None) -> str:
     return ";".join(f"{k}:{'|'.join(map(str, v))}" for k, v in (where or {}).items() if v)
 
 
-def parse_geometry(handler) -> dict:
-    box = handler._raw("box")
-    poly = handler._raw("poly")
+def _floats(name: str, text: str) -> list[float]:
+    try:
+        out = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"parameter {name!r} must be comma-separated numbers") from None
+    if not all(math.isfinite(f) for f in out):
+        raise InputError(f"parameter {name!r} must hold finite numbers")
+    return out
+
+
+def parse_geometry_text(box: str | None, poly: str | None) -> dict:
+    """``box`` "x0,x1,y0,y1" or ``poly`` "x,y,x,y,..." -> {"box": ((x0, x1), (y0, y1))} or
+    {"polygon": ([x...], [y...])}, the keywords of :meth:`Explorer.select`.
+
+    The one parser of a selection, for ``/api/select`` and for the page URL alike.
+    """
     if (box is None) == (poly is None):
         raise InputError("give exactly one of 'box' (x0,x1,y0,y1) or 'poly' (x,y,x,y,...)")
+    for name, v in (("box", box), ("poly", poly)):
+        if v is not None and len(v) > 20000:
+            raise InputError(f"parameter {name!r} is too long ({len(v)} characters)")
     if box is not None:
-        v = handler.floats_arg("box", box)
+        v = _floats("box", box)
         if len(v) != 4 or not (v[0] <= v[1] and v[2] <= v[3]):
             raise InputError(f"parameter 'box' must be x0,x1,y0,y1 with x0<=x1, y0<=y1, got {box!r}")
         return {"box": ((v[0], v[1]), (v[2], v[3]))}
-    v = handler.floats_arg("poly", poly)
+    v = _floats("poly", poly)
     if len(v) % 2 or not 6 <= len(v) <= 2 * MAX_POLY:
         raise InputError(f"parameter 'poly' must hold 3..{MAX_POLY} x,y pairs")
     return {"polygon": (v[0::2], v[1::2])}
+
+
+def parse_geometry(handler) -> dict:
+    return parse_geometry_text(handler._raw("box"), handler._raw("poly"))
 
 
 class SelectHandler(_Base):
