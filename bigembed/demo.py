@@ -50,7 +50,7 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, serve: bool = Tr
         say(f"[3/6] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
             f"({'cached' if ix.cached else f'{ix.seconds:.1f}s'})")
     ds = Dataset.open(ds_path)
-    png = render(ds, out=out / "view.png", layout=made[spaces[-1]], color_by="label")
+    png = render(ds, out=out / "view.png", layout=made[spaces[-1]], color_by="label").path
     say(f"[4/6] rendered {png} (coloured by label)")
     meta = ds.meta
     wrong = np.flatnonzero(~meta["correct"].to_numpy().astype(bool)) if "correct" in meta else []
