@@ -5,6 +5,7 @@
 ``GET /api/neighbors?id=&k=[&space=][&layout=]`` (or ``key=``) -> JSON, the shape of
 ``bigembed neighbors --json`` plus ``x, y, neighbor_2d`` per neighbour and ``also_2d``.
 ``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``.
+``GET /api/thumb?id=[&size=]`` -> PNG thumbnail of the ``image`` metadata column (hover).
 
 Every parameter is validated; bad input answers 400 with ``{"error": ...}``, never 5xx.
 Work runs on the server's thread pool, so one slow request never stalls other sessions.
@@ -24,6 +25,7 @@ from tornado.web import RequestHandler
 from ..errors import BigembedError, InputError
 from .frames import MAX_SIDE
 from .state import MAX_K
+from .thumbs import MAX_PX, MIN_PX, THUMB_PX, NoImage
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class _Base(RequestHandler):
             return None
         try:
             return await IOLoop.current().run_in_executor(self.executor, fn)
+        except NoImage as e:
+            self.fail(404, str(e))
         except BigembedError as e:
             self.fail(400, str(e))
         except Exception:  # a bug: log it, answer without leaking a traceback
@@ -164,6 +168,27 @@ class NeighborsHandler(_Base):
             return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(out))
+
+
+class ThumbHandler(_Base):
+    """``GET /api/thumb?id=[&size=]``: the instance's image as a PNG fitting ``size`` px
+    (default 96); 404 when the dataset or the instance has no readable image."""
+
+    async def get(self):
+        ex = self.explorer
+
+        def work():
+            i = self.int_arg("id", 0, ex.ds.rows - 1, required=True)
+            size = self.int_arg("size", MIN_PX, MAX_PX, default=THUMB_PX)
+            return ex.thumbnail(i, size)
+
+        png = await self.run(work)
+        if png is None:
+            return
+        self.set_header("Content-Type", "image/png")
+        # an id's thumbnail never changes while the server runs: let the browser keep it
+        self.set_header("Cache-Control", "private, max-age=3600")
+        self.finish(png)
 
 
 def parse_where(text: str | None) -> dict | None:
@@ -255,4 +280,5 @@ def patterns(explorer, executor, secret=None) -> list:
     kw = dict(explorer=explorer, executor=executor, secret=secret)
     return [(r"/frame\.png", FrameHandler, kw),
             (r"/api/neighbors", NeighborsHandler, kw),
-            (r"/api/select", SelectHandler, kw)]
+            (r"/api/select", SelectHandler, kw),
+            (r"/api/thumb", ThumbHandler, kw)]

@@ -157,10 +157,20 @@ def selection_outline(geom: dict) -> tuple[list, list]:
     return list(px), list(py)
 
 
+def _colour_options(r) -> list[str]:
+    # image bytes or paths are not something to colour by
+    return [c for c in r.columns() if c != "image"]
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))
+
+
+def _shown(meta: dict) -> dict:
+    """Metadata to list as text: the image column is shown as a thumbnail instead."""
+    return {k: v for k, v in meta.items() if k != "image"}
 
 
 def _meta_html(meta: dict) -> str:
@@ -213,7 +223,7 @@ class Session:
         self.layout = layout if layout in explorer.layouts else explorer.layouts[0]
         r = explorer.renderer(self.layout)
         color = _arg(args, "color", default="density")
-        self.color = color if color in r.columns() else "density"
+        self.color = color if color in _colour_options(r) else "density"
         (dx0, dx1), (dy0, dy1) = r.default_range()
         x0, x1 = _arg(args, "x0", float, dx0), _arg(args, "x1", float, dx1)
         y0, y1 = _arg(args, "y0", float, dy0), _arg(args, "y1", float, dy1)
@@ -265,7 +275,7 @@ class Session:
                   line_width=2, name="hover_marker")
         self.plot = p
 
-        self.color_select = Select(title="Colour by", value=self.color, options=r.columns(),
+        self.color_select = Select(title="Colour by", value=self.color, options=_colour_options(r),
                                    name="color")
         self.layout_select = Select(title="Layout", value=self.layout, options=explorer.layouts,
                                     name="layout")
@@ -405,7 +415,22 @@ class Session:
             return
         (px, py), = r.xy([i])
         self.hover_src.data = dict(x=[float(px)], y=[float(py)])
-        self.hover_div.text = f"<b>hover</b> {_meta_html(self.ex.meta(i))}"
+        self.hover_div.text = (f"<b>hover</b> {self._thumb_html(i)}"
+                               f"{_meta_html(_shown(self.ex.meta(i)))}")
+
+    def _thumb_html(self, i: int) -> str:
+        """An <img> of ``i``'s thumbnail (``/api/thumb``) when the metadata has images."""
+        if not self.ex.has_images:
+            return ""
+        q = {"id": int(i)}
+        if self.secret:
+            q["session"] = self.session_id
+        src = html.escape("/api/thumb?" + urlencode(q))
+        # an instance without a readable image answers 404: hide the broken-image icon
+        return (f"<img class='thumb' src='{src}' alt='image of id {int(i)}' "
+                f"style='display:block;max-width:96px;max-height:96px;margin:4px 0;"
+                f"image-rendering:pixelated;border:1px solid #ccc' "
+                f"onerror=\"this.style.display='none'\">")
 
     def on_tap(self, ev):
         if ev.x is None or ev.y is None:
@@ -439,7 +464,8 @@ class Session:
                                 label=[str(n.get("label", "")) for n in nb])
         notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in res.get("notes", []))
         self.tap_div.text = (
-            f"<b>id {q['id']}</b> {_meta_html({k: v for k, v in q.items() if k != 'id'})}"
+            f"<b>id {q['id']}</b> {self._thumb_html(q['id'])}"
+            f"{_meta_html(_shown({k: v for k, v in q.items() if k != 'id'}))}"
             f"<span class='nbr-summary'>{len(nb)} true neighbours in space "
             f"{html.escape(str(res['space']))}; <b>{res['also_2d']} of {len(nb)}</b> are also "
             f"2-D neighbours</span>{notes}")
@@ -520,7 +546,7 @@ class Session:
             self.plot.x_range.update(start=x0, end=x1)
             self.plot.y_range.update(start=y0, end=y1)
             self.plot.title.text = f"{self.ex.ds.path.name}: {new}"
-            cols = res.columns()
+            cols = _colour_options(res)
             self.color_select.options = cols
             if self.color not in cols:
                 self.color = "density"
