@@ -39,25 +39,35 @@ def _over_white(rgba: np.ndarray) -> np.ndarray:
     return np.rint(rgba[..., :3] * a + 255.0 * (1 - a)).astype(np.int32)
 
 
-@pytest.mark.parametrize("color", [None, "label", "confidence", "correct", "knn_preservation"])
-def test_cli_png_is_the_map_frame(laid_out, tmp_path, color):
-    png = tmp_path / "view.png"
-    args = ["render", laid_out, "--out", png, "--width", 320, "--height", 240]
-    p = run_cli(*args, *(["--color-by", color] if color else []), check=True)
-    assert f"wrote {png}" in p.stdout and f"colour by {color or 'density'}" in p.stdout
-    got = np.asarray(Image.open(png)).astype(np.int32)
-    assert got.shape == (240, 320, 3)  # opaque RGB, as the CLI always wrote
-
-    ds = Dataset.open(laid_out)
-    fr = FrameRenderer(ds)
+def _check_is_frame(got: np.ndarray, laid_out, color, width, height):
+    """``got`` (H, W, 3) is the map's frame of the whole layout over white."""
+    assert got.shape == (height, width, 3)  # opaque RGB, as the CLI always wrote
+    fr = FrameRenderer(Dataset.open(laid_out))
     xr, yr = fr.default_range()
-    frame = _rgba(fr.render(x_range=xr, y_range=yr, width=320, height=240, color_by=color).png)
+    frame = _rgba(fr.render(x_range=xr, y_range=yr, width=width, height=height,
+                            color_by=color).png)
     want = _over_white(frame)
     opaque_or_empty = np.isin(frame[..., 3], (0, 255))
     assert (got[opaque_or_empty] == want[opaque_or_empty]).all()
     assert np.abs(got - want).max() <= 1  # rounding of partly transparent pixels only
     assert (frame[..., 3] > 0).mean() > 0.01  # points were drawn
     assert (got[frame[..., 3] == 0] == 255).all()  # white where the map is empty
+
+
+@pytest.mark.parametrize("color", [None, "label"])
+def test_cli_png_is_the_map_frame(laid_out, tmp_path, color):
+    png = tmp_path / "view.png"
+    args = ["render", laid_out, "--out", png, "--width", 320, "--height", 240]
+    p = run_cli(*args, *(["--color-by", color] if color else []), check=True)
+    assert f"wrote {png}" in p.stdout and f"colour by {color or 'density'}" in p.stdout
+    _check_is_frame(np.asarray(Image.open(png)).astype(np.int32), laid_out, color, 320, 240)
+
+
+@pytest.mark.parametrize("color", ["confidence", "correct", "knn_preservation", "prediction"])
+def test_render_png_is_the_map_frame(laid_out, tmp_path, color):
+    r = render(laid_out, out=tmp_path / "v.png", color_by=color, width=200, height=150)
+    assert r.color_by == color and r.legend["column"] == color
+    _check_is_frame(np.asarray(Image.open(r.path)).astype(np.int32), laid_out, color, 200, 150)
 
 
 def test_transparent_background_is_the_frame_itself(laid_out, tmp_path):
