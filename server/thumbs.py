@@ -63,15 +63,12 @@ def _open(value, base_dir: Path):
     else:
         raise NoImage(f"the image column holds {type(value).__name__}, expected bytes or a path")
     try:
-        img = Image.open(src)
-        if img.width * img.height > MAX_PIXELS:
-            raise NoImage(f"{what}: {img.width}x{img.height} pixels is too large for a thumbnail")
-        img.load()
-    except NoImage:
-        raise
+        img = Image.open(src)  # reads the header only; pixels are decoded in thumbnail_png
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise NoImage(f"{what} is not a readable image ({e})") from None
-    return img
+    if img.width * img.height > MAX_PIXELS:
+        raise NoImage(f"{what}: {img.width}x{img.height} pixels is too large for a thumbnail")
+    return img, what
 
 
 def thumbnail_png(value, *, base_dir, size: int = THUMB_PX) -> bytes:
@@ -80,18 +77,30 @@ def thumbnail_png(value, *, base_dir, size: int = THUMB_PX) -> bytes:
     Small images (an 8 x 8 digit) are enlarged with nearest-neighbour sampling so their
     pixels stay crisp; large ones are reduced with Lanczos. The aspect ratio is kept.
     """
+    img, what = _open(value, Path(base_dir))
+    with img:
+        return _scaled_png(img, what, size)
+
+
+def _scaled_png(img, what: str, size: int) -> bytes:
     from PIL import Image, ImageOps
 
-    img = _open(value, Path(base_dir))
-    img = ImageOps.exif_transpose(img)
-    if img.mode not in ("RGB", "RGBA", "L", "LA"):
-        img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info
-                          else "RGB")
-    scale = size / max(img.width, img.height)
-    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-    img = img.resize((w, h), Image.NEAREST if scale >= 1 else Image.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    try:
+        # A JPEG decodes straight at a reduced scale (no smaller than size x size), as
+        # Pillow's own thumbnail() does: a 4000 px photo never decodes at full size.
+        img.draft(img.mode if img.mode in ("RGB", "L") else "RGB", (size, size))
+        img = ImageOps.exif_transpose(img)
+        if img.mode not in ("RGB", "RGBA", "L", "LA"):
+            img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info
+                              else "RGB")
+        scale = size / max(img.width, img.height)
+        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        img = img.resize((w, h), Image.NEAREST if scale >= 1 else Image.LANCZOS,
+                         reducing_gap=None if scale >= 1 else 2.0)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise NoImage(f"{what} is not a readable image ({e})") from None
     return buf.getvalue()
 
 

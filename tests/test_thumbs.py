@@ -115,6 +115,15 @@ def test_thumbnail_sizes_and_modes(tmp_path, size, mode, fmt, want):
         tuple(max(1, round(v * 16 / 96)) for v in want)
 
 
+def test_thumbnail_follows_exif_orientation(tmp_path):
+    img = Image.new("RGB", (200, 100), (0, 128, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    assert _decode(thumbnail_png(buf.getvalue(), base_dir=tmp_path)).size == (48, 96)
+
+
 def test_thumbnail_keeps_pixels():
     a = np.zeros((8, 8), np.uint8)
     a[2, 5] = 255
@@ -130,6 +139,7 @@ def test_thumbnail_keeps_pixels():
     (None, "no image"), (float("nan"), "no image"), (b"", "empty"), ("", "empty"),
     (b"\x89PNG\r\n\x1a\n broken", "not a readable image"), ("missing.png", "cannot be read"),
     (".", "not a file"), (12, "int"),
+    (_png(64, 64, (9, 9, 9), fmt="JPEG")[:300], "not a readable image"),  # truncated data
 ])
 def test_thumbnail_bad_values(tmp_path, value, frag):
     with pytest.raises(NoImage, match=frag):
