@@ -99,11 +99,16 @@ def _color_key(r, color_by):
 
 def render(ds, *, out, layout: str | None = None, space: str | None = None,
            method: str | None = None, color_by: str | None = None, width: int = 800,
-           height: int = 800, background: str | None = "white") -> RenderResult:
+           height: int = 800, background: str | None = "white",
+           mode: str = "exact") -> RenderResult:
     """Render a stored layout of ``ds`` to the PNG file ``out`` (written atomically).
 
     The image is the map's frame of the whole layout (``FrameRenderer.render`` with the
-    default view), laid over ``background`` (None keeps the frame's transparency).
+    map's opening view), laid over ``background`` (None keeps the frame's transparency).
+    ``mode="exact"`` aggregates every point, as the map does for any view of at most
+    ``EXACT_BUDGET`` points; a one-off image need not pay for the aggregate pyramid the map
+    answers larger zoomed-out views from. ``mode="auto"`` draws the map's own frame in that
+    case too (pyramid cells at their centroids: points within a pixel of their place).
     """
     import time
 
@@ -121,13 +126,15 @@ def render(ds, *, out, layout: str | None = None, space: str | None = None,
         raise InputError(f"--out must name a .png file, got {out}")
     if out.is_dir():
         raise InputError(f"--out: {out} is a directory, expected a .png file path")
+    if mode not in ("exact", "auto"):
+        raise InputError(f"mode must be 'exact' or 'auto', got {mode!r}")
     if background is not None:
         _background_rgb(background)  # a bad colour fails before any work
     r = frame_renderer(ds, layout, space=space, method=method)
     key = _color_key(r, color_by)
     x_range, y_range = r.default_range()
     frame = r.render(x_range=x_range, y_range=y_range, width=width, height=height,
-                     color_by=key)
+                     color_by=key, mode=mode)
     img = composite(frame.png, background)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _atomic.atomic_path(out) as tmp:

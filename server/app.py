@@ -5,7 +5,10 @@ The browser never receives the points: the plot shows one server-rendered image
 or zoom. Hover, tap and selection go to Python callbacks answered from the spatial index;
 heavy work (neighbour search, selection statistics, building a renderer) runs on a thread
 pool and comes back with ``doc.add_next_tick_callback``, so no session blocks another.
-The view state (ranges, colouring, tapped id, layout) is kept in the page URL.
+The view state (ranges, colouring, tapped id, layout, filters, box or lasso selection) is
+kept in the page URL, so opening a shared URL restores the view, its neighbour list and its
+group statistics. When the metadata has an ``image`` column, hover and tap show the
+instance's thumbnail (``/api/thumb``).
 """
 
 from __future__ import annotations

@@ -83,6 +83,10 @@ def test_transparent_background_is_the_frame_itself(laid_out, tmp_path):
     assert [it["name"] for it in res.legend["items"]] == ["0", "1", "2", "3", "4"]
     # the view is the map's opening view: the whole layout, padded
     assert (res.x_range, res.y_range) == tuple(tuple(map(float, r)) for r in fr.default_range())
+    # below the exact budget the map's auto mode aggregates every point too
+    auto = render(laid_out, out=tmp_path / "a.png", color_by="label", width=200, height=200,
+                  background=None, mode="auto")
+    assert (_rgba(auto.path.read_bytes()) == _rgba(frame.png)).all()
     # render_image (the library form) gives the same picture
     img = render_image(Dataset.open(laid_out), res.layout, color_by="label", width=200,
                        height=200, background=None)
@@ -108,7 +112,7 @@ def test_background_colour_and_layout_choice(laid_out, tmp_path):
 @pytest.mark.parametrize("kw, frag", [
     (dict(width=0), "--width"), (dict(height=5000), "--height"), (dict(width=True), "--width"),
     (dict(color_by="zz"), "'zz'"), (dict(background="no-such-colour"), "--background"),
-    (dict(layout="nope"), "nope"), (dict(method="tsne"), "tsne"), (dict(space="x"), "'x'"),
+    (dict(layout="nope"), "nope"), (dict(mode="pyramid"), "mode"), (dict(method="tsne"), "tsne"), (dict(space="x"), "'x'"),
 ])
 def test_render_bad_input_writes_nothing(laid_out, tmp_path, kw, frag):
     out = tmp_path / "bad.png"
