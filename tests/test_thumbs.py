@@ -230,6 +230,17 @@ def test_thumb_endpoint_bad_input(image_served, query, status, frag):
     assert frag in json.loads(body)["error"]
 
 
+def test_neighbors_json_names_image_bytes(image_served, image_ds):
+    """Image bytes are listed as their size in neighbour JSON, not decoded as text."""
+    st, _, body = get(f"{image_served}/api/neighbors?id=10&k=3")
+    assert st == 200
+    out = json.loads(body)
+    assert out["query"]["image"] == f"<{len(_png(8, 8, _colour(10)))} bytes>"
+    assert out["query"]["text"] == "caption number 10"
+    assert all(n["image"].endswith(" bytes>") for n in out["neighbors"]
+               if n["id"] not in (3, 4, 5))
+
+
 def test_thumb_endpoint_without_image_column(explorer_served):
     url, _, _ = explorer_served
     st, _, body = get(f"{url}/api/thumb?id=1")
