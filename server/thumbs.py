@@ -39,7 +39,8 @@ def _open(value, base_dir: Path):
     """A Pillow image from bytes or a path (relative to ``base_dir``); raises NoImage."""
     from PIL import Image, UnidentifiedImageError
 
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)) or \
+            type(value).__name__ == "NAType":  # pandas' missing value in string columns
         raise NoImage("no image")
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)

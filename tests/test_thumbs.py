@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -136,7 +137,7 @@ def test_thumbnail_keeps_pixels():
 
 
 @pytest.mark.parametrize("value, frag", [
-    (None, "no image"), (float("nan"), "no image"), (b"", "empty"), ("", "empty"),
+    (None, "no image"), (float("nan"), "no image"), (pd.NA, "no image"), (b"", "empty"), ("", "empty"),
     (b"\x89PNG\r\n\x1a\n broken", "not a readable image"), ("missing.png", "cannot be read"),
     (".", "not a file"), (12, "int"),
     (_png(64, 64, (9, 9, 9), fmt="JPEG")[:300], "not a readable image"),  # truncated data
@@ -307,8 +308,6 @@ def test_digits_dataset_gains_its_images(tmp_path):
     ds = Dataset.open(path, verify="full")
     meta = ds.meta
     assert list(meta.columns) == list(before.columns) + ["image"]
-    import pandas as pd
-
     pd.testing.assert_frame_equal(meta.drop(columns="image"), before)
     images, _ = _digits()
     for i in (0, 17, N_REAL - 1):  # real digits: the sklearn image, ink dark on white
