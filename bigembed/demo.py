@@ -23,7 +23,7 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, serve: bool = Tr
 
     from .dataset import Dataset
     from .index import build_index
-    from .models.digits import build_digits_dataset
+    from .models.digits import add_digit_images, build_digits_dataset
     from .neighbors import neighbors
     from .reduce import reduce
     from .render import render
@@ -34,6 +34,8 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, serve: bool = Tr
     how = "already extracted" if r.cached else f"{r.items_per_s:,.0f} images/s on {r.device}"
     say(f"[1/6] digits CNN activations of {r.rows} images, spaces {list(r.spaces)} "
         f"({how}) -> {ds_path}")
+    if add_digit_images(ds_path):  # each digit as a small PNG: the map's hover shows it
+        say("      added an image column: hovering a point shows its digit")
     ds = Dataset.open(ds_path)
     spaces = list(r.spaces)
     made = {}
@@ -50,7 +52,7 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, serve: bool = Tr
         say(f"[3/6] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
             f"({'cached' if ix.cached else f'{ix.seconds:.1f}s'})")
     ds = Dataset.open(ds_path)
-    png = render(ds, out=out / "view.png", layout=made[spaces[-1]], color_by="label")
+    png = render(ds, out=out / "view.png", layout=made[spaces[-1]], color_by="label").path
     say(f"[4/6] rendered {png} (coloured by label)")
     meta = ds.meta
     wrong = np.flatnonzero(~meta["correct"].to_numpy().astype(bool)) if "correct" in meta else []

@@ -106,7 +106,10 @@ def _jsonable(v):
     if isinstance(v, np.bool_):
         return bool(v)
     if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<{len(v)} bytes>"  # binary (an image column, say): no text to show
     if v is None or isinstance(v, (int, str, bool)):
         return v
     try:

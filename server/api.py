@@ -5,6 +5,7 @@
 ``GET /api/neighbors?id=&k=[&space=][&layout=]`` (or ``key=``) -> JSON, the shape of
 ``bigembed neighbors --json`` plus ``x, y, neighbor_2d`` per neighbour and ``also_2d``.
 ``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``.
+``GET /api/thumb?id=[&size=]`` -> PNG thumbnail of the ``image`` metadata column (hover).
 
 Every parameter is validated; bad input answers 400 with ``{"error": ...}``, never 5xx.
 Work runs on the server's thread pool, so one slow request never stalls other sessions.
@@ -24,6 +25,7 @@ from tornado.web import RequestHandler
 from ..errors import BigembedError, InputError
 from .frames import MAX_SIDE
 from .state import MAX_K
+from .thumbs import MAX_PX, MIN_PX, THUMB_PX, NoImage
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +82,6 @@ class _Base(RequestHandler):
             raise InputError(f"parameter {name!r} must be finite, got {v!r}")
         return f
 
-    def floats_arg(self, name, v):
-        try:
-            out = [float(t) for t in v.split(",")]
-        except ValueError:
-            raise InputError(f"parameter {name!r} must be comma-separated numbers") from None
-        if not all(math.isfinite(f) for f in out):
-            raise InputError(f"parameter {name!r} must hold finite numbers")
-        return out
-
     def choice_arg(self, name, allowed, default=None):
         v = self._raw(name, default)
         if v is not None and v not in allowed:
@@ -113,6 +106,8 @@ class _Base(RequestHandler):
             return None
         try:
             return await IOLoop.current().run_in_executor(self.executor, fn)
+        except NoImage as e:
+            self.fail(404, str(e))
         except BigembedError as e:
             self.fail(400, str(e))
         except Exception:  # a bug: log it, answer without leaking a traceback
@@ -175,6 +170,27 @@ class NeighborsHandler(_Base):
         self.finish(json.dumps(out))
 
 
+class ThumbHandler(_Base):
+    """``GET /api/thumb?id=[&size=]``: the instance's image as a PNG fitting ``size`` px
+    (default 96); 404 when the dataset or the instance has no readable image."""
+
+    async def get(self):
+        ex = self.explorer
+
+        def work():
+            i = self.int_arg("id", 0, ex.ds.rows - 1, required=True)
+            size = self.int_arg("size", MIN_PX, MAX_PX, default=THUMB_PX)
+            return ex.thumbnail(i, size)
+
+        png = await self.run(work)
+        if png is None:
+            return
+        self.set_header("Content-Type", "image/png")
+        # an id's thumbnail never changes while the server runs: let the browser keep it
+        self.set_header("Cache-Control", "private, max-age=3600")
+        self.finish(png)
+
+
 def parse_where(text: str | None) -> dict | None:
     """``label:1|2;correct:False`` -> {"label": ["1", "2"], "correct": ["False"]}."""
     if not text:
@@ -193,20 +209,40 @@ def format_where(where: dict | None) -> str:
     return ";".join(f"{k}:{'|'.join(map(str, v))}" for k, v in (where or {}).items() if v)
 
 
-def parse_geometry(handler) -> dict:
-    box = handler._raw("box")
-    poly = handler._raw("poly")
+def _floats(name: str, text: str) -> list[float]:
+    try:
+        out = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"parameter {name!r} must be comma-separated numbers") from None
+    if not all(math.isfinite(f) for f in out):
+        raise InputError(f"parameter {name!r} must hold finite numbers")
+    return out
+
+
+def parse_geometry_text(box: str | None, poly: str | None) -> dict:
+    """``box`` "x0,x1,y0,y1" or ``poly`` "x,y,x,y,..." -> {"box": ((x0, x1), (y0, y1))} or
+    {"polygon": ([x...], [y...])}, the keywords of :meth:`Explorer.select`.
+
+    The one parser of a selection, for ``/api/select`` and for the page URL alike.
+    """
     if (box is None) == (poly is None):
         raise InputError("give exactly one of 'box' (x0,x1,y0,y1) or 'poly' (x,y,x,y,...)")
+    for name, v in (("box", box), ("poly", poly)):
+        if v is not None and len(v) > 20000:
+            raise InputError(f"parameter {name!r} is too long ({len(v)} characters)")
     if box is not None:
-        v = handler.floats_arg("box", box)
+        v = _floats("box", box)
         if len(v) != 4 or not (v[0] <= v[1] and v[2] <= v[3]):
             raise InputError(f"parameter 'box' must be x0,x1,y0,y1 with x0<=x1, y0<=y1, got {box!r}")
         return {"box": ((v[0], v[1]), (v[2], v[3]))}
-    v = handler.floats_arg("poly", poly)
+    v = _floats("poly", poly)
     if len(v) % 2 or not 6 <= len(v) <= 2 * MAX_POLY:
         raise InputError(f"parameter 'poly' must hold 3..{MAX_POLY} x,y pairs")
     return {"polygon": (v[0::2], v[1::2])}
+
+
+def parse_geometry(handler) -> dict:
+    return parse_geometry_text(handler._raw("box"), handler._raw("poly"))
 
 
 class SelectHandler(_Base):
@@ -244,4 +280,5 @@ def patterns(explorer, executor, secret=None) -> list:
     kw = dict(explorer=explorer, executor=executor, secret=secret)
     return [(r"/frame\.png", FrameHandler, kw),
             (r"/api/neighbors", NeighborsHandler, kw),
-            (r"/api/select", SelectHandler, kw)]
+            (r"/api/select", SelectHandler, kw),
+            (r"/api/thumb", ThumbHandler, kw)]

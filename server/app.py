@@ -5,7 +5,10 @@ The browser never receives the points: the plot shows one server-rendered image
 or zoom. Hover, tap and selection go to Python callbacks answered from the spatial index;
 heavy work (neighbour search, selection statistics, building a renderer) runs on a thread
 pool and comes back with ``doc.add_next_tick_callback``, so no session blocks another.
-The view state (ranges, colouring, tapped id, layout) is kept in the page URL.
+The view state (ranges, colouring, tapped id, layout, filters, box or lasso selection) is
+kept in the page URL, so opening a shared URL restores the view, its neighbour list and its
+group statistics. When the metadata has an ``image`` column, hover and tap show the
+instance's thumbnail (``/api/thumb``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ FRAME_H = 800
 HOVER_PX = 8
 FILTER_COLUMNS = ("label", "prediction", "correct")
 TAP_PX = 10
+#: a lasso kept in the page URL has at most this many vertices (evenly thinned), so a shared
+#: link stays a few kilobytes (Bokeh carries the URL's arguments in the session token); the
+#: live selection counts the same thinned polygon, so the shared view shows the same numbers
+URL_POLY_MAX = 200
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -113,10 +120,60 @@ def _arg(args, name, cast=str, default=None):
     return x
 
 
+def _coord(v) -> str:
+    # 9 significant digits keep float32 layout coordinates exact enough; the selection is
+    # counted from these parsed-back numbers, so the URL and the live view always agree.
+    return f"{float(v):.9g}"
+
+
+def selection_query(geometry: dict) -> dict | None:
+    """A Bokeh ``SelectionGeometry`` (rect or poly) -> the URL parameter that encodes it:
+    ``{"box": "x0,x1,y0,y1"}`` or ``{"poly": "x,y,x,y,..."}`` (what ``/api/select`` takes),
+    or None when the geometry is not a usable box or lasso."""
+    g = geometry or {}
+    try:
+        if g.get("type") == "rect":
+            vals = [float(g[k]) for k in ("x0", "x1", "y0", "y1")]
+            if not all(math.isfinite(v) for v in vals):
+                return None
+            xs, ys = sorted(vals[:2]), sorted(vals[2:])
+            return {"box": ",".join(_coord(v) for v in (*xs, *ys))}
+        if g.get("type") == "poly":
+            px, py = [float(v) for v in g["x"]], [float(v) for v in g["y"]]
+            if len(px) != len(py) or len(px) < 3 or not all(map(math.isfinite, px + py)):
+                return None
+            if len(px) > URL_POLY_MAX:
+                keep = np.unique(np.linspace(0, len(px) - 1, URL_POLY_MAX).round().astype(int))
+                px, py = [px[i] for i in keep], [py[i] for i in keep]
+            return {"poly": ",".join(f"{_coord(a)},{_coord(b)}" for a, b in zip(px, py))}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def selection_outline(geom: dict) -> tuple[list, list]:
+    """The outline (xs, ys) of parsed selection keywords (``box`` or ``polygon``)."""
+    if "box" in geom:
+        (x0, x1), (y0, y1) = geom["box"]
+        return [x0, x1, x1, x0], [y0, y0, y1, y1]
+    px, py = geom["polygon"]
+    return list(px), list(py)
+
+
+def _colour_options(r) -> list[str]:
+    # image bytes or paths are not something to colour by
+    return [c for c in r.columns() if c != "image"]
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))
+
+
+def _shown(meta: dict) -> dict:
+    """Metadata to list as text: the image column is shown as a thumbnail instead."""
+    return {k: v for k, v in meta.items() if k != "image"}
 
 
 def _meta_html(meta: dict) -> str:
@@ -169,7 +226,7 @@ class Session:
         self.layout = layout if layout in explorer.layouts else explorer.layouts[0]
         r = explorer.renderer(self.layout)
         color = _arg(args, "color", default="density")
-        self.color = color if color in r.columns() else "density"
+        self.color = color if color in _colour_options(r) else "density"
         (dx0, dx1), (dy0, dy1) = r.default_range()
         x0, x1 = _arg(args, "x0", float, dx0), _arg(args, "x1", float, dx1)
         y0, y1 = _arg(args, "y0", float, dy0), _arg(args, "y1", float, dy1)
@@ -178,7 +235,8 @@ class Session:
         self.view = (x0, x1, y0, y1)
         self.tapped = None
         self.selection = None
-        from .api import parse_where
+        self.sel_q = None  # the URL parameter of the shown selection: {"box": ...} / {"poly": ...}
+        from .api import parse_geometry_text, parse_where
 
         try:
             self.where = {k: v for k, v in (parse_where(_arg(args, "where")) or {}).items()
@@ -186,6 +244,15 @@ class Session:
             r.filter_mask(self.where)
         except InputError:
             self.where = {}
+        # A selection from a shared URL; a bad one is ignored (the page still loads).
+        sel_args = {k: _arg(args, k) for k in ("box", "poly") if _arg(args, k)}
+        restore = None
+        if len(sel_args) == 1:
+            try:
+                restore = (parse_geometry_text(sel_args.get("box"), sel_args.get("poly")),
+                           sel_args)
+            except InputError:
+                restore = None
 
         p = figure(frame_width=FRAME_W, frame_height=FRAME_H, x_range=(x0, x1), y_range=(y0, y1),
                    tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
@@ -204,11 +271,14 @@ class Session:
         p.scatter("x", "y", source=self.q_src, size=16, marker="star", fill_color="#00ff88",
                   line_color="black", name="query_marker")
         self.hover_src = ColumnDataSource(dict(x=[], y=[]))
+        self.sel_src = ColumnDataSource(dict(x=[], y=[]))
+        p.patch("x", "y", source=self.sel_src, fill_color="#00c0ff", fill_alpha=0.08,
+                line_color="#00c0ff", line_dash="dashed", line_width=1.5, name="selection_outline")
         p.scatter("x", "y", source=self.hover_src, size=12, fill_alpha=0, line_color="black",
                   line_width=2, name="hover_marker")
         self.plot = p
 
-        self.color_select = Select(title="Colour by", value=self.color, options=r.columns(),
+        self.color_select = Select(title="Colour by", value=self.color, options=_colour_options(r),
                                    name="color")
         self.layout_select = Select(title="Layout", value=self.layout, options=explorer.layouts,
                                     name="layout")
@@ -260,6 +330,8 @@ class Session:
         tapped = _arg(args, "id", int)
         if tapped is not None and 0 <= tapped < explorer.ds.rows:
             self.tap_id(tapped)
+        if restore is not None:
+            self._run_select(*restore)
         self._sync_state()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -289,6 +361,8 @@ class Session:
             from .api import format_where
 
             q["where"] = format_where(self.where)
+        if self.sel_q:
+            q.update(self.sel_q)
         self.state.text = urlencode(q, quote_via=quote)
 
     def _refresh_frame(self):
@@ -344,7 +418,22 @@ class Session:
             return
         (px, py), = r.xy([i])
         self.hover_src.data = dict(x=[float(px)], y=[float(py)])
-        self.hover_div.text = f"<b>hover</b> {_meta_html(self.ex.meta(i))}"
+        self.hover_div.text = (f"<b>hover</b> {self._thumb_html(i)}"
+                               f"{_meta_html(_shown(self.ex.meta(i)))}")
+
+    def _thumb_html(self, i: int) -> str:
+        """An <img> of ``i``'s thumbnail (``/api/thumb``) when the metadata has images."""
+        if not self.ex.has_images:
+            return ""
+        q = {"id": int(i)}
+        if self.secret:
+            q["session"] = self.session_id
+        src = html.escape("/api/thumb?" + urlencode(q))
+        # an instance without a readable image answers 404: hide the broken-image icon
+        return (f"<img class='thumb' src='{src}' alt='image of id {int(i)}' "
+                f"style='display:block;max-width:96px;max-height:96px;margin:4px 0;"
+                f"image-rendering:pixelated;border:1px solid #ccc' "
+                f"onerror=\"this.style.display='none'\">")
 
     def on_tap(self, ev):
         if ev.x is None or ev.y is None:
@@ -378,7 +467,8 @@ class Session:
                                 label=[str(n.get("label", "")) for n in nb])
         notes = "".join(f"<br><i>{html.escape(n)}</i>" for n in res.get("notes", []))
         self.tap_div.text = (
-            f"<b>id {q['id']}</b> {_meta_html({k: v for k, v in q.items() if k != 'id'})}"
+            f"<b>id {q['id']}</b> {self._thumb_html(q['id'])}"
+            f"{_meta_html(_shown({k: v for k, v in q.items() if k != 'id'}))}"
             f"<span class='nbr-summary'>{len(nb)} true neighbours in space "
             f"{html.escape(str(res['space']))}; <b>{res['also_2d']} of {len(nb)}</b> are also "
             f"2-D neighbours</span>{notes}")
@@ -386,33 +476,40 @@ class Session:
     def on_select(self, ev):
         if not getattr(ev, "final", True):
             return
-        g = ev.geometry or {}
-        layout = self.layout
-        if g.get("type") == "rect":
-            xs = sorted([g["x0"], g["x1"]])
-            ys = sorted([g["y0"], g["y1"]])
-            geom = {"box": (tuple(xs), tuple(ys))}
-            q = {"box": ",".join(repr(float(v)) for v in (*xs, *ys))}
-        elif g.get("type") == "poly":
-            px, py = list(g["x"]), list(g["y"])
-            if len(px) < 3:
-                return
-            geom = {"polygon": (px, py)}
-            q = {"poly": ",".join(f"{float(a)!r},{float(b)!r}" for a, b in zip(px, py))}
-        else:
+        from .api import parse_geometry_text
+
+        sel = selection_query(ev.geometry)
+        if sel is None:
             return
-        q["layout"] = layout
+        try:
+            # Counted from the encoded numbers, so the URL restores exactly this selection.
+            geom = parse_geometry_text(sel.get("box"), sel.get("poly"))
+        except InputError:
+            return
+        self._run_select(geom, sel)
+
+    def _run_select(self, geom: dict, sel: dict):
+        """Count the selection ``geom`` on the pool, then show it; ``sel`` is its URL form."""
+        layout = self.layout
+        q = dict(sel, layout=layout)
         if self.secret:
             q["session"] = self.session_id
         self.sel_div.text = "<i>counting the selection…</i>"
-        self._in_background(lambda: (self.ex.select(layout=layout, **geom), q), self._show_sel)
+        self._in_background(lambda: (self.ex.select(layout=layout, **geom), q, sel, geom),
+                            self._show_sel)
 
     def _show_sel(self, res):
         if isinstance(res, Exception):
             self.sel_div.text = f"<b>selection failed:</b> {html.escape(str(res))}"
             return
-        st, q = res
+        st, q, sel, geom = res
+        if q["layout"] != self.layout:  # the layout changed while counting
+            return
         self.selection = st
+        self.sel_q = sel
+        xs, ys = selection_outline(geom)
+        self.sel_src.data = dict(x=xs, y=ys)
+        self._sync_state()
         pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         num = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         mix = ", ".join(f"{html.escape(k)}: {v}" for k, v in st.label_mix.items())
@@ -452,7 +549,7 @@ class Session:
             self.plot.x_range.update(start=x0, end=x1)
             self.plot.y_range.update(start=y0, end=y1)
             self.plot.title.text = f"{self.ex.ds.path.name}: {new}"
-            cols = res.columns()
+            cols = _colour_options(res)
             self.color_select.options = cols
             if self.color not in cols:
                 self.color = "density"
@@ -460,6 +557,10 @@ class Session:
             self.view = (x0, x1, y0, y1)
             self.nb_src.data = {k: [] for k in self.nb_src.data}
             self.q_src.data = dict(x=[], y=[])
+            # a selection is a region of one layout: it means nothing in another
+            self.selection = self.sel_q = None
+            self.sel_src.data = dict(x=[], y=[])
+            self.sel_div.text = "<i>box or lasso select to see group statistics</i>"
             self._refresh_frame()
 
         self._in_background(lambda: self.ex.renderer(new), done)

@@ -96,6 +96,7 @@ class Explorer:
         self.backend = backend
         self._renderers = {}
         self._lock = threading.Lock()
+        self._thumbs = None
 
     @property
     def spaces(self) -> list[str]:
@@ -130,6 +131,28 @@ class Explorer:
 
         return meta_rows(self.ds, [int(id)])[0]
 
+    @property
+    def has_images(self) -> bool:
+        """Whether the metadata has an ``image`` column (hover shows thumbnails)."""
+        from .thumbs import IMAGE_COLUMN
+
+        return IMAGE_COLUMN in self.ds.meta.columns
+
+    def thumbnail(self, id: int, size: int | None = None) -> bytes:
+        """PNG bytes of ``id``'s image, scaled to fit ``size`` px (default 96); cached.
+
+        Raises :class:`~bigembed.server.thumbs.NoImage` when the dataset or the instance has
+        no (readable) image.
+        """
+        from .thumbs import IMAGE_COLUMN, THUMB_PX, NoImage, Thumbnails
+
+        if not self.has_images:
+            raise NoImage(f"dataset {self.ds.path} has no {IMAGE_COLUMN!r} metadata column")
+        with self._lock:
+            if self._thumbs is None:
+                self._thumbs = Thumbnails(self.ds.meta[IMAGE_COLUMN].to_numpy(), self.ds.path)
+        return self._thumbs.png(int(id), THUMB_PX if size is None else int(size))
+
     def neighbors(self, *, id, k, space=None, layout=None) -> dict:
         """True neighbours of ``id`` plus, per neighbour, whether it is a 2-D neighbour too."""
         if space is None:
@@ -161,6 +184,8 @@ class Explorer:
             hits += np.flatnonzero(meta["key"].astype(str).to_numpy() == text)[:MAX_SEARCH_HITS].tolist()
         if len(hits) < MAX_SEARCH_HITS:
             for c in meta.columns:
+                if c == "image":  # bytes or file paths, not text to search
+                    continue
                 if meta[c].dtype == object or str(meta[c].dtype) in ("string", "category"):
                     m = meta[c].astype(str).str.contains(text, case=False, regex=False).to_numpy()
                     hits += np.flatnonzero(m)[:MAX_SEARCH_HITS].tolist()
