@@ -48,12 +48,14 @@ def _layout_name(ds: Dataset, layout, space, method) -> str:
     return names[0]
 
 
-def frame_renderer(ds: Dataset, layout=None, *, space=None, method=None):
+def frame_renderer(ds: Dataset, layout=None, *, space=None, method=None,
+                   spatial: bool = True):
     """The map's :class:`~bigembed.server.frames.FrameRenderer` for a stored layout (a name
-    or a :class:`~bigembed.layouts.Layout`; the newest for ``space``/``method`` when None)."""
+    or a :class:`~bigembed.layouts.Layout`; the newest for ``space``/``method`` when None).
+    ``spatial=False``: no Z-order sort, for a single exact frame of all points."""
     from .server.frames import FrameRenderer
 
-    return FrameRenderer(ds, _layout_name(ds, layout, space, method))
+    return FrameRenderer(ds, _layout_name(ds, layout, space, method), spatial=spatial)
 
 
 def _background_rgb(background: str) -> tuple:
@@ -130,7 +132,9 @@ def render(ds, *, out, layout: str | None = None, space: str | None = None,
         raise InputError(f"mode must be 'exact' or 'auto', got {mode!r}")
     if background is not None:
         _background_rgb(background)  # a bad colour fails before any work
-    r = frame_renderer(ds, layout, space=space, method=method)
+    # One exact frame of everything needs no spatial order (sorting 4M points costs more
+    # than binning them); the map's own zoomed-out frame (mode auto) needs the pyramid.
+    r = frame_renderer(ds, layout, space=space, method=method, spatial=mode != "exact")
     key = _color_key(r, color_by)
     x_range, y_range = r.default_range()
     frame = r.render(x_range=x_range, y_range=y_range, width=width, height=height,

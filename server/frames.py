@@ -45,7 +45,7 @@ DENSITY_CMAP = "fire"
 MEAN_CMAP = "bmy"
 ERROR_CMAP = "coolwarm"
 DENSITY_FROM = 30  # skip the near-black start of "fire" so sparse pixels stay visible
-CAT_MIN_ALPHA = 60
+CAT_MIN_ALPHA = 120  # sparse categorical pixels must stay visible on white
 SPREAD_THRESHOLD = 0.5
 SPREAD_MAX_PX = 2
 
@@ -111,6 +111,14 @@ def _as_xarray(a, c, x_range, y_range, width, height):
     return xr.DataArray(a, coords={"y": ys, "x": xs}, dims=("y", "x"))
 
 
+def _palette(n: int) -> tuple:
+    """``n`` categorical colours (hex), colorcet's glasbey_category10 repeated."""
+    import colorcet as cc
+
+    pal = cc.glasbey_category10
+    return tuple(cc.rgb_to_hex(*[int(255 * c) for c in pal[i % len(pal)]]) for i in range(n))
+
+
 def _check_range(name, r):
     try:
         lo, hi = float(r[0]), float(r[1])
@@ -135,10 +143,13 @@ class FrameRenderer:
 
     ``ds``: a :class:`~bigembed.dataset.Dataset` (or path); ``layout_name``: a stored layout
     (newest when None). Use :meth:`from_arrays` for a layout held only in memory.
+    ``spatial=False`` skips the Z-order sort (every frame then aggregates all points exactly):
+    for one frame of the whole layout, as ``bigembed render`` makes, where the sort would cost
+    more than the frame.
     """
 
     def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
-                 exact_budget: int | None = None):
+                 exact_budget: int | None = None, spatial: bool = True):
         from ..dataset import Dataset
         from ..layouts import load_layout
 
@@ -147,20 +158,20 @@ class FrameRenderer:
         lay = load_layout(ds, name=layout_name)
         self.ds = ds
         self.layout = lay
-        self._setup(lay.x, lay.y, dict(lay.columns), backend, exact_budget)
+        self._setup(lay.x, lay.y, dict(lay.columns), backend, exact_budget, spatial)
 
     @classmethod
     def from_arrays(cls, x, y, *, columns: dict | None = None, backend: str = "auto",
-                    exact_budget: int | None = None) -> "FrameRenderer":
+                    exact_budget: int | None = None, spatial: bool = True) -> "FrameRenderer":
         """A renderer over in-memory arrays: x, y of shape (n,), columns name -> (n,)."""
         self = cls.__new__(cls)
         self.ds = None
         self.layout = None
         self._setup(np.asarray(x, np.float32), np.asarray(y, np.float32), dict(columns or {}),
-                    backend, exact_budget)
+                    backend, exact_budget, spatial)
         return self
 
-    def _setup(self, x, y, columns, backend, exact_budget):
+    def _setup(self, x, y, columns, backend, exact_budget, spatial=True):
         if x.shape != y.shape or x.ndim != 1:
             raise InputError(f"x and y must be arrays of the same shape (n,), got {x.shape}, {y.shape}")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -170,7 +181,7 @@ class FrameRenderer:
         self._numba = self.device == "numba"
         if self._numba:
             self.device = None
-        self.index = SpatialIndex(x, y)
+        self.index = SpatialIndex(x, y, sort=spatial)
         self.n = self.index.n
         self.exact_budget = int(exact_budget if exact_budget is not None else
                                 EXACT_BUDGET.get(self.backend.name, EXACT_BUDGET_OTHER))
@@ -230,6 +241,13 @@ class FrameRenderer:
             if name == "knn_preservation":
                 span = (0.0, 1.0)
             return Colouring(name, "mean", v[ids], span=span, cmap=MEAN_CMAP)
+        if col.dtype.kind in "iub":
+            # Integer labels: codes from np.unique (numeric order), no text conversion of N
+            # values (a second of work at 4M points).
+            uniq, inv = np.unique(col, return_inverse=True)
+            if len(uniq) <= MAX_CATEGORIES:
+                return Colouring(name, "categorical", inv.astype(np.int64)[ids],
+                                 tuple(str(u) for u in uniq.tolist()), _palette(len(uniq)))
         cats = pd.Categorical(pd.Series(col).astype(str))
         if len(cats.categories) > MAX_CATEGORIES:
             if col.dtype.kind in "iub":
@@ -243,11 +261,8 @@ class FrameRenderer:
             # Order integer labels numerically, not as strings ("10" after "9").
             cat_names = tuple(sorted(cat_names, key=lambda s: int(s)))
             cats = pd.Categorical(pd.Series(col).astype(str), categories=list(cat_names))
-        pal = cc.glasbey_category10
-        colors = tuple(cc.rgb_to_hex(*[int(255 * c) for c in pal[i % len(pal)]])
-                       for i in range(len(cat_names)))
         codes = np.asarray(cats.codes, np.int64)[ids]
-        return Colouring(name, "categorical", codes, cat_names, colors)
+        return Colouring(name, "categorical", codes, cat_names, _palette(len(cat_names)))
 
     def legend(self, color_by: str | None = None) -> dict:
         """What the colours mean: categories and colours, or a span and colour map."""
@@ -379,7 +394,7 @@ class FrameRenderer:
         c = self.colouring(color_by)
         level = self._pyramid_level(x_range, y_range, width, height)
         fmask = self.filter_mask(where)
-        if fmask is not None:
+        if fmask is not None or not self.index.sorted:
             mode = "exact"
         runs = None
         if mode == "auto":

@@ -35,10 +35,11 @@ class SpatialIndex:
     float32 coordinates in sorted order; ``codes`` (n,) uint64 Morton codes at ``levels``.
     """
 
-    def __init__(self, x, y, *, levels: int = LEVELS):
+    def __init__(self, x, y, *, levels: int = LEVELS, sort: bool = True):
         x = np.asarray(x, np.float32)
         y = np.asarray(y, np.float32)
         self.n = int(x.shape[0])
+        self.sorted = bool(sort)
         self.levels = int(levels)
         g = 1 << self.levels
         if self.n:
@@ -52,6 +53,14 @@ class SpatialIndex:
         self.lo = lo
         self.span = span * (1 + 1e-6)
         self.scale = g / self.span
+        self._starts: dict[int, np.ndarray] = {}
+        if not sort:
+            # Points in their own order: every view is the one run [0, n) (a one-off frame
+            # of all points, where sorting would cost more than the frame; no pyramid).
+            self.codes = None
+            self.ids = np.arange(self.n, dtype=np.int64)
+            self.xs, self.ys = x, y
+            return
         cx = self._cell(x, 0, g)
         cy = self._cell(y, 1, g)
         codes = morton(cx, cy)
@@ -84,6 +93,8 @@ class SpatialIndex:
         a border cell are included: callers filter exactly when they need to.
         Returns ``(runs, level)``.
         """
+        if not self.sorted:
+            return np.array([[0, self.n]], np.int64), 0
         top = self.levels if max_level is None else min(max_level, self.levels)
         (x0, x1), (y0, y1) = x_range, y_range
         if self.n == 0 or x1 < self.lo[0] or y1 < self.lo[1] or \
