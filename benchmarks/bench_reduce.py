@@ -202,7 +202,7 @@ def main(argv=None):
     from bigembed.dataset import Dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--n", type=int, default=100_000, help="UMAP vs umap-learn (0: skip)")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--tsne-n", type=int, default=20_000, help="0: skip t-SNE")
     p.add_argument("--cache-n", type=int, default=5_000, help="0: skip the numba cache run")
@@ -213,14 +213,22 @@ def main(argv=None):
                    help="also t-SNE of this many rows by bigembed alone (0: skip)")
     p.add_argument("--torch-n", type=int, default=0,
                    help="also UMAP by the torch backend vs the cpu backend at this size")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the sections of --out this run does not measure")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-reduce-"))
     results = {}
+    command = "python -m benchmarks.bench_reduce " + " ".join(argv or sys.argv[1:])
+    if a.merge and Path(a.out).exists():
+        # Keep the sections this run does not measure (each records its own command).
+        import json
+
+        results = json.loads(Path(a.out).read_text())["results"]
     params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
               "scale_n": a.scale_n, "torch_n": a.torch_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
               "data": "bigembed.synth clusters=10 error_rate=0.05 seed=0",
-              "command": "python -m benchmarks.bench_reduce " + " ".join(argv or sys.argv[1:])}
+              "command": command}
     try:
         if a.cache_n:
             synth(work / "cache", n=a.cache_n, dim=a.dim, clusters=10, seed=1)
@@ -229,30 +237,34 @@ def main(argv=None):
         # algorithms, not JIT (the cache result above measures the JIT itself).
         synth(work / "warm", n=3000, dim=a.dim, clusters=10, seed=2)
         bench_umap(Dataset.open(work / "warm"), note="warm-up")
-        synth(work / "umap", n=a.n, dim=a.dim, clusters=10, seed=0)
-        results["umap"] = dict(rows=a.n, dim=a.dim,
-                               **bench_umap(Dataset.open(work / "umap"), note=f"{a.n}x{a.dim}"))
-        write_results(a.out, results_doc("reduce", results, params=params))
+        if a.n:
+            synth(work / "umap", n=a.n, dim=a.dim, clusters=10, seed=0)
+            results["umap"] = dict(rows=a.n, dim=a.dim, command=command, **bench_umap(
+                Dataset.open(work / "umap"), note=f"{a.n}x{a.dim}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
         if a.tsne_n:
             synth(work / "tsne", n=a.tsne_n, dim=a.dim, clusters=10, seed=0)
-            results["tsne"] = dict(rows=a.tsne_n, dim=a.dim, **bench_tsne(
+            results["tsne"] = dict(rows=a.tsne_n, dim=a.dim, command=command, **bench_tsne(
                 Dataset.open(work / "tsne"), note=f"{a.tsne_n}x{a.dim}"))
         write_results(a.out, results_doc("reduce", results, params=params))
         if a.tsne_alone_n:
             synth(work / "tsne-alone", n=a.tsne_alone_n, dim=a.dim, clusters=10, seed=0)
-            results["tsne_alone"] = dict(rows=a.tsne_alone_n, dim=a.dim, **bench_scale(
+            results["tsne_alone"] = dict(rows=a.tsne_alone_n, dim=a.dim, command=command,
+                                         **bench_scale(
                 Dataset.open(work / "tsne-alone"), method="tsne", note=f"{a.tsne_alone_n}"))
             write_results(a.out, results_doc("reduce", results, params=params))
             shutil.rmtree(work / "tsne-alone", ignore_errors=True)
         if a.torch_n:
             synth(work / "torch", n=a.torch_n, dim=a.dim, clusters=10, seed=0)
-            results["umap_torch"] = dict(rows=a.torch_n, dim=a.dim, **bench_torch(
+            results["umap_torch"] = dict(rows=a.torch_n, dim=a.dim, command=command,
+                                         **bench_torch(
                 Dataset.open(work / "torch"), note=f"{a.torch_n}x{a.dim}"))
             write_results(a.out, results_doc("reduce", results, params=params))
             shutil.rmtree(work / "torch", ignore_errors=True)
         if a.scale_n:
             synth(work / "scale", n=a.scale_n, dim=a.scale_dim, clusters=10, seed=0)
-            results["umap_scale"] = dict(rows=a.scale_n, dim=a.scale_dim, **bench_scale(
+            results["umap_scale"] = dict(rows=a.scale_n, dim=a.scale_dim, command=command,
+                                         **bench_scale(
                 Dataset.open(work / "scale"), method="umap", note=f"{a.scale_n}x{a.scale_dim}"))
         path = write_results(a.out, results_doc("reduce", results, params=params))
         print(f"wrote {path}")
