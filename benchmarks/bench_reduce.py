@@ -224,7 +224,11 @@ def main(argv=None):
         # Keep the sections this run does not measure (each records its own command).
         import json
 
-        results = json.loads(Path(a.out).read_text())["results"]
+        old = json.loads(Path(a.out).read_text())
+        results = old["results"]
+        for sec in results.values():
+            if isinstance(sec, dict):
+                sec.setdefault("command", old.get("params", {}).get("command"))
     params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
               "scale_n": a.scale_n, "torch_n": a.torch_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
               "data": "bigembed.synth clusters=10 error_rate=0.05 seed=0",
