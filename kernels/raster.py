@@ -156,7 +156,33 @@ def _kernels():
                         out[p, 1] += 1.0
         return hits
 
+    @numba.njit(cache=True, nogil=True)
+    def neighbour_share(img, r):
+        # Datashader's dynspread density of an RGBA uint32 image: of the pixels with alpha,
+        # the share with another such pixel within the (2r+1)^2 window; stops scanning a
+        # window at the first neighbour (Datashader scans all of it: same answer).
+        m, n = img.shape
+        cnt = 0
+        has = 0
+        for y in range(m):
+            for x in range(n):
+                if not (img[y, x] >> 24) & 255:
+                    continue
+                cnt += 1
+                found = False
+                for i in range(max(0, y - r), min(y + r + 1, m)):
+                    for j in range(max(0, x - r), min(x + r + 1, n)):
+                        if (i != y or j != x) and (img[i, j] >> 24) & 255:
+                            found = True
+                            break
+                    if found:
+                        break
+                if found:
+                    has += 1
+        return has / cnt if cnt else np.inf
+
     _NUMBA["bin_runs"] = bin_runs
+    _NUMBA["neighbour_share"] = neighbour_share
     return _NUMBA
 
 
@@ -197,3 +223,10 @@ def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, cod
     out = np.zeros((width * height, ch), np.float64)
     hits = kernel(xs, ys, runs, kind, w, c, lt, m, geom, width, height, out)
     return out, int(hits)
+
+
+def neighbour_share(img: np.ndarray, radius: int) -> float:
+    """Of the pixels of an RGBA uint32 image (H, W) with non-zero alpha, the share that have
+    another one within ``radius`` pixels (a square window); inf for an empty image. This is
+    the density Datashader's ``dynspread`` tests against its threshold."""
+    return float(_kernels()["neighbour_share"](np.ascontiguousarray(img, np.uint32), int(radius)))

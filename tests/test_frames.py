@@ -319,3 +319,27 @@ def test_torch_cuda_backend_matches_datashader(pts):
                   mode="exact")
         np.testing.assert_allclose(np.asarray(a.aggregate(**kw)[0], float),
                                    np.asarray(b.aggregate(**kw)[0], float))
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.0005, 0.02, 0.3, 0.9])
+def test_dynspread_equals_datashader(fill):
+    """The spreading decision (neighbour share per radius) and the spread image are
+    Datashader's own, on empty, sparse and dense images."""
+    import datashader.transfer_functions as tf
+
+    from bigembed.kernels.raster import neighbour_share
+    from bigembed.server import shade as sh
+
+    rng = np.random.default_rng(int(fill * 1e4))
+    h, w = 90, 120
+    a = np.zeros((h, w), np.uint32)
+    on = rng.random((h, w)) < fill
+    a[on] = rng.integers(1 << 24, 1 << 32, on.sum(), dtype=np.uint64).astype(np.uint32)
+    img = tf.Image(a, coords={"y": np.arange(h), "x": np.arange(w)}, dims=("y", "x"))
+    from datashader.transfer_functions import _rgb_density
+
+    for r in (1, 2, 4):
+        assert neighbour_share(a, r) == _rgb_density(a, r)
+    for th, mx in ((0.5, 2), (0.9, 3), (0.0, 1)):
+        np.testing.assert_array_equal(sh.dynspread(img, threshold=th, max_px=mx).data,
+                                      tf.dynspread(img, threshold=th, max_px=mx).data)
