@@ -125,7 +125,8 @@ def _kernels():
     @numba.njit(cache=True, nogil=True)
     def bin_runs(xs, ys, runs, kind, weights, codes, lut, mask, geom, width, height, out):
         # kind 0: out[p, 0] += 1;  1: out[p, :] += weights[i, :];  2: out[p, :] +=
-        # lut[codes[i], :];  3: out[p] += (weights[i, 0], 1) for finite weights[i, 0] (mean)
+        # lut[codes[i], :];  3: out[p] += (weights[i, 0], 1) for finite weights[i, 0] (mean);
+        # 4: out[p, codes[i]] += 1 (count per category)
         x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
             geom[5], geom[6], geom[7]
         use_m = mask.shape[0] > 0
@@ -149,6 +150,8 @@ def _kernels():
                     k = codes[i]
                     for j in range(c):
                         out[p, j] += lut[k, j]
+                elif kind == 4:
+                    out[p, codes[i]] += 1.0
                 else:
                     v = weights[i, 0]
                     if np.isfinite(v):
@@ -197,12 +200,13 @@ _NO_MASK = np.zeros(0, np.bool_)
 
 
 def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, codes=None,
-             lut=None, mean_of=None, mask=None):
+             lut=None, n_codes=0, mean_of=None, mask=None):
     """Bin the items at positions ``runs`` (array (r, 2) of [start, end)) of ``xs, ys``.
 
     One of: nothing (count per pixel: out (H*W, 1)); ``weights`` (n, c) float64 (their sum
     per pixel: out (H*W, c)); ``codes`` (n,) ints with ``lut`` (C, c) float64 (sum of
-    ``lut[code]``: out (H*W, c)); ``mean_of`` (n,) float64 (out (H*W, 2): sum and count of
+    ``lut[code]``: out (H*W, c)); ``codes`` with ``n_codes`` = C and no lut (count per code:
+    out (H*W, C)); ``mean_of`` (n,) float64 (out (H*W, 2): sum and count of
     the finite values). ``mask`` (n,) bool: only items where it is True. Returns (out, hits),
     hits = items that landed in the range. Row 0 of the image is ``y_range[0]``.
     """
@@ -214,6 +218,8 @@ def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, cod
     if mean_of is not None:
         kind, ch, w = 3, 2, np.asarray(mean_of, np.float64).reshape(-1, 1)
         c, lt = none_c, none_l
+    elif codes is not None and lut is None:
+        kind, ch, w, c, lt = 4, int(n_codes), none_w, np.asarray(codes, np.int64), none_l
     elif codes is not None:
         kind, ch, w, c, lt = 2, lut.shape[1], none_w, np.asarray(codes, np.int64), lut
     elif weights is not None:

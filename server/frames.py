@@ -104,7 +104,7 @@ def _as_xarray(a, c, x_range, y_range, width, height):
 
     xs, ys = _centres(x_range, width), _centres(y_range, height)
     if c.kind != "mean":
-        a = np.rint(a).astype(np.uint32)
+        a = a.astype(np.uint32)  # sums of whole counts: exact integers already
     if a.ndim == 3:
         return xr.DataArray(a, coords={"y": ys, "x": xs, "c": list(c.categories)},
                             dims=("y", "x", "c"))
@@ -491,9 +491,12 @@ class FrameRenderer:
         elif c.kind == "mean":
             acc, hits = bin_runs(self.index.xs, self.index.ys, runs, mean_of=c.values,
                                  mask=fmask, **kw)
-        else:
+        elif mix:
             acc, hits = bin_runs(self.index.xs, self.index.ys, runs, codes=c.values,
                                  lut=self._lut(c, mix), mask=fmask, **kw)
+        else:
+            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, codes=c.values,
+                                 n_codes=len(c.categories), mask=fmask, **kw)
         # Items visited; with a filter, the matching points in view.
         return acc, (hits if fmask is not None else touched)
 
