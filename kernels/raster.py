@@ -184,8 +184,36 @@ def _kernels():
                     has += 1
         return has / cnt if cnt else np.inf
 
+    @numba.njit(cache=True, nogil=True)
+    def mix_pixels(acc, fill, img):
+        # acc (H*W, 4): count and count-weighted r, g, b sums. Non-empty pixels get
+        # r, g, b = sum / count (truncated, as astype(uint8)) and alpha 0 in img (H*W,)
+        # uint32 RGBA; empty ones get ``fill``. Returns (their indices, rounded counts).
+        n = acc.shape[0]
+        m = 0
+        for p in range(n):
+            if acc[p, 0] > 0:
+                m += 1
+        nz = np.empty(m, np.int64)
+        cnt = np.empty(m, np.int64)
+        k = 0
+        for p in range(n):
+            t = acc[p, 0]
+            if t > 0:
+                r = np.uint32(int(acc[p, 1] / t) & 255)
+                g = np.uint32(int(acc[p, 2] / t) & 255)
+                b = np.uint32(int(acc[p, 3] / t) & 255)
+                img[p] = r | (g << np.uint32(8)) | (b << np.uint32(16))
+                nz[k] = p
+                cnt[k] = int(np.rint(t))
+                k += 1
+            else:
+                img[p] = fill
+        return nz, cnt
+
     _NUMBA["bin_runs"] = bin_runs
     _NUMBA["neighbour_share"] = neighbour_share
+    _NUMBA["mix_pixels"] = mix_pixels
     return _NUMBA
 
 
@@ -236,3 +264,13 @@ def neighbour_share(img: np.ndarray, radius: int) -> float:
     another one within ``radius`` pixels (a square window); inf for an empty image. This is
     the density Datashader's ``dynspread`` tests against its threshold."""
     return float(_kernels()["neighbour_share"](np.ascontiguousarray(img, np.uint32), int(radius)))
+
+
+def mix_pixels(acc: np.ndarray, fill: int):
+    """Colours of a categorical frame from (H*W, 4) accumulators (count, count-weighted r, g,
+    b sums): returns (img (H*W,) uint32 RGBA with alpha 0 where non-empty and ``fill`` where
+    empty, indices of the non-empty pixels, their counts rounded to int64)."""
+    img = np.empty(acc.shape[0], np.uint32)
+    nz, cnt = _kernels()["mix_pixels"](np.ascontiguousarray(acc, np.float64), np.uint32(fill),
+                                       img)
+    return img, nz, cnt

@@ -210,26 +210,22 @@ def shade_categorical_mixed(acc: np.ndarray, *, shape, colors, min_alpha: int = 
     Datashader first subtracts the smallest per-category count (its colour baseline), which
     these sums cannot give; use :func:`shade_categorical_sparse` then.
     """
+    from ..kernels.raster import mix_pixels
+
     h, w = shape
     c = len(colors)
-    total = acc[:, 0]
-    nz = np.flatnonzero(total > 0)
-    if len(nz) == h * w:
-        return None
     empty = np.zeros(4, np.uint8)
     empty[:3] = (_rgb(colors).astype(np.float32).sum(0) / c).astype(np.uint8)
-    img = np.full(h * w, empty.view(np.uint32)[0], np.uint32)
+    img, nz, tv = mix_pixels(acc, int(empty.view(np.uint32)[0]))
+    if len(nz) == h * w:
+        return None
     if len(nz) == 0:
         return img.reshape(h, w)
-    tot = total[nz]
-    rgba = np.empty((len(nz), 4), np.uint8)
-    rgba[:, :3] = (acc[nz, 1:4] / tot[:, None]).astype(np.uint8)
-    tv = np.rint(tot).astype(np.int64)
     levels, index = eq_hist_levels(tv - tv.min(), as_float=True)
     span = [levels.min(), levels.max()]
-    rgba[:, 3] = np.nan_to_num(np.interp(levels, span, [min_alpha, alpha], left=0, right=255)
-                               ).astype(np.uint8)[index]
-    img[nz] = rgba.view(np.uint32).reshape(-1)
+    a = np.nan_to_num(np.interp(levels, span, [min_alpha, alpha], left=0, right=255)
+                      ).astype(np.uint8).astype(np.uint32)
+    img[nz] |= a[index] << np.uint32(24)
     return img.reshape(h, w)
 
 

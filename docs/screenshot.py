@@ -1,0 +1,100 @@
+"""Take the README's screenshot of the demo map: serve the demo dataset on 127.0.0.1, open
+it in Debian's headless Chromium, colour by label, tap a misclassified digit (its true
+neighbours are listed and ringed) and hover another (its thumbnail shows), then save a PNG.
+
+    .venv/bin/bigembed demo --no-serve          # builds demo-data/ once
+    .venv/bin/python docs/screenshot.py [--data demo-data/dataset] [--out docs/explorer.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+FRAME_JS = """() => {
+  function walk(v) { if (v.model.name == 'map') return v;
+    for (const c of (v.child_views || [])) { const r = walk(c); if (r) return r; } return null; }
+  for (const root of Bokeh.index) { const v = walk(root); if (v) {
+    const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
+    return {left: r.left + bb.left, top: r.top + bb.top, width: bb.width, height: bb.height,
+            x0: v.model.x_range.start, x1: v.model.x_range.end,
+            y0: v.model.y_range.start, y1: v.model.y_range.end}; } }
+  return null; }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
+
+
+def main(argv=None):
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from bigembed import Dataset
+    from bigembed.layouts import find_layouts, load_layout
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="demo-data/dataset")
+    ap.add_argument("--out", default="docs/explorer.png")
+    a = ap.parse_args(argv)
+    ds = Dataset.open(a.data)
+    name = find_layouts(ds, method="umap")[0]
+    lay = load_layout(ds, name=name)
+    meta = ds.meta
+    wrong = np.flatnonzero(~meta["correct"].to_numpy().astype(bool))
+    tap = int(wrong[0]) if len(wrong) else 0
+    hover = int((tap + 1) % ds.rows)
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "bigembed", "-q", "serve", a.data,
+                            "--port", str(port)])
+    url = f"http://127.0.0.1:{port}/?color=label&layout={name}&id={tap}"
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait(up, 120, "the server")
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
+            page = b.new_page(viewport={"width": 1250, "height": 900})
+            page.goto(url, timeout=60_000)
+            page.wait_for_function("() => typeof Bokeh !== 'undefined' && Bokeh.index && "
+                                   "[...Bokeh.index].length > 0", timeout=60_000)
+            page.wait_for_timeout(3000)  # the frame and the tapped instance's neighbours
+            f = page.evaluate(FRAME_JS)
+            x, y = float(lay.x[hover]), float(lay.y[hover])
+            page.mouse.move(f["left"] + (x - f["x0"]) / (f["x1"] - f["x0"]) * f["width"],
+                            f["top"] + (f["y1"] - y) / (f["y1"] - f["y0"]) * f["height"])
+            page.wait_for_timeout(1500)
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=a.out)
+            b.close()
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+    print(f"wrote {a.out} (tapped id {tap}, hovered id {hover})")
+
+
+if __name__ == "__main__":
+    main()
