@@ -4,7 +4,7 @@
 
 Same run, same dataset on disk, same 800 x 800 full view of the layout. ``bigembed`` is
 :func:`bigembed.render.render` end to end, as the CLI calls it: open the dataset, load the
-layout, build the Z-order index, render the frame (every point, ``mode="exact"``), lay it
+layout, render the frame (every point, ``mode="exact"``: no Z-order sort is needed), lay it
 on white, write the PNG. ``mode auto`` is the same with the map's pyramid for the full view
 (built on each call, as a one-off CLI run would). ``datashader`` is what a user would otherwise write (and what
 ``bigembed render`` did before): load the layout, a pandas dataframe, ``Canvas.points`` over

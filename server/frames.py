@@ -648,6 +648,33 @@ class FrameRenderer:
         out = sh.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
         return out, mode, level, int(len(x))
 
+    def _render_numba(self, x_range, y_range, width, height, color_by, mode, where):
+        """A density or mean frame from the accumulators straight to RGBA (no xarray); the
+        image is wrapped for Datashader's ``spread`` only when it must be spread."""
+        import colorcet as cc
+
+        from . import shade as sh
+
+        plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
+        x_range, y_range, width, height, c, mode, level = plan[:7]
+        acc, pts = self._acc_cpu(plan)
+        if c.kind == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                a = np.where(acc[:, 1] > 0, acc[:, 0] / np.where(acc[:, 1] > 0, acc[:, 1], 1),
+                             np.nan).reshape(height, width)
+            img = sh.shade_mean(a, getattr(cc, c.cmap), c.span)
+        else:
+            img = sh.shade_density(acc[:, 0].reshape(height, width),
+                                   getattr(cc, DENSITY_CMAP)[DENSITY_FROM:])
+        px = sh.spread_px(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+        if px:
+            import datashader.transfer_functions as tf
+
+            img = tf.spread(tf.Image(img, coords={"y": _centres(y_range, height),
+                                                  "x": _centres(x_range, width)},
+                                     dims=("y", "x")), px, shape="circle")
+        return img, mode, level, pts
+
     def _render_mixed(self, x_range, y_range, width, height, color_by, mode, where):
         """A categorical frame from four accumulators per pixel (count and the count-weighted
         r, g, b of its points' categories), whatever the number of categories. Returns
@@ -706,11 +733,11 @@ class FrameRenderer:
             y_range = dy if y_range is None else y_range
         c = self.colouring(color_by)
         img = None
-        if self._numba and c.kind == "categorical":
-            img, mode, level, pts = self._render_mixed(x_range, y_range, width, height,
-                                                       color_by, mode, where)
+        if self._numba:
+            how = self._render_mixed if c.kind == "categorical" else self._render_numba
+            img, mode, level, pts = how(x_range, y_range, width, height, color_by, mode, where)
         if img is not None:
-            pass
+            pass  # (a mixed categorical frame is None only when every pixel is non-empty)
         elif c.kind == "categorical" and self.device is None:
             img, mode, level, pts = self._render_categorical(x_range, y_range, width, height,
                                                              color_by, mode, where)
@@ -719,7 +746,7 @@ class FrameRenderer:
                                                    width=width, height=height,
                                                    color_by=color_by, mode=mode, where=where)
             img = self.shade(agg, color_by)
-        png = png_rgba(np.asarray(img.data))
+        png = png_rgba(np.asarray(getattr(img, "data", img)))
         return Frame(png, mode, level, pts, time.perf_counter() - t0)
 
     def render_png(self, *, x_range, y_range, width, height, color_by=None) -> bytes:

@@ -88,19 +88,29 @@ def _fill(h, w, nz, rgb, a) -> np.ndarray:
     return img
 
 
+def _pack(rgb: np.ndarray, a) -> np.ndarray:
+    """RGBA uint32 (little-endian bytes r, g, b, a) of rgb (n, 3) uint8 and alpha(s) a."""
+    rgb = rgb.astype(np.uint32)
+    return rgb[:, 0] | (rgb[:, 1] << 8) | (rgb[:, 2] << 16) | (np.asarray(a, np.uint32) << 24)
+
+
 def shade_density(counts: np.ndarray, cmap, alpha: int = 255) -> np.ndarray:
-    """Counts (H, W) unsigned -> RGBA uint32 (H, W), like ``tf.shade(how="eq_hist")``."""
+    """Counts (H, W) (unsigned, or floats holding whole counts) -> RGBA uint32 (H, W), like
+    ``tf.shade(how="eq_hist")``."""
     h, w = counts.shape
     flat = counts.reshape(-1)
     nz = np.flatnonzero(flat)
+    img = np.zeros(h * w, np.uint32)
     if len(nz) == 0:
-        return np.zeros((h, w), np.uint32)
+        return img.reshape(h, w)
     d = flat[nz]
+    if d.dtype.kind == "f":
+        d = d.astype(np.int64)
     d = d - d.min()
     levels, index = eq_hist_levels(d)
-    # Colour each distinct level once (a few thousand), then index per pixel.
-    rgb = _ramp(levels, (levels.min(), levels.max()), cmap)[index]
-    return _fill(h, w, nz, rgb, alpha).reshape(h, w)
+    # Colour each distinct level once (a few thousand), then one gather per pixel.
+    img[nz] = _pack(_ramp(levels, (levels.min(), levels.max()), cmap), alpha)[index]
+    return img.reshape(h, w)
 
 
 def shade_mean(values: np.ndarray, cmap, span, alpha: int = 255) -> np.ndarray:
@@ -235,15 +245,21 @@ def dynspread(img, *, threshold: float, max_px: int):
     pixel's first neighbour, then Datashader's own ``spread`` does the spreading."""
     import datashader.transfer_functions as tf
 
+    px_ = spread_px(img.data, threshold=threshold, max_px=max_px)
+    return tf.spread(img, px_, shape="circle") if px_ >= 1 else img
+
+
+def spread_px(img: np.ndarray, *, threshold: float, max_px: int) -> int:
+    """How many pixels ``dynspread`` spreads the RGBA uint32 image (H, W) by (0: none)."""
     from ..kernels.raster import neighbour_share
 
     px_ = 0
     for px in range(1, max_px + 1):
         px_ = px
-        if neighbour_share(img.data, px * 2) > threshold:
+        if neighbour_share(img, px * 2) > threshold:
             px_ = px - 1
             break
-    return tf.spread(img, px_, shape="circle") if px_ >= 1 else img
+    return px_
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
