@@ -211,6 +211,24 @@ def _kernels():
                 img[p] = fill
         return nz, cnt
 
+    @numba.njit(cache=True, nogil=True)
+    def nonzero_counts(flat):
+        # indices of the non-zero entries of a 1-D array of whole counts, and the counts
+        m = 0
+        for p in range(flat.shape[0]):
+            if flat[p] != 0:
+                m += 1
+        nz = np.empty(m, np.int64)
+        cnt = np.empty(m, np.int64)
+        k = 0
+        for p in range(flat.shape[0]):
+            if flat[p] != 0:
+                nz[k] = p
+                cnt[k] = np.int64(flat[p])
+                k += 1
+        return nz, cnt
+
+    _NUMBA["nonzero_counts"] = nonzero_counts
     _NUMBA["bin_runs"] = bin_runs
     _NUMBA["neighbour_share"] = neighbour_share
     _NUMBA["mix_pixels"] = mix_pixels
@@ -274,3 +292,9 @@ def mix_pixels(acc: np.ndarray, fill: int):
     nz, cnt = _kernels()["mix_pixels"](np.ascontiguousarray(acc, np.float64), np.uint32(fill),
                                        img)
     return img, nz, cnt
+
+
+def nonzero_counts(flat: np.ndarray):
+    """(indices (m,) int64, values (m,) int64) of the non-zero entries of a 1-D array of whole
+    counts (any integer or float dtype)."""
+    return _kernels()["nonzero_counts"](np.ascontiguousarray(flat))

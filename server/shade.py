@@ -14,6 +14,7 @@ Pillow's.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -23,10 +24,17 @@ NBINS = 256 * 256
 
 
 def _rgb(colors) -> np.ndarray:
-    """Hex colours -> float array of shape (len, 3)."""
+    """Hex colours -> float array of shape (len, 3) (read-only; cached per colour list)."""
+    return _rgb_cached(tuple(colors))
+
+
+@functools.lru_cache(maxsize=64)
+def _rgb_cached(colors: tuple) -> np.ndarray:
     from datashader.colors import rgb
 
-    return np.array([rgb(c) for c in colors], dtype=np.float64)
+    out = np.array([rgb(c) for c in colors], dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 def _unique_inverse(d: np.ndarray):
@@ -97,15 +105,13 @@ def _pack(rgb: np.ndarray, a) -> np.ndarray:
 def shade_density(counts: np.ndarray, cmap, alpha: int = 255) -> np.ndarray:
     """Counts (H, W) (unsigned, or floats holding whole counts) -> RGBA uint32 (H, W), like
     ``tf.shade(how="eq_hist")``."""
+    from ..kernels.raster import nonzero_counts
+
     h, w = counts.shape
-    flat = counts.reshape(-1)
-    nz = np.flatnonzero(flat)
+    nz, d = nonzero_counts(counts.reshape(-1))
     img = np.zeros(h * w, np.uint32)
     if len(nz) == 0:
         return img.reshape(h, w)
-    d = flat[nz]
-    if d.dtype.kind == "f":
-        d = d.astype(np.int64)
     d = d - d.min()
     levels, index = eq_hist_levels(d)
     # Colour each distinct level once (a few thousand), then one gather per pixel.
