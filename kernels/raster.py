@@ -190,12 +190,8 @@ def _kernels():
         # r, g, b = sum / count (truncated, as astype(uint8)) and alpha 0 in img (H*W,)
         # uint32 RGBA; empty ones get ``fill``. Returns (their indices, rounded counts).
         n = acc.shape[0]
-        m = 0
-        for p in range(n):
-            if acc[p, 0] > 0:
-                m += 1
-        nz = np.empty(m, np.int64)
-        cnt = np.empty(m, np.int64)
+        nz = np.empty(n, np.int64)
+        cnt = np.empty(n, np.int64)
         k = 0
         for p in range(n):
             t = acc[p, 0]
@@ -209,7 +205,7 @@ def _kernels():
                 k += 1
             else:
                 img[p] = fill
-        return nz, cnt
+        return nz[:k].copy(), cnt[:k].copy()
 
     @numba.njit(cache=True, nogil=True)
     def nonzero_counts(flat):
@@ -228,6 +224,36 @@ def _kernels():
                 k += 1
         return nz, cnt
 
+    @numba.njit(cache=True, nogil=True)
+    def spreads(img, nz, r, threshold):
+        # Whether neighbour_share(img, r) > threshold, visiting only the non-empty pixels
+        # ``nz`` (flat indices, every pixel with alpha) and stopping once the answer is known.
+        m, n = img.shape
+        total = nz.shape[0]
+        if total == 0:
+            return True  # Datashader's density of an empty image is inf
+        need = threshold * total
+        has = 0
+        for k in range(total):
+            y = nz[k] // n
+            x = nz[k] - y * n
+            found = False
+            for i in range(max(0, y - r), min(y + r + 1, m)):
+                for j in range(max(0, x - r), min(x + r + 1, n)):
+                    if (i != y or j != x) and (img[i, j] >> 24) & 255:
+                        found = True
+                        break
+                if found:
+                    break
+            if found:
+                has += 1
+                if has > need:
+                    return True
+            elif has + (total - k - 1) <= need:
+                return False
+        return has > need
+
+    _NUMBA["spreads"] = spreads
     _NUMBA["nonzero_counts"] = nonzero_counts
     _NUMBA["bin_runs"] = bin_runs
     _NUMBA["neighbour_share"] = neighbour_share
@@ -298,3 +324,11 @@ def nonzero_counts(flat: np.ndarray):
     """(indices (m,) int64, values (m,) int64) of the non-zero entries of a 1-D array of whole
     counts (any integer or float dtype)."""
     return _kernels()["nonzero_counts"](np.ascontiguousarray(flat))
+
+
+def spreads(img: np.ndarray, nz: np.ndarray, radius: int, threshold: float) -> bool:
+    """``neighbour_share(img, radius) > threshold``, from the flat indices ``nz`` of exactly
+    the pixels with alpha, visiting those only and stopping once the answer is known."""
+    return bool(_kernels()["spreads"](np.ascontiguousarray(img, np.uint32),
+                                      np.ascontiguousarray(nz, np.int64), int(radius),
+                                      float(threshold)))

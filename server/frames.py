@@ -663,38 +663,41 @@ class FrameRenderer:
                 a = np.where(acc[:, 1] > 0, acc[:, 0] / np.where(acc[:, 1] > 0, acc[:, 1], 1),
                              np.nan).reshape(height, width)
             img = sh.shade_mean(a, getattr(cc, c.cmap), c.span)
+            nz = None
         else:
-            img = sh.shade_density(acc[:, 0].reshape(height, width),
-                                   getattr(cc, DENSITY_CMAP)[DENSITY_FROM:])
-        px = sh.spread_px(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
+            img, nz = sh.shade_density(acc[:, 0].reshape(height, width),
+                                       getattr(cc, DENSITY_CMAP)[DENSITY_FROM:], return_nz=True)
+        return self._spread(img, x_range, y_range, width, height, nz), mode, level, pts
+
+    @staticmethod
+    def _spread(img, x_range, y_range, width, height, nz=None):
+        """Datashader's dynspread of an RGBA array; wrapped as an Image only to spread it."""
+        from . import shade as sh
+
+        px = sh.spread_px(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX, nz=nz)
         if px:
             import datashader.transfer_functions as tf
 
             img = tf.spread(tf.Image(img, coords={"y": _centres(y_range, height),
                                                   "x": _centres(x_range, width)},
                                      dims=("y", "x")), px, shape="circle")
-        return img, mode, level, pts
+        return img
 
     def _render_mixed(self, x_range, y_range, width, height, color_by, mode, where):
         """A categorical frame from four accumulators per pixel (count and the count-weighted
         r, g, b of its points' categories), whatever the number of categories. Returns
         (None, ...) in the one case it cannot match Datashader: every pixel non-empty (then
         Datashader subtracts the smallest per-category count, which needs every count)."""
-        import datashader.transfer_functions as tf
-
         from . import shade as sh
 
         plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
         x_range, y_range, width, height, c, mode, level = plan[:7]
         acc, pts = self._acc_cpu(plan, mix=True)
-        img = sh.shade_categorical_mixed(acc, shape=(height, width), colors=c.colors,
-                                         min_alpha=CAT_MIN_ALPHA)
+        img, nz = sh.shade_categorical_mixed(acc, shape=(height, width), colors=c.colors,
+                                             min_alpha=CAT_MIN_ALPHA, return_nz=True)
         if img is None:
             return None, mode, level, pts
-        out = tf.Image(img, coords={"y": _centres(y_range, height), "x": _centres(x_range, width)},
-                       dims=("y", "x"))
-        out = sh.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
-        return out, mode, level, pts
+        return self._spread(img, x_range, y_range, width, height, nz), mode, level, pts
 
     def shade_reference(self, agg, color_by=None):
         """The same image made by Datashader's ``tf.shade`` itself (the trusted reference)."""

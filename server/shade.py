@@ -102,21 +102,22 @@ def _pack(rgb: np.ndarray, a) -> np.ndarray:
     return rgb[:, 0] | (rgb[:, 1] << 8) | (rgb[:, 2] << 16) | (np.asarray(a, np.uint32) << 24)
 
 
-def shade_density(counts: np.ndarray, cmap, alpha: int = 255) -> np.ndarray:
+def shade_density(counts: np.ndarray, cmap, alpha: int = 255, *, return_nz: bool = False):
     """Counts (H, W) (unsigned, or floats holding whole counts) -> RGBA uint32 (H, W), like
-    ``tf.shade(how="eq_hist")``."""
+    ``tf.shade(how="eq_hist")``; with ``return_nz`` also the flat indices of the pixels
+    drawn."""
     from ..kernels.raster import nonzero_counts
 
     h, w = counts.shape
     nz, d = nonzero_counts(counts.reshape(-1))
     img = np.zeros(h * w, np.uint32)
-    if len(nz) == 0:
-        return img.reshape(h, w)
-    d = d - d.min()
-    levels, index = eq_hist_levels(d)
-    # Colour each distinct level once (a few thousand), then one gather per pixel.
-    img[nz] = _pack(_ramp(levels, (levels.min(), levels.max()), cmap), alpha)[index]
-    return img.reshape(h, w)
+    if len(nz):
+        d = d - d.min()
+        levels, index = eq_hist_levels(d)
+        # Colour each distinct level once (a few thousand), then one gather per pixel.
+        img[nz] = _pack(_ramp(levels, (levels.min(), levels.max()), cmap), alpha)[index]
+    img = img.reshape(h, w)
+    return (img, nz) if return_nz else img
 
 
 def shade_mean(values: np.ndarray, cmap, span, alpha: int = 255) -> np.ndarray:
@@ -217,7 +218,7 @@ def shade_categorical_sparse(pix, cat, weight, *, shape, colors, min_alpha: int 
 
 
 def shade_categorical_mixed(acc: np.ndarray, *, shape, colors, min_alpha: int = 40,
-                            alpha: int = 255) -> np.ndarray | None:
+                            alpha: int = 255, return_nz: bool = False):
     """:func:`shade_categorical` from four accumulators per pixel, shape (H*W, 4): the count
     and the count-weighted sums of r, g, b of the points' category colours.
 
@@ -234,15 +235,15 @@ def shade_categorical_mixed(acc: np.ndarray, *, shape, colors, min_alpha: int = 
     empty[:3] = (_rgb(colors).astype(np.float32).sum(0) / c).astype(np.uint8)
     img, nz, tv = mix_pixels(acc, int(empty.view(np.uint32)[0]))
     if len(nz) == h * w:
-        return None
-    if len(nz) == 0:
-        return img.reshape(h, w)
-    levels, index = eq_hist_levels(tv - tv.min(), as_float=True)
-    span = [levels.min(), levels.max()]
-    a = np.nan_to_num(np.interp(levels, span, [min_alpha, alpha], left=0, right=255)
-                      ).astype(np.uint8).astype(np.uint32)
-    img[nz] |= a[index] << np.uint32(24)
-    return img.reshape(h, w)
+        return (None, nz) if return_nz else None
+    if len(nz):
+        levels, index = eq_hist_levels(tv - tv.min(), as_float=True)
+        span = [levels.min(), levels.max()]
+        a = np.nan_to_num(np.interp(levels, span, [min_alpha, alpha], left=0, right=255)
+                          ).astype(np.uint8).astype(np.uint32)
+        img[nz] |= a[index] << np.uint32(24)
+    img = img.reshape(h, w)
+    return (img, nz) if return_nz else img
 
 
 def dynspread(img, *, threshold: float, max_px: int):
@@ -255,14 +256,17 @@ def dynspread(img, *, threshold: float, max_px: int):
     return tf.spread(img, px_, shape="circle") if px_ >= 1 else img
 
 
-def spread_px(img: np.ndarray, *, threshold: float, max_px: int) -> int:
-    """How many pixels ``dynspread`` spreads the RGBA uint32 image (H, W) by (0: none)."""
-    from ..kernels.raster import neighbour_share
+def spread_px(img: np.ndarray, *, threshold: float, max_px: int, nz=None) -> int:
+    """How many pixels ``dynspread`` spreads the RGBA uint32 image (H, W) by (0: none).
+    ``nz``: flat indices of exactly the pixels with alpha, when the caller has them."""
+    from ..kernels.raster import neighbour_share, spreads
 
     px_ = 0
     for px in range(1, max_px + 1):
         px_ = px
-        if neighbour_share(img, px * 2) > threshold:
+        dense = (spreads(img, nz, px * 2, threshold) if nz is not None
+                 else neighbour_share(img, px * 2) > threshold)
+        if dense:
             px_ = px - 1
             break
     return px_

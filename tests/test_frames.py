@@ -338,8 +338,13 @@ def test_dynspread_equals_datashader(fill):
     img = tf.Image(a, coords={"y": np.arange(h), "x": np.arange(w)}, dims=("y", "x"))
     from datashader.transfer_functions import _rgb_density
 
+    from bigembed.kernels.raster import spreads
+
+    nz = np.flatnonzero(a)
     for r in (1, 2, 4):
         assert neighbour_share(a, r) == _rgb_density(a, r)
+        for th in (0.0, 0.3, 0.5, 0.9, 1.0):  # the early-stopping decision, same answer
+            assert spreads(a, nz, r, th) == (_rgb_density(a, r) > th)
     for th, mx in ((0.5, 2), (0.9, 3), (0.0, 1)):
         np.testing.assert_array_equal(sh.dynspread(img, threshold=th, max_px=mx).data,
                                       tf.dynspread(img, threshold=th, max_px=mx).data)
