@@ -77,7 +77,7 @@ def main(argv=None):
         _wait(up, 120, "the server")
         with sync_playwright() as pw:
             b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
-            page = b.new_page(viewport={"width": 1250, "height": 900})
+            page = b.new_page(viewport={"width": 1250, "height": 1400})
             page.goto(url, timeout=60_000)
             page.wait_for_function("() => typeof Bokeh !== 'undefined' && Bokeh.index && "
                                    "[...Bokeh.index].length > 0", timeout=60_000)
