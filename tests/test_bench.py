@@ -248,7 +248,10 @@ def test_cli_ctrl_c_keeps_json(tmp_path):
                           "--sizes", sizes, "--dim", "4", "--stages", "lookup", "-k", "5",
                           "--repeat", "2", "--device", "cpu", "--out", str(out),
                           "--html-resources", "cdn"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # A shell running us in the background ignores SIGINT, and Python then
+                         # installs no Ctrl-C handler: give the child the default, as a terminal.
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     path = out / "bench.json"
     deadline = time.time() + 120
     try:
