@@ -91,6 +91,20 @@ def bin_points_torch(x, y, *, x_range, y_range, width, height, weights=None,
     return out.view(height, width, n_categories)
 
 
+def run_positions_torch(runs):
+    """Positions covered by ``runs`` (tensor (r, 2) of [start, end), int64), concatenated, as
+    a tensor on the runs' device: so a view's points are gathered where the layout lives and
+    only the runs cross to the device."""
+    import torch
+
+    if runs.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=runs.device)
+    lens = runs[:, 1] - runs[:, 0]
+    before = torch.cumsum(lens, 0) - lens
+    offs = torch.repeat_interleave(runs[:, 0] - before, lens)
+    return torch.arange(offs.shape[0], dtype=torch.int64, device=runs.device) + offs
+
+
 # -- CPU kernels over Z-order runs (numba) ----------------------------------------------------
 #
 # The map keeps its points (and each pyramid level's cells) in Z-order, so a view is a few

@@ -340,6 +340,10 @@ class FrameRenderer:
         if self._numba:
             return self._aggregate_cpu(self._plan(x_range, y_range, width, height, color_by,
                                                   mode, where))
+        if self.device is not None:
+            plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
+            if plan[5] == "exact":
+                return self._aggregate_device_exact(plan)
         sel = self._select(x_range, y_range, width, height, color_by, mode, where)
         x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
         agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
@@ -499,6 +503,47 @@ class FrameRenderer:
                                  n_codes=len(c.categories), mask=fmask, **kw)
         # Items visited; with a filter, the matching points in view.
         return acc, (hits if fmask is not None else touched)
+
+    def _on_device(self, key, array):
+        """``array`` as a tensor on the raster device, kept per ``key`` (colourings, masks)."""
+        import torch
+
+        cache = self.__dict__.setdefault("_dev_cache", {})
+        got = cache.get(key)
+        if got is None or got[0] is not array:
+            if len(cache) > 16:
+                cache.clear()
+            got = (array, torch.as_tensor(np.ascontiguousarray(array), device=self.device))
+            cache[key] = got
+        return got[1]
+
+    def _aggregate_device_exact(self, plan):
+        """An exact frame on the torch device: the layout stays there (copied once at start);
+        only the view's runs go to the device and only the aggregate comes back."""
+        import torch
+
+        from ..kernels.raster import bin_points_torch, run_positions_torch
+
+        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
+        pos = run_positions_torch(torch.as_tensor(runs, device=self.device))
+        if fmask is not None:
+            pos = pos[self._on_device(("mask", id(fmask)), fmask)[pos]]
+        x, y = self._dev[0][pos], self._dev[1][pos]
+        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
+        if c.kind == "density":
+            arr = bin_points_torch(x, y, **kw)
+        elif c.kind == "categorical":
+            codes = self._on_device(("values", c.name), c.values)[pos]
+            arr = bin_points_torch(x, y, categories=codes, n_categories=len(c.categories), **kw)
+        else:
+            v = self._on_device(("values", c.name), c.values)[pos]
+            fin = torch.isfinite(v)
+            tot = bin_points_torch(x, y, weights=torch.where(fin, v, torch.zeros_like(v)), **kw)
+            num = bin_points_torch(x, y, weights=fin.to(torch.float64), **kw)
+            arr = torch.where(num > 0, tot / num.clamp(min=1e-300),
+                              torch.full_like(tot, float("nan")))
+        return (_as_xarray(arr.cpu().numpy(), c, x_range, y_range, width, height), mode, None,
+                int(pos.shape[0]))
 
     def _aggregate_cpu(self, plan):
         x_range, y_range, width, height, c, mode, level, runs, fmask = plan

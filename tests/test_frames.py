@@ -308,6 +308,30 @@ def test_torch_cpu_backend_frames_match_datashader(pts, color):
         np.testing.assert_allclose(np.nan_to_num(ga), np.nan_to_num(gb), rtol=1e-6, atol=1e-9)
 
 
+def test_run_positions_torch_equals_numpy():
+    torch = pytest.importorskip("torch")
+    from bigembed.kernels.raster import run_positions_torch
+
+    for runs in ([[0, 0]], [[3, 7], [10, 11], [20, 20], [25, 30]], []):
+        r = np.asarray(runs, np.int64).reshape(-1, 2)
+        np.testing.assert_array_equal(run_positions_torch(torch.as_tensor(r)).numpy(),
+                                      SpatialIndex.positions(r))
+
+
+@pytest.mark.parametrize("color", [None, "label"])
+def test_torch_cpu_filtered_frame_equals_numba(pts, color):
+    pytest.importorskip("torch")
+    cols = {k: v for k, v in pts.items() if k not in ("x", "y")}
+    a = FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="torch-cpu")
+    b = FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="numba")
+    kw = dict(x_range=(0.2, 0.9), y_range=(-0.5, 0.3), width=60, height=40, color_by=color,
+              where={"label": ["1", "3"]})
+    ga, ma, _, na = a.aggregate(**kw)
+    gb, mb, _, nb = b.aggregate(**kw)
+    assert ma == mb == "exact" and na >= nb  # torch counts the candidates it gathered
+    np.testing.assert_array_equal(np.asarray(ga), np.asarray(gb))
+
+
 @pytest.mark.gpu
 def test_torch_cuda_backend_matches_datashader(pts):
     a = FrameRenderer.from_arrays(pts["x"], pts["y"], columns={"label": pts["label"]},
