@@ -104,7 +104,7 @@ def _as_xarray(a, c, x_range, y_range, width, height):
 
     xs, ys = _centres(x_range, width), _centres(y_range, height)
     if c.kind != "mean":
-        a = a.astype(np.uint32)  # sums of whole counts: exact integers already
+        a = a.astype(np.uint32, copy=False)  # sums of whole counts: exact integers already
     if a.ndim == 3:
         return xr.DataArray(a, coords={"y": ys, "x": xs, "c": list(c.categories)},
                             dims=("y", "x", "c"))
