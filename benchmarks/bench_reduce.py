@@ -54,37 +54,51 @@ def _record(ds, name):
     return Dataset.open(ds.path).manifest["layouts"][name]
 
 
-def bench_umap(ds, *, note):
-    import umap
-
+def _ours(ds, *, note, **kw):
+    """``bigembed.reduce(ds, force=True, **kw)`` timed once: seconds, stage timings, fit, the
+    stored quality and the quality measured here the same way as for the plain libraries."""
     from bigembed.layouts import load_layout
     from bigembed.reduce import reduce
 
-    x = np.asarray(ds.space().vectors, dtype=np.float32)
-    out = {}
     res = {}
 
-    def ours():
-        res["r"] = reduce(ds.path, method="umap", force=True)
+    def run():
+        res["r"] = reduce(ds.path, force=True, **kw)
 
-    t = measure(ours, repeat=1, warmup=0)
+    t = measure(run, repeat=1, warmup=0)
     rec = _record(ds, res["r"].name)
     xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
-    out["bigembed"] = {"seconds": t.median, "timing": t, "backend": res["r"].backend,
-                       "stage_seconds": rec["timings"], "fit": rec["fit"],
-                       "quality": _quality(ds, ds.space().name, xy)}
-    print(f"[{note}] bigembed umap: {t.median:.1f}s {out['bigembed']['quality']}", flush=True)
+    out = {"seconds": t.median, "timing": t, "backend": res["r"].backend,
+           "stage_seconds": rec["timings"], "fit": rec.get("fit"),
+           "stored_quality": rec.get("quality"), "quality": _quality(ds, ds.space().name, xy)}
+    print(f"[{note}] bigembed {kw}: {t.median:.1f}s {rec['timings']} {out['quality']}",
+          flush=True)
+    return out
 
-    def plain():
+
+def _plain(ds, *, note, name, fit):
+    """The plain library's ``fit()`` (-> (N, 2)) timed once, its quality measured as ours."""
+    res = {}
+
+    def run():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res["ref"] = umap.UMAP().fit_transform(x)
+            res["xy"] = np.asarray(fit())
 
-    t = measure(plain, repeat=1, warmup=0)
-    out["umap_learn_defaults"] = {"seconds": t.median, "timing": t,
-                                  "quality": _quality(ds, ds.space().name, res["ref"])}
-    print(f"[{note}] umap-learn defaults: {t.median:.1f}s "
-          f"{out['umap_learn_defaults']['quality']}", flush=True)
+    t = measure(run, repeat=1, warmup=0)
+    out = {"seconds": t.median, "timing": t,
+           "quality": _quality(ds, ds.space().name, res["xy"])}
+    print(f"[{note}] {name}: {t.median:.1f}s {out['quality']}", flush=True)
+    return out
+
+
+def bench_umap(ds, *, note):
+    import umap
+
+    x = np.asarray(ds.space().vectors, dtype=np.float32)
+    out = {"bigembed": _ours(ds, note=note, method="umap"),
+           "umap_learn_defaults": _plain(ds, note=note, name="umap-learn defaults",
+                                         fit=lambda: umap.UMAP().fit_transform(x))}
     a, b = out["bigembed"], out["umap_learn_defaults"]
     out["speedup"] = round(b["seconds"] / a["seconds"], 3)
     out["quality_delta"] = {m: (None if a["quality"][m] is None or b["quality"][m] is None
@@ -96,32 +110,11 @@ def bench_umap(ds, *, note):
 def bench_tsne(ds, *, note):
     import openTSNE
 
-    from bigembed.layouts import load_layout
-    from bigembed.reduce import reduce
-
     x = np.asarray(ds.space().vectors, dtype=np.float32)
-    res = {}
-    out = {}
-
-    def ours():
-        res["r"] = reduce(ds.path, method="tsne", force=True)
-
-    t = measure(ours, repeat=1, warmup=0)
-    rec = _record(ds, res["r"].name)
-    xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
-    out["bigembed"] = {"seconds": t.median, "timing": t, "backend": res["r"].backend,
-                       "stage_seconds": rec["timings"],
-                       "quality": _quality(ds, ds.space().name, xy)}
-    print(f"[{note}] bigembed tsne: {t.median:.1f}s {out['bigembed']['quality']}", flush=True)
-
-    def plain():
-        res["ref"] = np.asarray(openTSNE.TSNE(n_jobs=-1, random_state=0).fit(x))
-
-    t = measure(plain, repeat=1, warmup=0)
-    out["opentsne_defaults"] = {"seconds": t.median, "timing": t,
-                                "quality": _quality(ds, ds.space().name, res["ref"])}
-    print(f"[{note}] openTSNE defaults: {t.median:.1f}s {out['opentsne_defaults']['quality']}",
-          flush=True)
+    out = {"bigembed": _ours(ds, note=note, method="tsne"),
+           "opentsne_defaults": _plain(ds, note=note, name="openTSNE defaults",
+                                       fit=lambda: openTSNE.TSNE(n_jobs=-1,
+                                                                 random_state=0).fit(x))}
     out["speedup"] = round(out["opentsne_defaults"]["seconds"] / out["bigembed"]["seconds"], 3)
     return out
 
@@ -129,46 +122,17 @@ def bench_tsne(ds, *, note):
 def bench_scale(ds, *, method, note):
     """bigembed alone at a size the plain libraries take too long for (the issue's absolute
     targets: UMAP of 1M x 50 within 20 minutes, t-SNE of 100k within 4 minutes)."""
-    from bigembed.layouts import load_layout
-    from bigembed.reduce import reduce
-
-    res = {}
-
-    def ours():
-        res["r"] = reduce(ds.path, method=method, force=True)
-
-    t = measure(ours, repeat=1, warmup=0)
-    rec = _record(ds, res["r"].name)
-    xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
-    out = {"seconds": t.median, "timing": t, "backend": res["r"].backend,
-           "stage_seconds": rec["timings"], "fit": rec["fit"], "stored_quality": rec["quality"],
-           "quality": _quality(ds, ds.space().name, xy)}
-    print(f"[{note}] bigembed {method}: {t.median:.1f}s {rec['timings']} {out['quality']}",
-          flush=True)
-    return out
+    return _ours(ds, note=note, method=method)
 
 
 def bench_torch(ds, *, note):
     """UMAP by the torch backend (CUDA when present, else the CPU device) against the cpu
     backend (umap-learn's SGD) on the same kNN graph: time and quality side by side."""
-    from bigembed.layouts import load_layout
-    from bigembed.reduce import reduce
     from bigembed.registry import cuda_check
 
     out = {"device": "cpu" if cuda_check() else "cuda"}
     for be in ("torch", "cpu"):
-        res = {}
-
-        def run():
-            res["r"] = reduce(ds.path, method="umap", backend=be, force=True)
-
-        t = measure(run, repeat=1, warmup=0)
-        rec = _record(ds, res["r"].name)
-        xy = load_layout(ds.__class__.open(ds.path), name=res["r"].name).xy
-        out[be] = {"seconds": t.median, "timing": t, "stage_seconds": rec["timings"],
-                   "quality": _quality(ds, ds.space().name, xy)}
-        print(f"[{note}] {be} umap: {t.median:.1f}s {rec['timings']} {out[be]['quality']}",
-              flush=True)
+        out[be] = _ours(ds, note=note, method="umap", backend=be)
     out["fit_speedup_torch_over_cpu"] = round(out["cpu"]["stage_seconds"]["fit"]
                                               / out["torch"]["stage_seconds"]["fit"], 3)
     out["quality_delta_torch_minus_cpu"] = {

@@ -16,17 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
-FRAME_JS = """() => {
-  function walk(v) { if (v.model.name == 'map') return v;
-    for (const c of (v.child_views || [])) { const r = walk(c); if (r) return r; } return null; }
-  for (const root of Bokeh.index) { const v = walk(root); if (v) {
-    const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
-    return {left: r.left + bb.left, top: r.top + bb.top, width: bb.width, height: bb.height,
-            x0: v.model.x_range.start, x1: v.model.x_range.end,
-            y0: v.model.y_range.start, y1: v.model.y_range.end}; } }
-  return null; }"""
+# The browser tests' launch flags and page helpers (Bokeh's view of the plot frame).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_browser import ARGS, FRAME_JS, to_screen  # noqa: E402
 
 
 def _free_port() -> int:
@@ -84,8 +76,7 @@ def main(argv=None):
             page.wait_for_timeout(3000)  # the frame and the tapped instance's neighbours
             f = page.evaluate(FRAME_JS)
             x, y = float(lay.x[hover]), float(lay.y[hover])
-            page.mouse.move(f["left"] + (x - f["x0"]) / (f["x1"] - f["x0"]) * f["width"],
-                            f["top"] + (f["y1"] - y) / (f["y1"] - f["y0"]) * f["height"])
+            page.mouse.move(*to_screen(f, x, y))
             page.wait_for_timeout(1500)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=a.out)

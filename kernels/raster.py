@@ -173,6 +173,16 @@ def _kernels():
                         out[p, 1] += 1.0
         return hits
 
+    @numba.njit(inline="always")
+    def _has_neighbour(img, y, x, r):
+        # another pixel with alpha within the (2r+1)^2 window around (y, x)
+        m, n = img.shape
+        for i in range(max(0, y - r), min(y + r + 1, m)):
+            for j in range(max(0, x - r), min(x + r + 1, n)):
+                if (i != y or j != x) and (img[i, j] >> 24) & 255:
+                    return True
+        return False
+
     @numba.njit(cache=True, nogil=True)
     def neighbour_share(img, r):
         # Datashader's dynspread density of an RGBA uint32 image: of the pixels with alpha,
@@ -186,15 +196,7 @@ def _kernels():
                 if not (img[y, x] >> 24) & 255:
                     continue
                 cnt += 1
-                found = False
-                for i in range(max(0, y - r), min(y + r + 1, m)):
-                    for j in range(max(0, x - r), min(x + r + 1, n)):
-                        if (i != y or j != x) and (img[i, j] >> 24) & 255:
-                            found = True
-                            break
-                    if found:
-                        break
-                if found:
+                if _has_neighbour(img, y, x, r):
                     has += 1
         return has / cnt if cnt else np.inf
 
@@ -251,15 +253,7 @@ def _kernels():
         for k in range(total):
             y = nz[k] // n
             x = nz[k] - y * n
-            found = False
-            for i in range(max(0, y - r), min(y + r + 1, m)):
-                for j in range(max(0, x - r), min(x + r + 1, n)):
-                    if (i != y or j != x) and (img[i, j] >> 24) & 255:
-                        found = True
-                        break
-                if found:
-                    break
-            if found:
+            if _has_neighbour(img, y, x, r):
                 has += 1
                 if has > need:
                     return True
