@@ -172,7 +172,6 @@ def bench_size(n: int, *, positions: int, repeat: int, seed: int = 0) -> dict:
         fr.neighbors_2d(int(c), 10)
         times.append(time.perf_counter() - t0)
     out["neighbors_2d_k10"] = {"p95_s": p95(times), "median_s": float(np.median(times))}
-    del df
     return out
 
 

@@ -222,7 +222,6 @@ class FrameRenderer:
         return c
 
     def _make_colouring(self, name: str) -> Colouring:
-        import colorcet as cc
         import pandas as pd
 
         if name == "density":
