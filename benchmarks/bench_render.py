@@ -120,12 +120,10 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/render.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    work = Path(tempfile.mkdtemp(prefix="bench-render-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-render-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
         res = {"width": W, "height": H, "sizes": {str(n): bench_size(n, work, args.repeat)
                                                   for n in args.sizes}}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     path = write_results(args.out, results_doc("render", res, params=vars(args)))
     log.info("wrote %s", path)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -82,9 +81,9 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/thumbs.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    work = Path(tempfile.mkdtemp(prefix="bench-thumbs-"))
     res = {"kinds": {}}
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-thumbs-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
         for kind in ("digit_png_bytes", "photo_jpeg_files_512x384"):
             col = make_images(kind, args.count, work)
             ids = list(range(args.count))
@@ -113,8 +112,6 @@ def main(argv=None):
         res["demo_digit_pngs"] = {"n": args.digits, "timing": t.to_json(),
                                   "per_image_s": t.median / args.digits}
         log.info("digit_pngs of %d demo digits: %.2fs", args.digits, t.median)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     path = write_results(args.out, results_doc("thumbs", res, params=vars(args)))
     log.info("wrote %s", path)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -219,12 +218,10 @@ def main(argv=None):
         res["p95_ratio_largest_over_smallest"] = {
             c: b["frames"][c]["p95_all_views_s"] / a["frames"][c]["p95_all_views_s"]
             for c in a["frames"]}
-    work = Path(tempfile.mkdtemp(prefix="bench-view-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-view-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
         res["tap"] = bench_tap(args.tap_n, work)
         log.info("tap (n=%d): p95 %.1f ms", args.tap_n, 1e3 * res["tap"]["p95_s"])
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     path = write_results(args.out, results_doc("view", res, params=vars(args)))
     log.info("wrote %s", path)
 

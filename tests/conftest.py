@@ -61,9 +61,13 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         has_cuda = False
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    skip_browser = pytest.mark.skip(reason="needs /usr/bin/chromium")
+    has_browser = chromium_path() is not None
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+        if "browser" in item.keywords and not has_browser:
+            item.add_marker(skip_browser)
 
 
 def chromium_path() -> str | None:

@@ -14,16 +14,11 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from conftest import chromium_path
 from test_browser import FRAME_JS, browser, model_text, open_map, wait_for  # noqa: F401
 
 from bigembed.errors import InputError
 from bigembed.server.api import parse_geometry_text
 from bigembed.server.app import URL_POLY_MAX, selection_outline, selection_query
-
-browser_only = [pytest.mark.browser,
-                pytest.mark.skipif(chromium_path() is None, reason="needs /usr/bin/chromium")]
-
 
 def test_selection_query_round_trips_through_the_parser():
     q = selection_query({"type": "rect", "x0": 2.5, "x1": -1.25, "y0": 0.1, "y1": -3.0})
@@ -93,7 +88,6 @@ def _export_links(page):
 
 @pytest.mark.parametrize("mode", ["box", "lasso"])
 @pytest.mark.browser
-@pytest.mark.skipif(chromium_path() is None, reason="needs /usr/bin/chromium")
 def test_selection_in_url_restores_in_new_page(browser, explorer_served, mode):  # noqa: F811
     url, _, _ = explorer_served
     page, frames = open_map(browser, url + "/?color=label")
@@ -150,7 +144,6 @@ def test_selection_in_url_restores_in_new_page(browser, explorer_served, mode): 
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(chromium_path() is None, reason="needs /usr/bin/chromium")
 def test_poly_url_matches_api(browser, explorer_served):  # noqa: F811
     url, _, path = explorer_served
     from bigembed.dataset import Dataset
@@ -173,7 +166,6 @@ def test_poly_url_matches_api(browser, explorer_served):  # noqa: F811
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(chromium_path() is None, reason="needs /usr/bin/chromium")
 @pytest.mark.parametrize("query", [
     "box=1,2,3", "box=nan,1,0,1", "poly=0,0,1,1,x,y", "box=0,1,0,1&poly=0,0,1,0,0,1",
     "box=" + "1," * 12000 + "1", "box=%ff%fe,1,2,3",

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import chromium_path, start_serve, stop_serve
+from conftest import start_serve, stop_serve
 from test_browser import FRAME_JS, browser, model_text, open_map, to_screen, wait_for  # noqa: F401
 
 from bigembed.dataset import Dataset, DatasetWriter
@@ -263,7 +263,6 @@ def _hover(browser, url, path, i):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(chromium_path() is None, reason="needs /usr/bin/chromium")
 def test_hover_shows_thumbnail_and_text(browser, image_served, image_ds):  # noqa: F811
     i = 12
     page = _hover(browser, image_served, image_ds, i)
@@ -284,7 +283,6 @@ def test_hover_shows_thumbnail_and_text(browser, image_served, image_ds):  # noq
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(chromium_path() is None, reason="needs /usr/bin/chromium")
 def test_hover_without_image_column_has_no_img(browser, explorer_served):  # noqa: F811
     url, _, path = explorer_served
     page = _hover(browser, url, path, 42)
