@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bigembed import Dataset
-from bigembed.benchmark import measure, results_doc, write_results
-from bigembed.extract import extract
+from bigembed.bench.harness import measure, results_doc, write_results
+from bigembed.extract.run import extract
 
 log = logging.getLogger("bench_extract")
 

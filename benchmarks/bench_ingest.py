@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bigembed import Dataset
-from bigembed.benchmark import measure, results_doc, write_results
-from bigembed.ingest import ingest
+from bigembed.bench.harness import measure, results_doc, write_results
+from bigembed.ingest.run import ingest
 
 log = logging.getLogger("bench_ingest")
 

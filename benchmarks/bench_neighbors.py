@@ -3,7 +3,7 @@
     python -m benchmarks.bench_neighbors [--n 1000000] [--dim 128] [--graph-n 1000000]
         [--graph-dim 50] [--nnd-n 200000] [--out benchmarks/results/neighbors.json]
 
-Lookup: a synthetic N x d dataset (``bigembed.synth``); ``build_index`` (auto: IVF tuned to
+Lookup: a synthetic N x d dataset (``bigembed.ingest.synth``); ``build_index`` (auto: IVF tuned to
 recall@10 >= 0.95) against exact ``faiss.IndexFlatL2`` on the same vectors. Reported per
 single query: the raw index search, and the full ``neighbors()`` call (id -> ids, distances,
 metadata, cached index), with recall@10 of ``neighbors()`` measured against the exact answer
@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from bigembed import Dataset, DatasetWriter
-from bigembed.benchmark import measure, results_doc, write_results
-from bigembed.index import (build_index, clear_cache, exact_knn, load_index, sample_ids,
-                            single_thread)
-from bigembed.neighbors import drop_self, knn_graph, neighbors
-from bigembed.synth import synth
+from bigembed.bench.harness import measure, results_doc, write_results
+from bigembed.ingest.synth import synth
+from bigembed.search.exact import drop_self, exact_knn, sample_ids
+from bigembed.search.graph import knn_graph
+from bigembed.search.index import build_index, clear_cache, load_index, single_thread
+from bigembed.search.lookup import neighbors
 
 log = logging.getLogger("bench_neighbors")
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_reduce [--n 100000] [--dim 64] [--tsne-n 20000]
         [--tsne-alone-n 100000] [--scale-n 1000000 --scale-dim 50] [--torch-n 20000]
 
-In one run, on the same synthetic data (``bigembed.synth``):
+In one run, on the same synthetic data (``bigembed.ingest.synth``):
 
 - UMAP: ``bigembed.reduce(method="umap")`` end to end (kNN graph from the neighbour
   stage (tuned IVF past 2.5e11 MACs) + PCA init + umap-learn SGD, quality included) against ``umap.UMAP()`` with its
@@ -16,7 +16,7 @@ In one run, on the same synthetic data (``bigembed.synth``):
 - numba cache: ``bigembed reduce --method umap`` in a fresh process with an empty cache dir,
   then again in a second process (the JIT loaded from disk).
 
-Writes ``benchmarks/results/reduce.json`` (via :mod:`bigembed.benchmark`).
+Writes ``benchmarks/results/reduce.json`` (via :mod:`bigembed.bench.harness`).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bigembed.benchmark import measure, results_doc, write_results
+from bigembed.bench.harness import measure, results_doc, write_results
 
 RESULTS = Path(__file__).parent / "results" / "reduce.json"
 
 
 def _quality(ds, space, xy):
-    from bigembed.neighbors import knn_graph
-    from bigembed.quality import layout_quality
+    from bigembed.reduce.quality import layout_quality
+    from bigembed.search.graph import knn_graph
 
     sp = ds.space(space)
     g = knn_graph(ds, space=space, k=15)
@@ -49,7 +49,7 @@ def _quality(ds, space, xy):
 
 
 def _record(ds, name):
-    from bigembed.dataset import Dataset
+    from bigembed.dataset.reader import Dataset
 
     return Dataset.open(ds.path).manifest["layouts"][name]
 
@@ -57,8 +57,8 @@ def _record(ds, name):
 def _ours(ds, *, note, **kw):
     """``bigembed.reduce(ds, force=True, **kw)`` timed once: seconds, stage timings, fit, the
     stored quality and the quality measured here the same way as for the plain libraries."""
-    from bigembed.layouts import load_layout
-    from bigembed.reduce import reduce
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.reduce.run import reduce
 
     res = {}
 
@@ -162,8 +162,8 @@ def bench_numba_cache(ds_path, *, n):
 
 
 def main(argv=None):
-    from bigembed.synth import synth
-    from bigembed.dataset import Dataset
+    from bigembed.dataset.reader import Dataset
+    from bigembed.ingest.synth import synth
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000, help="UMAP vs umap-learn (0: skip)")
@@ -195,7 +195,7 @@ def main(argv=None):
                 sec.setdefault("command", old.get("params", {}).get("command"))
     params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
               "scale_n": a.scale_n, "torch_n": a.torch_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
-              "data": "bigembed.synth clusters=10 error_rate=0.05 seed=0",
+              "data": "bigembed.ingest.synth clusters=10 error_rate=0.05 seed=0",
               "command": command}
     try:
         if a.cache_n:

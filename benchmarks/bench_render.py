@@ -3,7 +3,7 @@
     python -m benchmarks.bench_render [--sizes 1000000 4000000] [--out benchmarks/results/render.json]
 
 Same run, same dataset on disk, same 800 x 800 full view of the layout. ``bigembed`` is
-:func:`bigembed.render.render` end to end, as the CLI calls it: open the dataset, load the
+:func:`bigembed.view.render.render` end to end, as the CLI calls it: open the dataset, load the
 layout, render the frame (every point, ``mode="exact"``: no Z-order sort is needed), lay it
 on white, write the PNG. ``mode auto`` is the same with the map's pyramid for the full view
 (built on each call, as a one-off CLI run would). ``datashader`` is what a user would otherwise write (and what
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigembed.benchmark import measure, results_doc, write_results
+from bigembed.bench.harness import measure, results_doc, write_results
 
 from .bench_view import make_layout
 
@@ -34,9 +34,9 @@ W = H = 800
 
 def make_dataset(path: Path, n: int) -> str:
     """A dataset of ``n`` rows (tiny vectors, labels) with a blob layout; returns its name."""
-    from bigembed.dataset import Dataset
-    from bigembed.layouts import save_layout
-    from bigembed.synth import synth
+    from bigembed.dataset.layouts import save_layout
+    from bigembed.dataset.reader import Dataset
+    from bigembed.ingest.synth import synth
 
     synth(path, n=n, dim=2, clusters=10, seed=0, progress=False)
     x, y, _ = make_layout(n, seed=0)
@@ -52,8 +52,8 @@ def plain_datashader(path: Path, out: Path, color_by: str | None) -> None:
     import datashader.transfer_functions as tf
     import pandas as pd
 
-    from bigembed.dataset import Dataset
-    from bigembed.layouts import load_layout
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.dataset.reader import Dataset
 
     ds = Dataset.open(path)
     lay = load_layout(ds)
@@ -82,7 +82,7 @@ def drawn(png: Path) -> np.ndarray:
 
 
 def bench_size(n: int, work: Path, repeat: int) -> dict:
-    from bigembed.render import render
+    from bigembed.view.render import render
 
     path = work / f"ds-{n}"
     t0 = time.perf_counter()

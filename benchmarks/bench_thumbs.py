@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigembed.benchmark import measure, results_doc, write_results
+from bigembed.bench.harness import measure, results_doc, write_results
 
 log = logging.getLogger("bench_thumbs")
 

@@ -3,14 +3,14 @@
     python -m benchmarks.bench_view [--sizes 1000000 10000000] [--out benchmarks/results/view.json]
 
 Same run, same data, same ranges: a frame is aggregate + shade + PNG bytes at 800 x 800.
-``bigembed`` is :class:`bigembed.server.frames.FrameRenderer` (Z-order index, exact points or
+``bigembed`` is :class:`bigembed.view.frames.FrameRenderer` (Z-order index, exact points or
 the aggregate pyramid, numba kernels binning the view's runs in place); the aggregation
 kernel alone is also timed against the renderer's Datashader backend (Canvas.points on the
 gathered points) on the same exact views; ``datashader`` is what a user would otherwise write: ``Canvas.points``
 on the whole pandas dataframe, the same shading, PNG. Views: the full extent and zooms by
 4x .. 4096x centred on random points (so they sit on data), several positions each; the p95
 is over every frame of a zoom class. Hover is ``pick`` (nearest point under the cursor);
-tap is pick + true neighbours (``bigembed.neighbors`` via the server state) + 2-D neighbours,
+tap is pick + true neighbours (``bigembed.search`` via the server state) + 2-D neighbours,
 on a synthetic dataset with vectors (``--tap-n`` x 32). The layouts of --sizes are built
 directly as arrays (a mixture of 2-D blobs plus 1% background), as the issue allows.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigembed.benchmark import measure, results_doc, write_results
+from bigembed.bench.harness import measure, results_doc, write_results
 
 log = logging.getLogger("bench_view")
 
@@ -69,7 +69,7 @@ def p95(times):
 def bench_size(n: int, *, positions: int, repeat: int, seed: int = 0) -> dict:
     import pandas as pd
 
-    from bigembed.server.frames import FrameRenderer
+    from bigembed.view.frames import FrameRenderer
 
     x, y, lab = make_layout(n, seed)
     t0 = time.perf_counter()
@@ -176,9 +176,9 @@ def bench_size(n: int, *, positions: int, repeat: int, seed: int = 0) -> dict:
 
 def bench_tap(n: int, work: Path) -> dict:
     """A whole tap on a dataset with vectors: pick + true neighbours + 2-D neighbours."""
-    from bigembed.reduce import reduce
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
     from bigembed.server.state import Explorer
-    from bigembed.synth import synth
 
     path = work / "tap-ds"
     synth(path, n=n, dim=32, clusters=10, seed=0, progress=False)
@@ -197,7 +197,7 @@ def bench_tap(n: int, work: Path) -> dict:
         times.append(time.perf_counter() - t0)
     return {"n": n, "dim": 32, "k": 10, "p95_s": p95(times), "median_s": float(np.median(times)),
             "taps": len(times),
-            "neighbors_impl": f"bigembed.neighbors.neighbors via server.state.Explorer "
+            "neighbors_impl": f"bigembed.search.neighbors via server.state.Explorer "
                               f"(index {index})"}
 
 

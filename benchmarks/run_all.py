@@ -2,7 +2,7 @@
 
 The default run (every stage, peers side by side, default sizes, within its time budget)
 writes ``benchmarks/results/bench-default.json`` and ``.html``; each suite writes its own
-``benchmarks/results/<stage>.json`` through the same harness (:mod:`bigembed.benchmark`).
+``benchmarks/results/<stage>.json`` through the same harness (:mod:`bigembed.bench.harness`).
 
     python -m benchmarks.run_all [--only bench|suites] [--budget 13m] [-- extra bench args]
 """

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .dataset import Dataset, DatasetWriter, open_dataset  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .dataset.reader import Dataset, open_dataset  # noqa: E402
+from .dataset.writer import DatasetWriter  # noqa: E402
 from .errors import BackendUnavailable, BigembedError, DatasetError, InputError  # noqa: E402
 
 __all__ = ["Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",

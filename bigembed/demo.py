@@ -4,7 +4,7 @@ A small CNN is trained on scikit-learn's handwritten digits (shipped with scikit
 download), augmented to ``n`` instances; the activations of two layers become two spaces.
 Each space gets a layout (UMAP for the penultimate layer, PCA for the convolutional one) with
 its quality measured, and a FAISS index; a PNG is rendered and a misclassified instance's true
-neighbours are looked up. Finally the explorer is served (unless ``serve=False``).
+neighbours are looked up. ``bigembed demo`` then serves the explorer over it.
 Every step is content-keyed or resumable, so running the demo again starts serving at once.
 """
 
@@ -16,23 +16,22 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, serve: bool = True,
-             port: int = 5006, say=print) -> dict:
+def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) -> dict:
     """Run every stage on the digits demo under ``out``; returns what it made."""
     import numpy as np
 
-    from .dataset import Dataset
-    from .index import build_index
+    from .dataset.reader import Dataset
     from .models.digits import add_digit_images, build_digits_dataset
-    from .neighbors import neighbors
-    from .reduce import reduce
-    from .render import render
+    from .reduce.run import reduce
+    from .search.index import build_index
+    from .search.lookup import neighbors
+    from .view.render import render
 
     out = Path(out)
     ds_path = out / "dataset"
     r = build_digits_dataset(ds_path, n=n, seed=seed)
     how = "already extracted" if r.cached else f"{r.items_per_s:,.0f} images/s on {r.device}"
-    say(f"[1/6] digits CNN activations of {r.rows} images, spaces {list(r.spaces)} "
+    say(f"[1/5] digits CNN activations of {r.rows} images, spaces {list(r.spaces)} "
         f"({how}) -> {ds_path}")
     if add_digit_images(ds_path):  # each digit as a small PNG: the map's hover shows it
         say("      added an image column: hovering a point shows its digit")
@@ -44,36 +43,26 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, serve: bool = Tr
         lay = reduce(ds, space=sp, method=method, seed=seed)
         q = (lay.quality or {}).get("knn_preservation")
         made[sp] = lay.name
-        say(f"[2/6] layout {lay.name}: {method} "
+        say(f"[2/5] layout {lay.name}: {method} "
             f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'}"
             f"{f', kNN preservation {q:.2f}' if q is not None else ''})")
     for sp in spaces:
         ix = build_index(ds, space=sp)
-        say(f"[3/6] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
+        say(f"[3/5] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
             f"({'cached' if ix.cached else f'{ix.seconds:.1f}s'})")
     ds = Dataset.open(ds_path)
     png = render(ds, out=out / "view.png", layout=made[spaces[-1]], color_by="label").path
-    say(f"[4/6] rendered {png} (coloured by label)")
+    say(f"[4/5] rendered {png} (coloured by label)")
     meta = ds.meta
     wrong = np.flatnonzero(~meta["correct"].to_numpy().astype(bool)) if "correct" in meta else []
     qid = int(wrong[0]) if len(wrong) else 0
     nb = neighbors(ds, space=spaces[-1], id=qid, k=5)
     q = nb.query
-    say(f"[5/6] id {qid} (label {q.get('label')}, predicted {q.get('prediction')}): "
+    say(f"[5/5] id {qid} (label {q.get('label')}, predicted {q.get('prediction')}): "
         f"5 nearest neighbours in {spaces[-1]!r}:")
     for item in nb.neighbors:
         say(f"      id {item['id']:>6}  distance {item['distance']:.3f}  label {item.get('label')}"
             f"  predicted {item.get('prediction')}")
     result = {"dataset": str(ds_path), "layouts": made, "png": str(png),
               "neighbors": nb.to_json()}
-    if serve:
-        from .server.app import serve as serve_map
-
-        def ready(url):
-            say(f"[6/6] explorer at {url}  (open it in a browser; Ctrl-C to stop)")
-
-        try:
-            serve_map(ds_path, port=port, on_ready=ready)
-        except KeyboardInterrupt:
-            pass
     return result

@@ -41,7 +41,7 @@ def main(argv=None):
     from playwright.sync_api import sync_playwright
 
     from bigembed import Dataset
-    from bigembed.layouts import find_layouts, load_layout
+    from bigembed.dataset.layouts import find_layouts, load_layout
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="demo-data/dataset")

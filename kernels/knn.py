@@ -10,7 +10,7 @@ Conventions (shared with FAISS so callers can swap them):
 * ``metric="l2"``: distances are *squared* Euclidean, ascending.
 * ``metric="ip"``: scores are inner products, descending (cosine: normalise the inputs first).
 
-No I/O, logging or validation here: :mod:`bigembed.index` owns batching, progress and errors.
+No I/O, logging or validation here: :mod:`bigembed.search.index` owns batching, progress and errors.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Both follow Datashader's pixel mapping exactly, so an aggregate made here equals
 ``sx = width / (x1 - x0)``, ``tx = -x0 * sx``, ``i = int(x * sx + tx)`` in float64, points
 outside ``[x0, x1] x [y0, y1]`` dropped, points on the upper edge put in the last pixel.
 
-No I/O, logging or validation here: :mod:`bigembed.server.frames` owns that.
+No I/O, logging or validation here: :mod:`bigembed.view.frames` owns that.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ gradients clipped to 4 and a learning rate decaying linearly to 0. umap-learn ap
 one edge at a time on the CPU; here every edge due in an epoch is applied at once
 (``index_add_``), as GPU implementations do, so a whole epoch is a few tensor operations.
 
-No I/O, logging or validation here: :mod:`bigembed.reduce_backends` owns that.
+No I/O, logging or validation here: :mod:`bigembed.reduce.backends` owns that.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
 from ..errors import BigembedError, InputError
-from .frames import MAX_SIDE
+from ..view.frames import MAX_SIDE
 from .state import MAX_K
 from .thumbs import MAX_PX, MIN_PX, THUMB_PX, NoImage
 
@@ -148,7 +148,7 @@ class NeighborsHandler(_Base):
         ex = self.explorer
 
         def work():
-            from ..neighbors import resolve_id
+            from ..search.lookup import resolve_id
 
             k = self.int_arg("k", 1, MAX_K, default=10)
             space = self.choice_arg("space", ex.spaces)

@@ -209,8 +209,17 @@ class Session:
     def __init__(self, doc, explorer: Explorer, executor, secret=None):
         from bokeh.events import MouseMove, RangesUpdate, SelectionGeometry, Tap
         from bokeh.layouts import column, row
-        from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, MultiChoice,
-                                  Select, Spinner, TableColumn, TextInput)
+        from bokeh.models import (
+            ColumnDataSource,
+            CustomJS,
+            DataTable,
+            Div,
+            MultiChoice,
+            Select,
+            Spinner,
+            TableColumn,
+            TextInput,
+        )
         from bokeh.plotting import figure
 
         self.doc = doc

@@ -24,10 +24,10 @@ MAX_SEARCH_HITS = 20
 def true_neighbors(ds, *, space, id, k):
     """The k true (high-dimensional) neighbours of ``id``: a dict shaped as the CLI's --json.
 
-    The one place the view calls the neighbour-search stage (``bigembed.neighbors``), so the
+    The one place the view calls the neighbour-search stage (``bigembed.search``), so the
     map, ``/api/neighbors`` and ``bigembed neighbors --json`` answer the same.
     """
-    from ..neighbors import neighbors
+    from ..search.lookup import neighbors
 
     return neighbors(ds, space=space, id=id, k=k).to_json()
 
@@ -85,8 +85,8 @@ class Explorer:
     """
 
     def __init__(self, dataset, *, backend: str = "auto"):
-        from ..dataset import Dataset
-        from ..layouts import find_layouts
+        from ..dataset.layouts import find_layouts
+        from ..dataset.reader import Dataset
 
         self.ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
         self.layouts = find_layouts(self.ds)
@@ -110,7 +110,7 @@ class Explorer:
         return name
 
     def renderer(self, name: str | None = None):
-        from .frames import FrameRenderer
+        from ..view.frames import FrameRenderer
 
         name = self.layout_name(name)
         with self._lock:
@@ -127,7 +127,7 @@ class Explorer:
 
     # -- lookups ---------------------------------------------------------------------------
     def meta(self, id: int) -> dict:
-        from ..neighbors import meta_rows
+        from ..search.lookup import meta_rows
 
         return meta_rows(self.ds, [int(id)])[0]
 

@@ -47,7 +47,7 @@ def rng():
 @pytest.fixture
 def small_ds(tmp_path):
     """A 2,000 x 16 synthetic dataset with labels (on disk, real shards)."""
-    from bigembed.synth import synth
+    from bigembed.ingest.synth import synth
 
     synth(tmp_path / "ds", n=2000, dim=16, clusters=5, error_rate=0.1, seed=3)
     return tmp_path / "ds"
@@ -142,8 +142,8 @@ def explorer_served(tmp_path_factory):
 
     Yields (url, port, dataset path).
     """
-    from bigembed.reduce import reduce
-    from bigembed.synth import synth
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
 
     path = tmp_path_factory.mktemp("explorer") / "ds"
     synth(path, n=3000, dim=16, clusters=6, error_rate=0.1, seed=5)

@@ -16,14 +16,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_cli
 
 from bigembed.bench import parse_duration, parse_sizes, predict_seconds, run_bench
-from bigembed.bench.quality import exact_neighbors, knn_preservation, recall
+from bigembed.bench.harness import fit_power_law, measure
 from bigembed.bench.report import text_report
-from bigembed.benchmark import fit_power_law, measure
 from bigembed.errors import InputError
-
-from conftest import assert_clean_error, run_cli
+from bigembed.reduce.quality import sampled_knn_preservation as knn_preservation
+from bigembed.search.exact import exact_neighbors
+from bigembed.search.exact import overlap as recall
 
 NO_SLOW_PEERS = {"umap-learn": 0, "openTSNE": 0, "pynndescent": 0}
 
@@ -97,7 +98,7 @@ def test_parse_sizes(text, expected):
 
 @pytest.mark.parametrize("text", ["", "abc", "1e4,x", "0", "2.5", "-3", "nan"])
 def test_parse_sizes_rejects(text):
-    with pytest.raises(InputError, match="--sizes"):
+    with pytest.raises(InputError, match="^sizes"):
         parse_sizes(text)
 
 
@@ -106,7 +107,7 @@ def test_parse_duration():
     assert parse_duration("1.5h") == 5400 and parse_duration("40") == 40
     assert parse_duration(None) is None
     for bad in ("5x", "-1", "0", "m"):
-        with pytest.raises(InputError, match="--budget"):
+        with pytest.raises(InputError, match="^budget"):
             parse_duration(bad)
 
 
@@ -183,7 +184,7 @@ def test_stages_missing_api_are_skipped_with_reason(tiny_run):
     import importlib.util
 
     doc = tiny_run[0].doc
-    for stage, module in (("index", "bigembed.index"), ("extract", "bigembed.extract")):
+    for stage, module in (("index", "bigembed.search"), ("extract", "bigembed.extract")):
         rows = _rows(doc, stage=stage, impl="bigembed")
         assert len(rows) == 2
         if importlib.util.find_spec(module) is None:

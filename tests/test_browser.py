@@ -11,7 +11,6 @@ import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
 from conftest import chromium_path
 
 pytestmark = pytest.mark.browser  # skipped by conftest where Chromium is absent
@@ -106,8 +105,8 @@ def test_page_loads_zoom_brings_new_frame(browser, explorer_served):
 
 def test_hover_and_tap_list_neighbours(browser, explorer_served):
     url, _, path = explorer_served
-    from bigembed.dataset import Dataset
-    from bigembed.layouts import load_layout
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.dataset.reader import Dataset
 
     lay = load_layout(Dataset.open(path))
     i = 42

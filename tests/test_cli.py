@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import assert_clean_error
 from PIL import Image
 
 from bigembed import Dataset
-from conftest import assert_clean_error
 
 
 def test_end_to_end(cli, small_ds, tmp_path):

@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error
 
 from bigembed import Dataset, DatasetError, DatasetWriter
-from conftest import assert_clean_error
 
 
 @pytest.fixture

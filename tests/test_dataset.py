@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bigembed import Dataset, DatasetError, DatasetWriter, InputError
-from bigembed.dataset import read_shard
+from bigembed.dataset.shards import read_shard
 
 
 def write(path, x, *, space="a", rows_per_shard=None, dtype="float32", mode="create", **kw):
@@ -62,7 +62,7 @@ def test_add_space_and_meta_rows_must_match(tmp_path, rng):
 
 
 def test_overwrite_space_replaces_and_drops_stale_artifacts(tmp_path, rng):
-    from bigembed.reduce import reduce
+    from bigembed.reduce.run import reduce
 
     x = rng.standard_normal((300, 8)).astype(np.float32)
     write(tmp_path / "d", x)

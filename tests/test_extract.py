@@ -12,13 +12,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_cli
 
 from bigembed import Dataset, DatasetError, InputError
-from conftest import assert_clean_error, run_cli
 
 torch = pytest.importorskip("torch")
 
-from bigembed.extract import ExtractError, extract  # noqa: E402
+from bigembed.extract.run import ExtractError, extract  # noqa: E402
 from bigembed.models.digits import DigitsData, build_digits_dataset, load_model  # noqa: E402
 
 USER_MODULE = textwrap.dedent('''
@@ -452,20 +452,20 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, user_mod, args, fragments):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(model="bx_user:nope"), r"--model 'bx_user:nope'.*no attribute 'nope'"),
+    (dict(model="bx_user:nope"), r"^model 'bx_user:nope'.*no attribute 'nope'"),
     (dict(model="bx_user:broken"), "factory raised ValueError: no weights here"),
     (dict(model="bx_user:data"), "returned TensorDataset, expected a torch.nn.Module"),
     (dict(model="no_colon_and_no_file"), "no such file"),
-    (dict(data="bx_user:broken"), "--data 'bx_user:broken'.*ValueError"),
+    (dict(data="bx_user:broken"), "^data 'bx_user:broken'.*ValueError"),
     (dict(data=torch.empty(0, 6)), "N >= 1"),
     (dict(data=[]), "holds no batches"),
     (dict(layers=["embed", "embed"]), "named more than once"),
     (dict(layers=[]), "at least one layer"),
-    (dict(pooling="median"), "--pooling must be one of"),
-    (dict(dtype="int8"), "--dtype must be one of"),
-    (dict(batch_size=0), "--batch-size must be an integer >= 1"),
-    (dict(amp="fp8"), "--amp must be one of"),
-    (dict(device="cuda"), "torch-cuda' cannot run: no CUDA device"),
+    (dict(pooling="median"), "^pooling must be one of"),
+    (dict(dtype="int8"), "^dtype must be one of"),
+    (dict(batch_size=0), "^batch_size must be an integer >= 1"),
+    (dict(amp="fp8"), "^amp must be one of"),
+    (dict(device="cuda"), "device='torch-cuda' cannot run: no CUDA device"),
 ])
 def test_bad_arguments_raise_clear_errors(tmp_path, user_mod, kw, match):
     from bigembed.errors import BigembedError
@@ -480,7 +480,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path, user_mod, kw, match):
 
 
 def test_digits_needs_a_positive_n(tmp_path):
-    with pytest.raises(InputError, match="--n must be an integer >= 1"):
+    with pytest.raises(InputError, match="^n must be an integer >= 1"):
         build_digits_dataset(tmp_path / "d", n=0)
 
 
@@ -509,7 +509,7 @@ def test_cli_full_disk_leaves_nothing_half_written(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
-        from bigembed.cli import main
+        from bigembed.commands.cli import main
         sys.exit(main(["extract", "--model", "digits", "--n", "2000", "--out",
                        {str(tmp_path / 'd')!r}, "--layers", "fc1", "--shard-rows", "256"]))
     """)

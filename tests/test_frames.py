@@ -11,8 +11,8 @@ import pytest
 
 from bigembed.errors import InputError
 from bigembed.kernels.raster import bin_points_reference
-from bigembed.server.frames import FrameRenderer
-from bigembed.server.spatial import SpatialIndex
+from bigembed.view.frames import FrameRenderer
+from bigembed.view.spatial import SpatialIndex
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,8 @@ def test_sparse_categorical_pyramid_frame_matches_tf_shade(fr):
 
 def test_eq_hist_matches_datashader_on_wide_ranges():
     import datashader.transfer_functions as tf
-    from bigembed.server.shade import eq_hist_levels
+
+    from bigembed.view.shade import eq_hist_levels
 
     rng = np.random.default_rng(2)
     for d in (rng.integers(0, 5, 1000), rng.integers(0, 10**7, 5000),  # exact; binned
@@ -352,7 +353,7 @@ def test_dynspread_equals_datashader(fill):
     import datashader.transfer_functions as tf
 
     from bigembed.kernels.raster import neighbour_share
-    from bigembed.server import shade as sh
+    from bigembed.view import shade as sh
 
     rng = np.random.default_rng(int(fill * 1e4))
     h, w = 90, 120

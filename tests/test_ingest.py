@@ -11,9 +11,9 @@ import pyarrow.csv as pcsv
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
+from conftest import assert_clean_error
 
 from bigembed import Dataset
-from conftest import assert_clean_error
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from sklearn.neighbors import NearestNeighbors
 
 from bigembed import Dataset, DatasetWriter
 from bigembed.errors import InputError
-from bigembed.index import build_index
-from bigembed.neighbors import knn_graph, neighbors, neighbors_many
+from bigembed.search.graph import knn_graph
+from bigembed.search.index import build_index
+from bigembed.search.lookup import neighbors, neighbors_many
 
 
 def write(path, x, *, space="a"):
@@ -97,9 +98,9 @@ def test_bad_queries_are_clear_errors(small_ds, cli, tmp_path):
         (dict(vector=tmp_path / "nan.npy"), "NaN"),
         (dict(vector=np.ones((2, 16))), r"expected \(16,\)"),
         (dict(vector=tmp_path / "missing.npy"), "does not exist"),
-        (dict(id=1, k=0), "-k must be"),
+        (dict(id=1, k=0), "^k must be"),
         (dict(id=1, key="x"), "exactly one"),
-        (dict(id=True), "--id must be an integer"),
+        (dict(id=True), "^id must be an integer"),
     ]
     for kw, frag in cases:
         with pytest.raises(InputError, match=frag):
@@ -197,7 +198,7 @@ def test_graph_edge_cases(tmp_path, rng):
 
 
 def test_repeated_calls_reuse_the_loaded_index_and_see_a_rebuilt_dataset(tmp_path, rng):
-    from bigembed import index as ix
+    from bigembed.search import index as ix
 
     ix.clear_cache()
     x = rng.standard_normal((200, 4)).astype(np.float32)
@@ -217,7 +218,7 @@ def test_repeated_calls_reuse_the_loaded_index_and_see_a_rebuilt_dataset(tmp_pat
 
 
 def test_meta_rows_match_pandas(small_ds):
-    from bigembed.neighbors import meta_rows
+    from bigembed.search.lookup import meta_rows
 
     ds = Dataset.open(small_ds)
     rows = meta_rows(ds, [7, 3])

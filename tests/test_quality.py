@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from bigembed.errors import InputError
-from bigembed.quality import (knn_preservation, layout_quality, low_knn,
-                              trustworthiness_continuity)
+from bigembed.reduce.quality import (
+    knn_preservation,
+    layout_quality,
+    low_knn,
+    trustworthiness_continuity,
+)
 
 
 def _exact_knn(x, k):

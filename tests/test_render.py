@@ -7,21 +7,20 @@ import io
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_cli
 from PIL import Image
 
-from conftest import assert_clean_error, run_cli
-
-from bigembed.dataset import Dataset
+from bigembed.dataset.reader import Dataset
 from bigembed.errors import InputError
-from bigembed.render import composite, render, render_image
-from bigembed.server.frames import FrameRenderer
+from bigembed.view.frames import FrameRenderer
+from bigembed.view.render import composite, render, render_image
 
 
 @pytest.fixture(scope="module")
 def laid_out(tmp_path_factory):
     """2,000 points in 5 clusters (labels, confidence, correctness) with a PCA layout."""
-    from bigembed.reduce import reduce
-    from bigembed.synth import synth
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
 
     path = tmp_path_factory.mktemp("render") / "ds"
     synth(path, n=2000, dim=16, clusters=5, error_rate=0.1, seed=3)
@@ -110,8 +109,8 @@ def test_background_colour_and_layout_choice(laid_out, tmp_path):
 
 
 @pytest.mark.parametrize("kw, frag", [
-    (dict(width=0), "--width"), (dict(height=5000), "--height"), (dict(width=True), "--width"),
-    (dict(color_by="zz"), "'zz'"), (dict(background="no-such-colour"), "--background"),
+    (dict(width=0), "^width"), (dict(height=5000), "^height"), (dict(width=True), "^width"),
+    (dict(color_by="zz"), "'zz'"), (dict(background="no-such-colour"), "^background"),
     (dict(layout="nope"), "nope"), (dict(mode="pyramid"), "mode"), (dict(method="tsne"), "tsne"), (dict(space="x"), "'x'"),
 ])
 def test_render_bad_input_writes_nothing(laid_out, tmp_path, kw, frag):
@@ -134,7 +133,7 @@ def test_render_cli_bad_input(laid_out, tmp_path):
 def test_composite_rejects_bad_colour():
     buf = io.BytesIO()
     Image.new("RGBA", (2, 2), (10, 20, 30, 128)).save(buf, format="PNG")
-    with pytest.raises(InputError, match="--background"):
+    with pytest.raises(InputError, match="^background"):
         composite(buf.getvalue(), "not a colour")
     rgb = np.asarray(composite(buf.getvalue(), "black"))
     assert rgb.shape == (2, 2, 3) and np.abs(rgb.astype(int) - [5, 10, 15]).max() <= 1

@@ -13,12 +13,12 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-
 from test_browser import FRAME_JS, browser, model_text, open_map, wait_for  # noqa: F401
 
 from bigembed.errors import InputError
 from bigembed.server.api import parse_geometry_text
 from bigembed.server.app import URL_POLY_MAX, selection_outline, selection_query
+
 
 def test_selection_query_round_trips_through_the_parser():
     q = selection_query({"type": "rect", "x0": 2.5, "x1": -1.25, "y0": 0.1, "y1": -3.0})
@@ -146,8 +146,8 @@ def test_selection_in_url_restores_in_new_page(browser, explorer_served, mode): 
 @pytest.mark.browser
 def test_poly_url_matches_api(browser, explorer_served):  # noqa: F811
     url, _, path = explorer_served
-    from bigembed.dataset import Dataset
-    from bigembed.layouts import load_layout
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.dataset.reader import Dataset
 
     lay = load_layout(Dataset.open(path))
     x0, x1 = (float(v) for v in np.percentile(lay.x, [20, 80]))

@@ -9,7 +9,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_error, run_cli, start_serve, stop_serve
 
 from bigembed.errors import InputError
@@ -61,8 +60,9 @@ def test_frame_endpoint(explorer_served):
     url, _, _ = explorer_served
     st, hdr, body = get(f"{url}/frame.png?x0=-20&x1=20&y0=-20&y1=20&w=300&h=200&color=label")
     assert st == 200 and hdr["Content-Type"] == "image/png" and body[:4] == b"\x89PNG"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(body)).size == (300, 200)
     assert hdr["X-Frame-Mode"].startswith("exact")
@@ -90,8 +90,8 @@ def test_frame_bad_parameters(explorer_served, query, frag):
 
 def test_select_and_export(explorer_served):
     url, _, path = explorer_served
-    from bigembed.dataset import Dataset
-    from bigembed.layouts import load_layout
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.dataset.reader import Dataset
 
     ds = Dataset.open(path)
     lay = load_layout(ds)
@@ -119,6 +119,7 @@ def test_select_and_export(explorer_served):
     assert lines[0].startswith("id,") and len(lines) == len(want) + 1
     st, hdr, body = get(f"{url}/api/select?box={x0!r},{x1!r},{y0!r},{y1!r}&format=parquet")
     import io
+
     import pandas as pd
 
     assert st == 200 and pd.read_parquet(io.BytesIO(body))["id"].tolist() == want.tolist()

@@ -17,12 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import start_serve, stop_serve
+from PIL import Image
 from test_browser import FRAME_JS, browser, model_text, open_map, to_screen, wait_for  # noqa: F401
 
-from bigembed.dataset import Dataset, DatasetWriter
+from bigembed.dataset.reader import Dataset
+from bigembed.dataset.writer import DatasetWriter
 from bigembed.server.state import Explorer
 from bigembed.server.thumbs import NoImage, Thumbnails, thumbnail_png
 
@@ -59,8 +59,8 @@ def _with_meta_columns(path, columns: dict) -> None:
 def image_ds(tmp_path_factory):
     """600 synthetic points whose ``image`` is a PNG (bytes) of its own colour and size; a few
     rows have no image or broken bytes; ``text`` is a text column. PCA layout."""
-    from bigembed.reduce import reduce
-    from bigembed.synth import synth
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
 
     path = tmp_path_factory.mktemp("thumbs") / "ds"
     synth(path, n=N, dim=8, clusters=4, error_rate=0.1, seed=7)
@@ -175,8 +175,8 @@ def test_thumbnails_cache_is_bounded(tmp_path):
 
 def test_explorer_thumbnails_from_paths(tmp_path):
     """An image column of paths (relative to the dataset, absolute, missing)."""
-    from bigembed.reduce import reduce
-    from bigembed.synth import synth
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
 
     path = tmp_path / "ds"
     synth(path, n=40, dim=4, clusters=2, seed=1)
@@ -251,7 +251,7 @@ def test_thumb_endpoint_without_image_column(explorer_served):
 # -- the page -------------------------------------------------------------------------------
 
 def _hover(browser, url, path, i):
-    from bigembed.layouts import load_layout
+    from bigembed.dataset.layouts import load_layout
 
     lay = load_layout(Dataset.open(path))
     x, y = float(lay.x[i]), float(lay.y[i])
@@ -297,7 +297,12 @@ def test_hover_without_image_column_has_no_img(browser, explorer_served):  # noq
 
 @pytest.mark.slow
 def test_digits_dataset_gains_its_images(tmp_path):
-    from bigembed.models.digits import N_REAL, _digits, add_digit_images, build_digits_dataset
+    from bigembed.models.digits import (
+        N_REAL,
+        _digits,
+        add_digit_images,
+        build_digits_dataset,
+    )
 
     path = tmp_path / "digits"
     build_digits_dataset(path, n=N_REAL + 50, progress=False)

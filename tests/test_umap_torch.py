@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bigembed import Dataset, DatasetWriter, InputError
-from bigembed.layouts import load_layout
-from bigembed.reduce import reduce
+from bigembed.dataset.layouts import load_layout
+from bigembed.reduce.run import reduce
 
 torch = pytest.importorskip("torch")
 
@@ -22,11 +22,11 @@ def _blobs(rng, n=800, d=12, centers=5):
 def _knn(x, k):
     from sklearn.neighbors import NearestNeighbors
 
-    from bigembed.quality import _drop_self
+    from bigembed.search.exact import drop_self
 
     d, i = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
     rows = np.arange(len(x))
-    keep_i = _drop_self(i, rows, k)
+    _, keep_i = drop_self(None, i, rows, k)
     # the distances in the same order (self, wherever it came, dropped)
     order = np.argsort(np.where(i == rows[:, None], np.inf, 0), axis=1, kind="stable")[:, :k]
     return keep_i, np.take_along_axis(d, order, 1).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .quality import exact_neighbors, sample_ids
+from ..search.exact import exact_neighbors, sample_ids
 
 
 class StageSkipped(Exception):
@@ -64,7 +65,7 @@ class BenchContext:
 
     @cached_property
     def ds(self):
-        from ..dataset import Dataset
+        from ..dataset.reader import Dataset
 
         return Dataset.open(self.dataset)
 
@@ -121,3 +122,74 @@ def _params(fn) -> dict:
         return dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return {}
+
+
+# -- workloads shared by bigembed's stages and their peers ------------------------------------
+
+def import_api(module: str, attr: str, issue: str):
+    """``module.attr``, or :class:`StageSkipped` naming what is missing."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise StageSkipped(f"{module} is not in this build ({issue})") from None
+        raise StageSkipped(f"{module} cannot be imported ({issue}): {e}") from None
+    except ImportError as e:
+        raise StageSkipped(f"{module} cannot be imported ({issue}): {e}") from None
+    if not hasattr(mod, attr):
+        raise StageSkipped(f"{module}.{attr} is not in this build ({issue})")
+    return getattr(mod, attr)
+
+
+def quiet_kwargs(fn, **kw) -> dict:
+    """``progress=False`` where the function takes it (bars would garble the bench table)."""
+    return {"progress": False, **kw} if accepts(fn, "progress") else kw
+
+
+def layout_xy(ctx: BenchContext, name: str):
+    """(xy (N, 2), record) of a stored layout."""
+    from ..dataset.layouts import load_layout
+
+    lay = load_layout(ctx.ds.reload(), name=name)
+    return lay.xy, lay.record
+
+
+def base_layout(ctx: BenchContext) -> str:
+    """A stored PCA layout for the render stage (made once, untimed)."""
+    reduce = import_api("bigembed.reduce", "reduce", "foundation")
+    kw = quiet_kwargs(reduce, method="pca", seed=ctx.seed)
+    if accepts(reduce, "quality"):
+        kw["quality"] = False  # a full kNN graph for it would cost more than the frames
+    return reduce(ctx.ds, **kw).name
+
+
+def nonempty_pixels(png: bytes) -> int:
+    """How many pixels of a PNG differ from its top-left (background) pixel."""
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return int((a != a[0, 0]).any(-1).sum())
+
+
+RENDER_SIZE = 800
+
+
+LOOKUP_QUERIES = 20
+
+
+def mlp(dim: int, seed: int):
+    """A small seeded MLP (Linear-ReLU-Linear-ReLU) over ``dim`` inputs, in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(dim, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 64), torch.nn.ReLU()).eval()
+
+
+def vector_data(x: np.ndarray):
+    """The vectors as a torch dataset of (input,) rows."""
+    import torch
+
+    return torch.utils.data.TensorDataset(torch.from_numpy(np.array(x, np.float32)))

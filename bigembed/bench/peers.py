@@ -14,8 +14,20 @@ from typing import Callable
 
 import numpy as np
 
-from .context import BenchContext, StageSkipped, Trial
-from .quality import knn_preservation, recall
+from ..reduce.quality import sampled_knn_preservation
+from ..search.exact import overlap
+from .context import (
+    LOOKUP_QUERIES,
+    RENDER_SIZE,
+    BenchContext,
+    StageSkipped,
+    Trial,
+    base_layout,
+    layout_xy,
+    mlp,
+    nonempty_pixels,
+    vector_data,
+)
 
 PEERS: dict[str, list[Callable[[BenchContext], Trial]]] = {}
 
@@ -96,7 +108,7 @@ def faiss_flat_graph(ctx: BenchContext) -> Trial:
 
     def quality(idx):
         found = idx[ctx.queries]
-        return {"recall": round(recall(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
+        return {"recall": round(overlap(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
 
     return Trial("faiss.IndexFlatL2", run, what=f"IndexFlatL2.search(all, k={ctx.k}+1)",
                  quality=quality)
@@ -117,7 +129,7 @@ def pynndescent_graph(ctx: BenchContext) -> Trial:
 
     def quality(idx):
         found = idx[ctx.queries]
-        return {"recall": round(recall(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
+        return {"recall": round(overlap(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
 
     return Trial("pynndescent", run, what=f"NNDescent(n_neighbors={ctx.k}+1).neighbor_graph",
                  quality=quality, max_n=_cap(ctx, "pynndescent"), **_slow(ctx, fit))
@@ -131,7 +143,6 @@ def _slow(ctx: BenchContext, fit) -> dict:
 
 @peer("lookup", "faiss.IndexFlatL2")
 def faiss_flat_lookup(ctx: BenchContext) -> Trial:
-    from .stages import LOOKUP_QUERIES
 
     qids = ctx.queries[:LOOKUP_QUERIES]
     index = _flat(ctx.x)  # a user builds it once; only the queries are timed
@@ -142,7 +153,7 @@ def faiss_flat_lookup(ctx: BenchContext) -> Trial:
     def quality(found):
         truth = ctx.truth(ctx.k)[: len(qids), :10]
         f = np.array([[i for i in row if i != q][:10] for row, q in zip(found, qids)])
-        return {"recall_at_10": round(recall(f, truth), 4)}
+        return {"recall_at_10": round(overlap(f, truth), 4)}
 
     return Trial("faiss.IndexFlatL2", run, what=f"prebuilt IndexFlatL2.search x {len(qids)}",
                  quality=quality, items=len(qids))
@@ -153,7 +164,7 @@ def faiss_flat_lookup(ctx: BenchContext) -> Trial:
 
 def _layout_quality(ctx):
     def quality(xy):
-        return {"knn_preservation": round(knn_preservation(
+        return {"knn_preservation": round(sampled_knn_preservation(
             ctx.x, np.asarray(xy), ctx.queries, ctx.k, ctx.truth(ctx.k)), 4), "k": ctx.k}
     return quality
 
@@ -203,7 +214,6 @@ def datashader_full(ctx: BenchContext) -> Trial:
     """Datashader on the full (x, y) dataframe, shaded and PNG-encoded, as a notebook does."""
     import pandas as pd
 
-    from .stages import RENDER_SIZE, base_layout, layout_xy, nonempty_pixels
 
     xy, _ = layout_xy(ctx, base_layout(ctx))
     df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]})
@@ -217,7 +227,7 @@ def datashader_full(ctx: BenchContext) -> Trial:
         img = tf.shade(canvas.points(df, "x", "y", agg=dsh.count()), cmap=cc.fire[40:],
                        how="eq_hist")
         # The same spreading as the explorer's frames, so the two pictures are comparable.
-        from ..server.frames import SPREAD_MAX_PX, SPREAD_THRESHOLD
+        from ..view.frames import SPREAD_MAX_PX, SPREAD_THRESHOLD
 
         img = tf.set_background(tf.dynspread(img, threshold=SPREAD_THRESHOLD,
                                              max_px=SPREAD_MAX_PX), "white")
@@ -232,20 +242,8 @@ def datashader_full(ctx: BenchContext) -> Trial:
 # -- extract ---------------------------------------------------------------------------------
 
 
-def mlp(dim: int, seed: int):
-    """A small seeded MLP (Linear-ReLU-Linear-ReLU) over ``dim`` inputs, in eval mode."""
-    import torch
-
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(dim, 256), torch.nn.ReLU(),
-                               torch.nn.Linear(256, 64), torch.nn.ReLU()).eval()
 
 
-def vector_data(x: np.ndarray):
-    """The vectors as a torch dataset of (input,) rows."""
-    import torch
-
-    return torch.utils.data.TensorDataset(torch.from_numpy(np.array(x, np.float32)))
 
 
 @peer("extract", "torch hooks")

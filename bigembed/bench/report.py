@@ -157,7 +157,7 @@ def write_html(doc: dict, path, *, resources: str = "inline") -> Path:
     from bokeh.models import Div
     from bokeh.resources import CDN, INLINE
 
-    from .._atomic import write_bytes
+    from ..dataset._atomic import write_bytes
 
     res = doc["results"]
     ok = [r for r in res["rows"] if r["status"] == "ok"]

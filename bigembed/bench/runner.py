@@ -2,7 +2,7 @@
 
 For each size N (ascending) it writes a synthetic dataset, then for each stage times the
 library's own stage function (and, with ``compare``, the plain libraries) through
-:func:`bigembed.benchmark.measure`: warm-up runs timed apart (JIT, CUDA context), repeats for
+:func:`bigembed.bench.harness.measure`: warm-up runs timed apart (JIT, CUDA context), repeats for
 median and spread, peak host (and GPU) memory. The JSON document is rewritten atomically
 after every row, so Ctrl-C or a crash keeps everything measured so far.
 
@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..benchmark import fit_power_law, measure, results_doc, write_results
 from ..errors import BackendUnavailable, InputError, check_choice, check_positive_int
 from ..progress import progress_bar
 from .context import BenchContext, StageSkipped, Trial
+from .harness import fit_power_law, measure, results_doc, write_results
 from .peers import PEERS
 from .stages import STAGES
 
@@ -58,15 +58,15 @@ def parse_sizes(text) -> list[int]:
     else:
         items = [s for s in str(text).split(",") if s.strip()]
     if not items:
-        raise InputError(f"--sizes must list at least one size, got {text!r}")
+        raise InputError(f"sizes must list at least one size, got {text!r}")
     out = []
     for s in items:
         try:
             v = float(str(s).strip().replace("_", ""))
         except ValueError:
-            raise InputError(f"--sizes: {s!r} is not a number (expected e.g. 1e4,1e5)") from None
+            raise InputError(f"sizes: {s!r} is not a number (expected e.g. 1e4,1e5)") from None
         if v != v or v != int(v) or v < 1:
-            raise InputError(f"--sizes: {s!r} is not a whole number of rows")
+            raise InputError(f"sizes: {s!r} is not a whole number of rows")
         out.append(int(v))
     return sorted(set(out))
 
@@ -83,12 +83,12 @@ def parse_duration(text) -> float | None:
     else:
         m = _DURATION.match(str(text))
         if not m:
-            raise InputError(f"--budget must be a duration like 900, 90s, 15m or 1.5h, "
+            raise InputError(f"budget must be a duration like 900, 90s, 15m or 1.5h, "
                              f"got {text!r}")
         v = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[
             (m.group(2) or "s").lower()]
     if v <= 0:
-        raise InputError(f"--budget must be positive, got {text!r}")
+        raise InputError(f"budget must be positive, got {text!r}")
     return v
 
 
@@ -98,22 +98,22 @@ def parse_stages(stages) -> list[str]:
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
     if not stages:
-        raise InputError("--stages must name at least one stage")
+        raise InputError("stages must name at least one stage")
     for s in stages:
-        check_choice("--stages", s, STAGES)
+        check_choice("stages", s, STAGES)
     return [s for s in STAGES if s in stages]
 
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one errs."""
-    check_choice("--device", device, {"auto", "cpu", "cuda"})
+    check_choice("device", device, {"auto", "cpu", "cuda"})
     if device == "cpu":
         return "cpu"
     from ..registry import cuda_check
 
     why = cuda_check()
     if device == "cuda" and why:
-        raise BackendUnavailable(f"--device cuda cannot run: {why}. Install a CUDA build of "
+        raise BackendUnavailable(f"device='cuda' cannot run: {why}. Install a CUDA build of "
                                  f"torch on a machine with an NVIDIA GPU, or use --device cpu")
     if why:
         log.info("bench: --device auto picked cpu (%s)", why)
@@ -382,24 +382,24 @@ def run_bench(*, sizes=DEFAULT_SIZES, dim: int = 128, stages=None, compare: bool
     run early with status "interrupted" and everything measured so far written.
     """
     sizes = parse_sizes(sizes)
-    dim = check_positive_int("--dim", dim)
-    repeat = check_positive_int("--repeat", repeat)
-    warmup = check_positive_int("--warmup", warmup, minimum=0)
+    dim = check_positive_int("dim", dim)
+    repeat = check_positive_int("repeat", repeat)
+    warmup = check_positive_int("warmup", warmup, minimum=0)
     k = check_positive_int("-k", k)
-    quality_sample = check_positive_int("--quality-sample", quality_sample)
+    quality_sample = check_positive_int("quality_sample", quality_sample)
     if sizes[0] < k + 2:
-        raise InputError(f"--sizes: every size must be at least k + 2 = {k + 2} rows "
+        raise InputError(f"sizes: every size must be at least k + 2 = {k + 2} rows "
                          f"(the kNN stages need k neighbours besides the point), got {sizes[0]}")
     stage_names = parse_stages(stages)
     budget_s = parse_duration(budget)
-    check_choice("--html-resources", html_resources, {"inline", "cdn"})
+    check_choice("html_resources", html_resources, {"inline", "cdn"})
     if not re.fullmatch(r"[A-Za-z0-9._-]+", str(name)):
-        raise InputError(f"--name must be letters, digits, '.', '_' or '-', got {name!r}")
+        raise InputError(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
     peer_max_n = dict(peer_max_n or {})
     dev = resolve_device(device)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {out} exists and is not a directory")
+        raise InputError(f"out: {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / f"{name}.json", out / f"{name}.html"
     params = {"sizes": sizes, "dim": dim, "stages": stage_names, "compare": compare,
@@ -440,7 +440,7 @@ def run_bench(*, sizes=DEFAULT_SIZES, dim: int = 128, stages=None, compare: bool
 
 def _run_size(run: _Run, n: int, *, stage_names, compare, dev, seed, k, reduce_method,
               peer_max_n, quality_sample, workdir: Path, bar) -> None:
-    from ..synth import synth
+    from ..ingest.synth import synth
 
     dim = run.params["dim"]
     why = run.over_budget(("setup", "synth"), n, 1)

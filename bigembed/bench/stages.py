@@ -17,8 +17,24 @@ from typing import Callable
 
 import numpy as np
 
-from .context import BenchContext, StageSkipped, Trial, accepts, device_kwargs
-from .quality import knn_preservation, recall
+from ..reduce.quality import sampled_knn_preservation
+from ..search.exact import overlap
+from .context import (
+    LOOKUP_QUERIES,
+    RENDER_SIZE,
+    BenchContext,
+    StageSkipped,
+    Trial,
+    accepts,
+    base_layout,
+    device_kwargs,
+    import_api,
+    layout_xy,
+    mlp,
+    nonempty_pixels,
+    quiet_kwargs,
+    vector_data,
+)
 
 #: name -> stage function, in run order
 STAGES: dict[str, Callable[[BenchContext], Trial]] = {}
@@ -31,30 +47,14 @@ def stage(name: str):
     return deco
 
 
-def _import(module: str, attr: str, issue: str):
-    """``module.attr``, or :class:`StageSkipped` naming what is missing."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise StageSkipped(f"{module} is not in this build ({issue})") from None
-        raise StageSkipped(f"{module} cannot be imported ({issue}): {e}") from None
-    except ImportError as e:
-        raise StageSkipped(f"{module} cannot be imported ({issue}): {e}") from None
-    if not hasattr(mod, attr):
-        raise StageSkipped(f"{module}.{attr} is not in this build ({issue})")
-    return getattr(mod, attr)
 
 
-def _quiet(fn, **kw) -> dict:
-    """``progress=False`` where the function takes it (bars would garble the bench table)."""
-    return {"progress": False, **kw} if accepts(fn, "progress") else kw
 
 
 @stage("ingest")
 def ingest_stage(ctx: BenchContext) -> Trial:
     """Write the vectors as a .npy file (untimed), then time ``bigembed.ingest.ingest``."""
-    ingest = _import("bigembed.ingest", "ingest", "foundation")
+    ingest = import_api("bigembed.ingest", "ingest", "foundation")
     npy = ctx.work / "vectors.npy"
     if not npy.exists():
         np.save(npy, ctx.x)
@@ -63,7 +63,7 @@ def ingest_stage(ctx: BenchContext) -> Trial:
     def quality(r):
         return {"rows": r.rows, "bytes": r.bytes, "rows_match": r.rows == ctx.n}
 
-    return Trial("bigembed", lambda: ingest(npy, out=out, **_quiet(ingest, overwrite=True)),
+    return Trial("bigembed", lambda: ingest(npy, out=out, **quiet_kwargs(ingest, overwrite=True)),
                  what=f"ingest(.npy {ctx.n}x{ctx.dim} -> dataset)",
                  setup=lambda: shutil.rmtree(out, ignore_errors=True), quality=quality,
                  backend="pyarrow")
@@ -71,9 +71,9 @@ def ingest_stage(ctx: BenchContext) -> Trial:
 
 @stage("index")
 def index_stage(ctx: BenchContext) -> Trial:
-    """``bigembed.index.build_index`` (issue 4), recomputed each call (stored index cleared)."""
-    build_index = _import("bigembed.index", "build_index", "issue 4, index build")
-    kw = _quiet(build_index, **device_kwargs(build_index, ctx.device, "index"))
+    """``bigembed.search.index.build_index`` (issue 4), recomputed each call (stored index cleared)."""
+    build_index = import_api("bigembed.search", "build_index", "issue 4, index build")
+    kw = quiet_kwargs(build_index, **device_kwargs(build_index, ctx.device, "index"))
     if accepts(build_index, "force"):
         kw["force"] = True
 
@@ -89,9 +89,9 @@ def index_stage(ctx: BenchContext) -> Trial:
 
 @stage("knn-graph")
 def knn_graph_stage(ctx: BenchContext) -> Trial:
-    """``bigembed.neighbors.knn_graph`` with k neighbours, recomputed each call."""
-    knn_graph = _import("bigembed.neighbors", "knn_graph", "issue 4")
-    kw = _quiet(knn_graph, k=ctx.k, **device_kwargs(knn_graph, ctx.device, "knn"))
+    """``bigembed.search.knn_graph`` with k neighbours, recomputed each call."""
+    knn_graph = import_api("bigembed.search", "knn_graph", "issue 4")
+    kw = quiet_kwargs(knn_graph, k=ctx.k, **device_kwargs(knn_graph, ctx.device, "knn"))
     if accepts(knn_graph, "force"):
         kw["force"] = True
 
@@ -100,7 +100,7 @@ def knn_graph_stage(ctx: BenchContext) -> Trial:
         rec = g.record if isinstance(getattr(g, "record", None), dict) else {}
         if rec.get("backend"):
             trial.backend = rec["backend"]
-        return {"recall": round(recall(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
+        return {"recall": round(overlap(found, ctx.truth(ctx.k)), 4), "k": ctx.k}
 
     trial = Trial("bigembed", lambda: knn_graph(ctx.ds, **kw), what=f"knn_graph(k={ctx.k})",
                   setup=lambda: ctx.clear_artifacts("graphs"), quality=quality,
@@ -109,7 +109,7 @@ def knn_graph_stage(ctx: BenchContext) -> Trial:
 
 
 def _reduce_fn(method: str):
-    reduce = _import("bigembed.reduce", "reduce", "issue 5")
+    reduce = import_api("bigembed.reduce", "reduce", "issue 5")
     methods = getattr(importlib.import_module("bigembed.reduce"), "METHODS", ("pca",))
     if method not in methods:
         raise StageSkipped(f"reduce method {method!r} is not available in this build "
@@ -117,12 +117,6 @@ def _reduce_fn(method: str):
     return reduce
 
 
-def layout_xy(ctx: BenchContext, name: str):
-    """(xy (N, 2), record) of a stored layout."""
-    from ..layouts import load_layout
-
-    lay = load_layout(ctx.ds.reload(), name=name)
-    return lay.xy, lay.record
 
 
 @stage("reduce")
@@ -132,7 +126,7 @@ def reduce_stage(ctx: BenchContext) -> Trial:
     The layout alone is timed (``quality=False``): the bench measures kNN preservation itself,
     the same way for bigembed and every peer, on its query sample."""
     reduce = _reduce_fn(ctx.reduce_method)
-    kw = _quiet(reduce, method=ctx.reduce_method, force=True, seed=ctx.seed)
+    kw = quiet_kwargs(reduce, method=ctx.reduce_method, force=True, seed=ctx.seed)
     if accepts(reduce, "quality"):
         kw["quality"] = False
     kw.update(device_kwargs(reduce, ctx.device, "reduce"))
@@ -140,7 +134,7 @@ def reduce_stage(ctx: BenchContext) -> Trial:
     def quality(r):
         trial.backend = getattr(r, "backend", None)
         xy, rec = layout_xy(ctx, r.name)
-        q = {"knn_preservation": round(knn_preservation(ctx.x, xy, ctx.queries, ctx.k,
+        q = {"knn_preservation": round(sampled_knn_preservation(ctx.x, xy, ctx.queries, ctx.k,
                                                         ctx.truth(ctx.k)), 4), "k": ctx.k}
         stored = rec.get("quality")
         if isinstance(stored, dict):
@@ -152,37 +146,21 @@ def reduce_stage(ctx: BenchContext) -> Trial:
     return trial
 
 
-def base_layout(ctx: BenchContext) -> str:
-    """A stored PCA layout for the render stage (made once, untimed)."""
-    reduce = _import("bigembed.reduce", "reduce", "foundation")
-    kw = _quiet(reduce, method="pca", seed=ctx.seed)
-    if accepts(reduce, "quality"):
-        kw["quality"] = False  # a full kNN graph for it would cost more than the frames
-    return reduce(ctx.ds, **kw).name
 
 
-def nonempty_pixels(png: bytes) -> int:
-    """How many pixels of a PNG differ from its top-left (background) pixel."""
-    import io
-
-    from PIL import Image
-
-    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-    return int((a != a[0, 0]).any(-1).sum())
 
 
-RENDER_SIZE = 800
 
 
 @stage("render")
 def render_stage(ctx: BenchContext) -> Trial:
     """One full-view 800x800 frame of a layout, as PNG bytes: the explorer's frame renderer
-    (issue 6) when present, else ``bigembed.render.render_image``."""
+    (issue 6) when present, else ``bigembed.view.render.render_image``."""
     import io
 
     name = base_layout(ctx)
     try:
-        from ..server.frames import FrameRenderer  # issue 6
+        from ..view.frames import FrameRenderer  # issue 6
     except ImportError:
         FrameRenderer = None
     if FrameRenderer is not None:
@@ -196,8 +174,8 @@ def render_stage(ctx: BenchContext) -> Trial:
 
         what, backend = "FrameRenderer.render_png", "server.frames"
     else:
-        from ..layouts import load_layout
-        from ..render import render_image
+        from ..dataset.layouts import load_layout
+        from ..view.render import render_image
 
         ds = ctx.ds.reload()
         lay = load_layout(ds, name=name)
@@ -213,14 +191,13 @@ def render_stage(ctx: BenchContext) -> Trial:
                  backend=backend)
 
 
-LOOKUP_QUERIES = 20
 
 
 @stage("lookup")
 def lookup_stage(ctx: BenchContext) -> Trial:
-    """``bigembed.neighbors.neighbors`` for a batch of single-id queries (k=10), as the map's
+    """``bigembed.search.neighbors`` for a batch of single-id queries (k=10), as the map's
     tap and the HTTP endpoint call it; per-query latency is reported."""
-    neighbors = _import("bigembed.neighbors", "neighbors", "foundation")
+    neighbors = import_api("bigembed.search", "neighbors", "foundation")
     qids = ctx.queries[:LOOKUP_QUERIES]
 
     def run():
@@ -229,7 +206,7 @@ def lookup_stage(ctx: BenchContext) -> Trial:
     def quality(found):
         truth = ctx.truth(ctx.k)[: len(qids), :10]
         found = np.array([f + [-1] * (10 - len(f)) for f in found], np.int64)
-        return {"recall_at_10": round(recall(found, truth), 4)}
+        return {"recall_at_10": round(overlap(found, truth), 4)}
 
     return Trial("bigembed", run, what=f"neighbors(id, k=10) x {len(qids)}", quality=quality,
                  items=len(qids), backend="faiss-cpu")
@@ -238,15 +215,14 @@ def lookup_stage(ctx: BenchContext) -> Trial:
 @stage("extract")
 def extract_stage(ctx: BenchContext) -> Trial:
     """``bigembed.extract.extract`` (issue 3) of two layers of a small MLP over the vectors."""
-    extract = _import("bigembed.extract", "extract", "issue 3")
+    extract = import_api("bigembed.extract", "extract", "issue 3")
     if importlib.util.find_spec("torch") is None:
         raise StageSkipped("torch is not installed (pip install torch)")
-    from .peers import mlp, vector_data
 
     model = mlp(ctx.dim, ctx.seed)
     data = vector_data(ctx.x)
     out = ctx.work / "extracted"
-    kw = _quiet(extract, layers=["1", "3"], batch_size=256, device=ctx.device)
+    kw = quiet_kwargs(extract, layers=["1", "3"], batch_size=256, device=ctx.device)
 
     def quality(r):
         return {"rows": getattr(r, "rows", None)}

@@ -19,5 +19,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, n=args.n, seed=args.seed, serve=not args.no_serve, port=args.port)
+    result = run_demo(args.out, n=args.n, seed=args.seed, say=print)
+    if args.no_serve:
+        return 0
+    from ..server.app import serve
+
+    def ready(url):
+        print(f"explorer at {url}  (open it in a browser; Ctrl-C to stop)", flush=True)
+
+    try:
+        serve(result["dataset"], port=args.port, on_ready=ready)
+    except KeyboardInterrupt:
+        pass
     return 0

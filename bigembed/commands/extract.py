@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from ..extract.backends import DEVICES
+
     p = sub.add_parser(
         "extract", help="capture a PyTorch model's layer activations as spaces",
         description="Run a model over data once and store the activations of the named layers, "
@@ -23,7 +25,9 @@ def register(sub) -> None:
     p.add_argument("--pooling", default="mean", choices=["mean", "max", "cls", "flatten"],
                    help="how non-vector outputs become vectors (default mean)")
     p.add_argument("--batch-size", default="256", help="an integer, or auto (halve on OOM)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto",
+                   choices=["auto", *(n.removeprefix("torch-") for n in DEVICES.names())],
+                   help="where the model runs: " + DEVICES.help())
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                    help="autocast precision on the device (default none)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
@@ -44,7 +48,7 @@ def run(args) -> int:
     from ._common import emit_json, human_bytes, table
 
     if args.list_layers:
-        from ..extract import inspect_layers
+        from ..extract.run import inspect_layers
 
         rows = inspect_layers(model=args.model, data=args.data, n=args.n, seed=args.seed)
         if args.json:
@@ -66,7 +70,7 @@ def run(args) -> int:
                              "--list-layers)")
     if args.model == "digits" and args.data is None and args.n is None:
         raise InputError("--model digits: pass --n, the number of digits to make")
-    from ..extract import extract
+    from ..extract.run import extract
 
     bs = args.batch_size if args.batch_size == "auto" else _int("--batch-size", args.batch_size)
     r = extract(model=args.model, data=args.data, out=args.out, layers=args.layers,

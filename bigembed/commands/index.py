@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from ..search.backends import SEARCH
+
     p = sub.add_parser("index", help="build the FAISS index of a space (and its kNN graph)",
                        description="Build a FAISS index of a space, tuned to a target recall@10 "
                        "measured against exact search, and store it in the dataset. Repeating "
@@ -15,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--metric", default="l2", choices=["l2", "cosine", "ip"])
     p.add_argument("--target-recall", type=float, default=None,
                    help="recall@10 to tune nprobe/efSearch to (approximate kinds; default 0.95)")
-    p.add_argument("--backend", default="auto", help="auto, faiss-cpu, faiss-gpu or torch")
+    p.add_argument("--backend", default="auto", choices=SEARCH.choices(), help=SEARCH.help())
     p.add_argument("--graph", type=int, metavar="K", default=None,
                    help="also compute and store the kNN graph with K neighbours")
     p.add_argument("--force", action="store_true", help="rebuild even if stored")
@@ -26,8 +28,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from dataclasses import asdict
 
-    from ..index import build_index
-    from ..neighbors import knn_graph
+    from ..search.graph import knn_graph
+    from ..search.index import build_index
     from ._common import emit_json
 
     r = build_index(args.dataset, space=args.space, kind=args.kind, metric=args.metric,

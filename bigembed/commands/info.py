@@ -14,11 +14,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..dataset import Dataset
+    from pathlib import Path
+
+    from ..dataset.reader import Dataset
     from ..errors import DatasetError
     from ._common import emit_json, human_bytes, table
-
-    from pathlib import Path
 
     problems: list[str] = []
     if not (Path(args.dataset) / "manifest.json").is_file():

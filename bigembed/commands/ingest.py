@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..ingest import ingest
+    from ..ingest.run import ingest
     from ._common import human_bytes
 
     r = ingest(args.inputs, out=args.out, space=args.space, meta=args.meta, key=args.key,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from ..search.backends import SEARCH
+
     p = sub.add_parser("neighbors", help="nearest neighbours of an instance or a vector",
                        description="The k nearest instances in the high-dimensional space "
                        "(the instance itself excluded), with distances and metadata. Uses the "
@@ -20,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--metric", choices=["l2", "cosine", "ip"], default=None,
                    help="use (or build) an index with this metric (default: the stored one, "
                    "else l2)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto", choices=SEARCH.choices(), help=SEARCH.help())
     p.add_argument("--include-self", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -42,7 +44,7 @@ def _print(r) -> None:
 
 
 def run(args) -> int:
-    from ..neighbors import neighbors, neighbors_many, read_ids_file
+    from ..search.lookup import neighbors, neighbors_many, read_ids_file
     from ._common import emit_json
 
     if args.ids_file is not None:

@@ -1,11 +1,12 @@
-"""bigembed reduce DATASET --method umap|tsne|pca [--space S] [--backend auto|cuml|torch|cpu]
+"""bigembed reduce DATASET --method umap|tsne|pca [--space S] [--backend B]
 [--pca-dims 50] [--seed N] [--metric l2|cosine] [--n-neighbors 15] [--perplexity 30] ..."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    from ..reduce import BACKENDS, METHODS, METRICS
+    from ..reduce.backends import LAYOUTS
+    from ..reduce.run import METHODS, METRICS
 
     p = sub.add_parser("reduce", help="lay a space out in 2-D",
                        description="Compute a 2-D layout of a space (UMAP, t-SNE or PCA) and "
@@ -15,8 +16,7 @@ def register(sub) -> None:
     p.add_argument("dataset")
     p.add_argument("--method", default="pca", choices=list(METHODS))
     p.add_argument("--space")
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
-                   help="auto: cuML on a CUDA GPU when installed, else the CPU libraries")
+    p.add_argument("--backend", default="auto", choices=LAYOUTS.choices(), help=LAYOUTS.help())
     p.add_argument("--pca-dims", type=int, default=50,
                    help="PCA wider vectors to this many dims for the layout input (default 50)")
     p.add_argument("--seed", type=int, default=0)
@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..reduce import reduce
+    from ..reduce.run import reduce
 
     r = reduce(args.dataset, method=args.method, space=args.space, backend=args.backend,
                pca_dims=args.pca_dims, seed=args.seed, force=args.force, metric=args.metric,

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..render import render
+    from ..view.render import render
 
     bg = None if str(args.background).lower() in ("none", "transparent") else args.background
     r = render(args.dataset, out=args.out, layout=args.layout, space=args.space,

@@ -7,6 +7,8 @@ import sys
 
 
 def register(sub) -> None:
+    from ..view.raster import RASTER
+
     p = sub.add_parser("serve", help="serve the zoomable map of a dataset in the browser",
                        description="Serve a Bokeh view of a dataset's layouts: rendered on the "
                        "server (Datashader), with hover, tap (true neighbours), selection, "
@@ -21,8 +23,8 @@ def register(sub) -> None:
     p.add_argument("--secret", default=os.environ.get("BIGEMBED_SECRET"),
                    help="turn on signed sessions with this secret (>= 32 characters; or set "
                    "BIGEMBED_SECRET)")
-    p.add_argument("--backend", default="auto", help="raster backend: auto, datashader, "
-                   "torch-cuda, torch-cpu")
+    p.add_argument("--backend", default="auto", choices=RASTER.choices(),
+                   help="frame binning: " + RASTER.help())
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=run)
 

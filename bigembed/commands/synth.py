@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..synth import synth
+    from ..ingest.synth import synth
 
     r = synth(args.out, n=args.n, dim=args.dim, clusters=args.clusters,
               error_rate=args.error_rate, seed=args.seed, space=args.space, dtype=args.dtype,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _atomic
+from ..dataset import _atomic
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class DigitsData:
     def __init__(self, n: int, *, seed: int = 0, augment_all: bool = False):
         from ..errors import check_positive_int
 
-        self.n = check_positive_int("--n", n)
+        self.n = check_positive_int("n", n)
         self.seed = int(seed)
         self.augment_all = augment_all
         self.images, self.labels = _digits()
@@ -168,7 +168,6 @@ def _build_cnn():
 
 def _train(seed: int, *, epochs: int = 12) -> tuple[object, dict]:
     import torch
-    import torch.nn.functional as F
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -260,12 +259,12 @@ def build_digits_dataset(out, *, n: int, seed: int = 0, layers=None, device: str
     prediction, confidence, loss, correct, key, source_image and augmented. Resumable like
     :func:`bigembed.extract.extract`. Returns its :class:`~bigembed.extract.ExtractResult`.
     """
-    from ..extract import extract
+    from ..extract.run import extract
 
     if layers is None:
         layers = list(DEFAULT_LAYERS)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"--n must be an integer >= 1, got {n!r}")
+        raise InputError(f"n must be an integer >= 1, got {n!r}")
     return extract(model="digits", data=DigitsData(int(n), seed=seed), out=out, layers=layers,
                    pooling=pooling, batch_size=batch_size, device=device, dtype=dtype,
                    overwrite=overwrite, progress=progress, model_seed=seed)
@@ -301,7 +300,8 @@ def add_digit_images(path, *, batch_rows: int = 4096, progress=None) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..dataset import Dataset, DatasetWriter
+    from ..dataset.reader import Dataset
+    from ..dataset.writer import DatasetWriter
     from ..progress import progress_bar
 
     ds = Dataset.open(path)

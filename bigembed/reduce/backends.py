@@ -21,12 +21,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .progress import progress_enabled
-from .errors import BackendUnavailable
-from .registry import Backend, cuda_check, register
+from ..errors import BackendUnavailable
+from ..progress import progress_enabled
+from ..registry import cuda_check, declare
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,40 @@ def _import_umap():
         warnings.simplefilter("ignore")
         import umap
         import umap.layouts
-        import umap.umap_
         import umap.spectral
+        import umap.umap_
     _cache_dispatchers(umap.layouts, umap.umap_, umap.spectral)
     return umap
+
+
+# -- the interface -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class LayoutBackend(Protocol):
+    """What every layout backend does (the methods it lacks raise BackendUnavailable).
+
+    ``umap`` / ``tsne``: ``indices``, ``distances`` of shape (m, k), self excluded, from the
+    neighbour stage; ``x`` (m, p) the rows to fit; ``init`` (m, 2). ``pca``: ``vectors``
+    (N, d). Each returns an (m, 2) or (N, 2) float32 array. ``fit_rows``: the most rows it
+    fits before the rest are placed by their neighbours. ``fit_info(method, rows)``: what the
+    layout record should say about the fit (e.g. whether it is reproducible).
+    """
+
+    fit_rows: int
+
+    def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
+             progress=False): ...
+
+    def tsne(self, *, indices, distances, x, init, perplexity, n_iter, seed,
+             progress=False): ...
+
+    def pca(self, *, vectors, seed, progress=False): ...
+
+    def fit_info(self, method: str, rows: int) -> dict: ...
+
+
+LAYOUTS = declare("reduce", LayoutBackend, description="2-D layouts")
 
 
 # -- backends -----------------------------------------------------------------------------
@@ -121,7 +152,10 @@ PARALLEL_ROWS = 20_000
 class CpuLayouts:
     """umap-learn, openTSNE and scikit-learn on the CPU."""
 
-    name = "cpu"
+    fit_rows = 2_000_000
+
+    def fit_info(self, method: str, rows: int) -> dict:
+        return {"reproducible": rows < PARALLEL_ROWS} if method == "umap" else {}
 
     def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
              progress=False):
@@ -149,7 +183,7 @@ class CpuLayouts:
         enable_numba_cache()
         from openTSNE import TSNEEmbedding, affinity, nearest_neighbors
 
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
         # openTSNE starts its thread pool on every gradient call: below ~10k points that
         # costs more than it saves (67 ms a call measured on a busy 2-core machine).
@@ -179,7 +213,7 @@ class CpuLayouts:
         return np.asarray(emb, np.float32)
 
     def pca(self, *, vectors, seed, progress=False):
-        from .reduce import pca_layout
+        from .pca import pca_layout
 
         return pca_layout(vectors, seed=seed, progress=progress)
 
@@ -187,7 +221,10 @@ class CpuLayouts:
 class CumlLayouts:
     """RAPIDS cuML on a CUDA GPU (https://docs.rapids.ai/api/cuml/stable/api/)."""
 
-    name = "cuml"
+    fit_rows = 5_000_000
+
+    def fit_info(self, method: str, rows: int) -> dict:
+        return {}
 
     @staticmethod
     def _graph(indices, distances):
@@ -234,19 +271,22 @@ class TorchLayouts:
     installed; it runs on the CPU device too (slower than umap-learn there). No t-SNE: its
     repulsion needs an FFT or tree method this path does not have (cuML or openTSNE do)."""
 
-    name = "torch"
+    fit_rows = 5_000_000
+
+    def fit_info(self, method: str, rows: int) -> dict:
+        return {}
 
     def __init__(self, device: str | None = None):
         if device is None:
-            from .registry import cuda_check
+            from ..registry import cuda_check
 
             device = "cpu" if cuda_check() else "cuda"
         self.device = device
 
     def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
              progress=False):
-        from .kernels.umap_torch import find_ab_params, fuzzy_graph, optimize_layout
-        from .progress import progress_bar
+        from ..kernels.umap_torch import find_ab_params, fuzzy_graph, optimize_layout
+        from ..progress import progress_bar
 
         n = len(indices)
         epochs = int(n_epochs or (500 if n <= 10_000 else 200))  # umap-learn's default
@@ -265,35 +305,27 @@ class TorchLayouts:
                                  "repulsion): use --backend cpu (openTSNE) or cuml")
 
     def pca(self, *, vectors, seed, progress=False):
-        from .kernels.umap_torch import pca_2d
+        from ..kernels.umap_torch import pca_2d
 
         return pca_2d(vectors, device=self.device)
 
 
-def _cuml_check() -> str | None:
-    return cuda_check()
-
-
-register(Backend(
-    stage="reduce", name="cuml", factory=CumlLayouts, requires=("cuml",), check=_cuml_check,
+LAYOUTS.register(
+    "cuml", CumlLayouts, requires=("cuml",), check=cuda_check, gpu=True,
     install="Install RAPIDS cuML matching your CUDA (e.g. `pip install cuml-cu12 "
             "--extra-index-url=https://pypi.nvidia.com`).",
-    description="cuML UMAP / TSNE / PCA on a CUDA GPU", gpu=True,
-    extra={"fit_rows": 5_000_000},
-))
-register(Backend(
-    stage="reduce", name="torch", factory=TorchLayouts, requires=("torch", "scipy"),
+    description="cuML UMAP / TSNE / PCA on a CUDA GPU",
+    methods={"umap": (), "tsne": (), "pca": ()})
+LAYOUTS.register(
+    "torch", TorchLayouts, requires=("torch", "scipy"),
     install="pip install torch (a CUDA build for the GPU)",
     description="UMAP / PCA in torch (kernels/umap_torch.py): CUDA when present, else CPU",
     # under auto only with a GPU (on the CPU umap-learn is faster); by name on any device
-    extra={"fit_rows": 5_000_000, "methods": ("umap", "pca"), "auto_check": cuda_check},
-))
-register(Backend(
-    stage="reduce", name="cpu", factory=CpuLayouts,
-    requires=("umap", "openTSNE", "sklearn", "numba"),
+    methods={"umap": (), "pca": ()}, auto_check=cuda_check)
+LAYOUTS.register(
+    "cpu", CpuLayouts, requires=("sklearn",),
     install="Install the layout extra: `pip install 'bigembed[layout]'`.",
-    description="umap-learn / openTSNE (FFT) / scikit-learn on the CPU",
-    extra={"fit_rows": 2_000_000},
-))
+    description="umap-learn / openTSNE (FFT) / scikit-learn PCA on the CPU",
+    methods={"umap": ("umap", "numba"), "tsne": ("openTSNE",), "pca": ()})
 
 __all__ = ["CpuLayouts", "CumlLayouts", "TorchLayouts", "enable_numba_cache", "numba_cache_dir"]

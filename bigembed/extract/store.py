@@ -21,10 +21,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import _atomic
-from .dataset import FORMAT, FORMAT_VERSION, MANIFEST, META, Dataset, _now, _version, \
-    file_checksum, write_shard
-from .errors import BigembedError, InputError
+from ..dataset import _atomic
+from ..dataset.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    META,
+    _now,
+    _version,
+    file_checksum,
+)
+from ..dataset.reader import Dataset
+from ..dataset.shards import write_shard
+from ..errors import BigembedError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +70,16 @@ class ExtractStore:
         """Create the dataset, or resume the same extraction; refuse to mix different ones."""
         p = self.path
         if p.exists() and not p.is_dir():
-            raise InputError(f"--out: {p} exists and is not a directory")
+            raise InputError(f"out: {p} exists and is not a directory")
         manifest = None
         if (p / MANIFEST).is_file():
             try:
                 manifest = json.loads((p / MANIFEST).read_text())
             except ValueError as e:
-                raise InputError(f"--out: {p / MANIFEST} is not valid JSON ({e}); choose "
+                raise InputError(f"out: {p / MANIFEST} is not valid JSON ({e}); choose "
                                  f"another --out") from None
         elif p.exists() and any(not c.name.startswith(".") for c in p.iterdir()):
-            raise InputError(f"--out: {p} exists, is not empty and is not a bigembed dataset; "
+            raise InputError(f"out: {p} exists, is not empty and is not a bigembed dataset; "
                              f"choose another path (it is never deleted, even with --overwrite)")
         if manifest is not None:
             ext = manifest.get("extract") or {}
@@ -83,10 +92,10 @@ class ExtractStore:
                             if old.get(k) != v]
                     what = "; ".join(diff) or "the extraction differs"
                     raise InputError(
-                        f"--out: {p} holds an extraction with different settings ({what}); "
+                        f"out: {p} holds an extraction with different settings ({what}); "
                         f"its shards cannot be mixed with these. Pass --overwrite to replace "
                         f"it, or choose another --out")
-                raise InputError(f"--out: {p} already holds a dataset not made by this "
+                raise InputError(f"out: {p} already holds a dataset not made by this "
                                  f"extraction; pass --overwrite to replace it, or choose "
                                  f"another --out")
             log.info("--overwrite: replacing the dataset at %s", p)

@@ -1,7 +1,7 @@
 """Extract activations of named layers of a PyTorch model into the spaces of a dataset.
 
 One pass over the data runs the model with forward hooks on the requested layers; each layer's
-output is pooled to a vector per instance (see :mod:`bigembed.extract_capture`) and becomes a
+output is pooled to a vector per instance (see :mod:`bigembed.extract.capture`) and becomes a
 space. Beside the vectors, meta.parquet holds per instance the label (when the data has one)
 and, when the model returns (B, C) logits, prediction, confidence, loss and correct.
 
@@ -9,7 +9,7 @@ The device comes from the backend registry (``torch-cuda`` when a GPU is visible
 ``torch-cpu``); the same code runs on both. On CUDA: optional bf16/fp16 autocast, a DataLoader
 with workers and pinned memory, non-blocking copies back to the host overlapped with the next
 batch, and a background shard writer. Output is written chunk by chunk and is resumable (see
-:mod:`bigembed.extract_store`).
+:mod:`bigembed.extract.store`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,32 +26,30 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from . import _mmap
-from .dataset import DTYPES, shard_rows_for
-from .errors import InputError, check_choice, check_positive_int
-from .extract_capture import POOLINGS, Capture, list_layers, logits_of, resolve_layers, scores
-from .extract_sources import (batch_rows, load_data, load_model, slice_inputs, split_batch,
-                              to_device, torch)
-from .extract_store import ChunkWriter, ExtractError, ExtractStore
-from .progress import progress_bar
-from .registry import Backend, cuda_check, register, resolve
+from ..dataset import _mmap
+from ..dataset.format import DTYPES, shard_rows_for
+from ..errors import InputError, check_choice, check_positive_int
+from ..progress import progress_bar
+from .backends import DEVICES as EXTRACT_DEVICES
+from .capture import POOLINGS, Capture, list_layers, logits_of, resolve_layers, scores
+from .sources import (
+    batch_rows,
+    load_data,
+    load_model,
+    slice_inputs,
+    split_batch,
+    to_device,
+    torch,
+)
+from .store import ChunkWriter, ExtractError, ExtractStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["extract", "inspect_layers", "ExtractResult", "ExtractError"]
 
 AMPS = {None: None, "none": None, "bf16": "bfloat16", "fp16": "float16"}
-DEVICES = {"auto": "auto", "cpu": "torch-cpu", "cuda": "torch-cuda"}
 #: batch size ``"auto"`` starts here and halves on out-of-memory
 AUTO_BATCH = 1024
-
-register(Backend("extract", "torch-cuda", factory=lambda: "cuda", requires=("torch",),
-                 check=cuda_check, install="install a CUDA build of torch==2.13.0",
-                 description="torch on a CUDA GPU", gpu=True, extra={"device": "cuda"}))
-register(Backend("extract", "torch-cpu", factory=lambda: "cpu", requires=("torch",),
-                 install="pip install torch==2.13.0", description="torch on the CPU",
-                 extra={"device": "cpu"}))
-
 
 @dataclass(frozen=True)
 class ExtractResult:
@@ -116,13 +113,13 @@ def _chunk_rows(dims: dict, dtype: str, shard_rows: int | None) -> int:
     for d in dims.values():
         step = math.lcm(step, _page_step(d, dtype))
     if shard_rows and shard_rows < step:
-        log.warning("--shard-rows %d is below %d, the smallest multiple that keeps shards "
+        log.warning("shard_rows %d is below %d, the smallest multiple that keeps shards "
                     "page-aligned: reading these spaces will copy them", shard_rows, step)
         return int(shard_rows)
     want = shard_rows if shard_rows else min(shard_rows_for(d, dtype) for d in dims.values())
     rows = max(step, int(want) // step * step)
     if shard_rows and rows != shard_rows:
-        log.info("--shard-rows %d rounded to %d (a multiple of %d keeps shards page-aligned)",
+        log.info("shard_rows %d rounded to %d (a multiple of %d keeps shards page-aligned)",
                  shard_rows, rows, step)
     return rows
 
@@ -154,14 +151,14 @@ class _Batches:
                 pin_memory=self.pin)
             row = self.start
             for i, b in enumerate(loader):
-                x, y = split_batch(b, f"--data batch {i}")
+                x, y = split_batch(b, f"data batch {i}")
                 n = batch_rows(x)
                 yield row, x, y
                 row += n
             return
         row = 0
         for i, b in enumerate(self.src.data):
-            x, y = split_batch(b, f"--data batch {i}")
+            x, y = split_batch(b, f"data batch {i}")
             n = batch_rows(x)
             if row + n <= self.start:  # finished in an earlier run: skip without computing
                 row += n
@@ -182,22 +179,23 @@ def _labels_numpy(y, n: int):
         y = y.detach().cpu().numpy()
     y = np.asarray(y)
     if y.shape[:1] != (n,):
-        raise InputError(f"--data: a batch has {n} inputs but {y.shape[:1]} labels")
+        raise InputError(f"data: a batch has {n} inputs but {y.shape[:1]} labels")
     return y.reshape(n, -1)[:, 0] if y.ndim > 1 else y
 
 
 class _Runner:
     """Runs batches through the model on the device; halves the batch on out-of-memory."""
 
-    def __init__(self, model, capture: Capture, device, amp, auto_batch: bool):
-        from .extract_text import is_text_model
+    def __init__(self, model, capture: Capture, backend, amp, auto_batch: bool):
+        from .text import is_text_model
 
-        self.model, self.capture, self.device = model, capture, device
+        self.model, self.capture, self.backend = model, capture, backend
+        self.device = backend.device
         # An embedding model's output is not class scores: no prediction/confidence/loss.
         self.predict = not is_text_model(model)
         self.amp = amp
         self.auto_batch = auto_batch
-        self.non_blocking = device.type == "cuda"
+        self.non_blocking = backend.async_copies
         self.halvings = 0
 
     def forward(self, x, y, where: str):
@@ -214,14 +212,13 @@ class _Runner:
             missing = [k for k in self.capture.layers if k not in pooled]
             if missing:
                 raise InputError(
-                    f"--layers {missing}: never ran in the model's forward pass (a layer the "
+                    f"layers {missing}: never ran in the model's forward pass (a layer the "
                     f"model does not call, or a TorchScript model whose compiled forward skips "
                     f"hooks: save it with torch.export instead)")
             return pooled, (logits_of(out) if self.predict else None)
         except oom:
             self.capture.take()
-            if self.device.type == "cuda":
-                t.cuda.empty_cache()
+            self.backend.free_memory()
             n = batch_rows(x)
             if not self.auto_batch or n <= 1:
                 raise ExtractError(
@@ -337,12 +334,12 @@ class _Chunker:
         self._reset()
 
 
-def _probe(model, src, layers: dict, pooling: str, device, amp):
+def _probe(model, src, layers: dict, pooling: str, run_on, amp):
     """One small batch through the model: output shapes, dims, and which meta columns exist."""
     t = torch()
     if src.map_style:
         if src.rows == 0:
-            raise InputError(f"--data {src.description}: holds no instances")
+            raise InputError(f"data {src.description}: holds no instances")
         # One instance is enough to learn the output shapes.
         first = next(iter(t.utils.data.DataLoader(src.data, batch_size=1)))
     else:
@@ -350,20 +347,20 @@ def _probe(model, src, layers: dict, pooling: str, device, amp):
         try:
             first = next(it)
         except StopIteration:
-            raise InputError(f"--data {src.description}: holds no batches") from None
+            raise InputError(f"data {src.description}: holds no batches") from None
         # A one-shot iterator must not lose its first batch: chain it back.
         if it is src.data:
             import itertools
 
             src.data = itertools.chain([first], it)
-    x, y = split_batch(first, "--data batch 0")
+    x, y = split_batch(first, "data batch 0")
     n = batch_rows(x)
     if n == 0:
-        raise InputError(f"--data {src.description}: the first batch is empty")
+        raise InputError(f"data {src.description}: the first batch is empty")
     cap = Capture(layers, pooling)
     with cap:
         try:
-            pooled, logits = _Runner(model, cap, device, amp, False).forward(x, y, "batch 0")
+            pooled, logits = _Runner(model, cap, run_on, amp, False).forward(x, y, "batch 0")
         except (InputError, ExtractError):
             raise
         except Exception as e:
@@ -393,11 +390,12 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     different settings refuse to mix with existing shards unless ``overwrite``.
     """
     t0 = time.perf_counter()
-    check_choice("--pooling", pooling, POOLINGS)
-    check_choice("--dtype", dtype, list(DTYPES))
-    check_choice("--device", device, list(DEVICES))
+    check_choice("pooling", pooling, POOLINGS)
+    check_choice("dtype", dtype, list(DTYPES))
+    devices = ["auto", *(n.removeprefix("torch-") for n in EXTRACT_DEVICES.names())]
+    check_choice("device", device, devices)
     if amp not in AMPS:
-        raise InputError(f"--amp must be one of ['none', 'bf16', 'fp16'], got {amp!r}")
+        raise InputError(f"amp must be one of ['none', 'bf16', 'fp16'], got {amp!r}")
     amp_dtype = AMPS[amp]
     auto_batch = batch_size == "auto"
     if auto_batch:
@@ -405,18 +403,18 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     else:
         if isinstance(batch_size, str) and batch_size.isdigit():
             batch_size = int(batch_size)
-        batch_size = check_positive_int("--batch-size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
     if shard_rows is not None:
-        shard_rows = check_positive_int("--shard-rows", shard_rows)
+        shard_rows = check_positive_int("shard_rows", shard_rows)
     if workers is not None:
-        workers = check_positive_int("--workers", workers, minimum=0)
+        workers = check_positive_int("workers", workers, minimum=0)
     if out is None:
-        raise InputError("--out is required (the dataset directory to write)")
-    t = torch()
-    backend = resolve("extract", DEVICES[device])
-    dev = t.device(backend.extra["device"])
-    if amp_dtype == "float16" and dev.type == "cpu":
-        log.info("--amp fp16 on the CPU runs slowly in PyTorch; bf16 is the CPU choice")
+        raise InputError("out is required (the dataset directory to write)")
+    torch()  # the install hint when torch is missing, before anything is read
+    backend, run_on = EXTRACT_DEVICES.create(device if device == "auto" else f"torch-{device}")
+    dev = run_on.device
+    if amp_dtype == "float16" and run_on.slow_fp16:
+        log.info("amp='fp16' on the CPU runs slowly in PyTorch; bf16 is the CPU choice")
 
     if data is None and model == "digits":
         data = "digits"
@@ -424,7 +422,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     src = load_data(_text_data(mdl, data, batch_size), n=n, seed=seed)
     mdl.eval().to(dev)
     layer_mods = resolve_layers(mdl, layers)
-    dims, shapes, has_labels, classes, has_loss = _probe(mdl, src, layer_mods, pooling, dev,
+    dims, shapes, has_labels, classes, has_loss = _probe(mdl, src, layer_mods, pooling, run_on,
                                                            amp_dtype)
     chunk_rows = _chunk_rows(dims, dtype, shard_rows)
     # The weights hash names the model (class and every tensor), however it was passed.
@@ -447,17 +445,17 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
 
     resumed = store.done_rows
     if workers is None:
-        workers = 0 if dev.type == "cpu" else min(8, os.cpu_count() or 1)
+        workers = run_on.default_workers
     if not src.map_style and batch_size != 256:
-        log.info("--batch-size is ignored: the data yields its own batches")
+        log.info("batch_size is ignored: the data yields its own batches")
     writer = ChunkWriter(store, background=background_writer)
     chunker = _Chunker(writer, src, dims, chunk_rows=chunk_rows, index=store.done_chunks,
                        start=resumed, has_labels=has_labels, classes=classes,
                        has_loss=has_loss, dtype=dtype)
     batches = _Batches(src, start=resumed, chunk_rows=chunk_rows, batch_size=batch_size,
-                       workers=workers, pin=dev.type == "cuda")
+                       workers=workers, pin=run_on.pin_memory)
     cap = Capture(layer_mods, pooling)
-    runner = _Runner(mdl, cap, dev, amp_dtype, auto_batch)
+    runner = _Runner(mdl, cap, run_on, amp_dtype, auto_batch)
     bar = progress_bar(total=src.rows, initial=resumed, desc="extract", unit="items",
                        enabled=progress)
     pending: deque = deque()
@@ -494,14 +492,11 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
                         f"rerun the same command to resume") from None
                 if auto_batch:
                     batches.batch_size = max(1, AUTO_BATCH >> runner.halvings)
-                nb = dev.type == "cuda"
+                nb = run_on.async_copies
                 pooled = {k: v.to("cpu", non_blocking=nb) for k, v in pooled.items()}
                 if logits is not None:
                     logits = logits.to("cpu", non_blocking=nb)
-                event = None
-                if nb:
-                    event = t.cuda.Event()
-                    event.record()
+                event = run_on.event()
                 t_model += time.perf_counter() - ts
                 pending.append((event, n_b, pooled, logits, _labels_numpy(y, n_b)))
                 computed += n_b
@@ -516,10 +511,10 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     bar.close()
     total = store.done_rows
     if src.rows is not None and total != src.rows:
-        raise ExtractError(f"--data {src.description}: says it has {src.rows} instances but "
+        raise ExtractError(f"data {src.description}: says it has {src.rows} instances but "
                            f"yielded {total}")
     if total == 0:
-        raise InputError(f"--data {src.description}: holds no instances")
+        raise InputError(f"data {src.description}: holds no instances")
     seconds = time.perf_counter() - t0
     timings = {"model_s": round(t_model, 3), "write_s": round(writer.write_seconds, 3),
                "batches": i + 1, "oom_halvings": runner.halvings}
@@ -531,7 +526,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
 
 def _text_data(model, data, batch_size):
     """For a text model, texts (a file or a list of strings) become tokenised batches."""
-    from .extract_text import TextBatches, is_text_model, read_texts
+    from .text import TextBatches, is_text_model, read_texts
 
     if not is_text_model(model):
         return data
@@ -564,7 +559,7 @@ def inspect_layers(*, model, data=None, n: int | None = None, seed: int = 0,
         first = next(iter(t.utils.data.DataLoader(src.data, batch_size=min(2, src.rows))))
     else:
         first = next(iter(src.data))
-    x, _ = split_batch(first, "--data batch 0")
+    x, _ = split_batch(first, "data batch 0")
 
     def run():
         return mdl(**x) if isinstance(x, dict) else mdl(x)

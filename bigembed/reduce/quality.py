@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from ..search.exact import drop_self, exact_neighbors, overlap
 
 
 def low_knn(xy: np.ndarray, k: int) -> np.ndarray:
@@ -29,17 +30,7 @@ def low_knn(xy: np.ndarray, k: int) -> np.ndarray:
         return np.empty((n, 0), np.int64)
     k = min(k, n - 1)
     _, idx = cKDTree(xy).query(xy, k=k + 1, workers=-1)
-    return _drop_self(np.asarray(idx, np.int64).reshape(n, k + 1), np.arange(n), k)
-
-
-def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """(m, k) of neighbour lists of shape (m, k + 1) that may hold the row itself: drop it
-    (with coincident points self may not come first, or at all: then drop the last)."""
-    is_self = idx == rows[:, None]
-    drop = np.where(is_self.any(1), is_self.argmax(1), k)
-    keep = np.ones_like(idx, bool)
-    keep[np.arange(len(idx)), drop] = False
-    return idx[keep].reshape(len(idx), k)
+    return drop_self(None, np.asarray(idx, np.int64).reshape(n, k + 1), np.arange(n), k)[1]
 
 
 def knn_preservation(high_indices: np.ndarray, xy: np.ndarray, *,
@@ -150,9 +141,9 @@ def sample_quality(rows: np.ndarray, high_indices: np.ndarray, xy: np.ndarray,
 
     rows = np.asarray(rows, np.int64)
     xy = np.asarray(xy, dtype=np.float64)
-    high = _drop_self(np.asarray(high_indices, np.int64), rows, k)
+    high = drop_self(None, np.asarray(high_indices, np.int64), rows, k)[1]
     _, low = cKDTree(xy).query(xy[rows], k=k + 1, workers=-1)
-    low = _drop_self(np.asarray(low, np.int64).reshape(len(rows), k + 1), rows, k)
+    low = drop_self(None, np.asarray(low, np.int64).reshape(len(rows), k + 1), rows, k)[1]
     hit = (high[:, :, None] == low[:, None, :]).any(2).sum(1) / k
     tc = trustworthiness_continuity(vectors, xy, k=k, sample=sample, seed=seed, metric=metric)
     return {"knn_preservation": round(float(hit.mean()), 5) if len(hit) else None,
@@ -161,4 +152,16 @@ def sample_quality(rows: np.ndarray, high_indices: np.ndarray, xy: np.ndarray,
             "knn_preservation_sample": int(len(rows))}
 
 
-__all__ = ["knn_preservation", "sample_quality", "low_knn", "trustworthiness_continuity", "layout_quality"]
+def sampled_knn_preservation(x: np.ndarray, xy: np.ndarray, queries: np.ndarray, k: int,
+                             truth: np.ndarray | None = None) -> float:
+    """Mean kNN preservation over the rows ``queries`` (s,): the share of each one's k exact
+    L2 neighbours in ``x`` (N, d) that are among its k nearest in ``xy`` (N, 2). ``truth``
+    (s, k), the exact neighbours, may be given (benchmarks reuse them across layouts)."""
+    if truth is None:
+        truth = exact_neighbors(x, queries, k)
+    low = exact_neighbors(np.asarray(xy, np.float32), queries, k)
+    return overlap(low, truth)
+
+
+__all__ = ["knn_preservation", "sample_quality", "sampled_knn_preservation", "low_knn",
+           "trustworthiness_continuity", "layout_quality"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
-from .errors import BigembedError
+from ..errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
 COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "neighbors",
@@ -19,7 +20,7 @@ COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "ne
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .._version import __version__
 
     p = argparse.ArgumentParser(
         prog="bigembed",
@@ -33,7 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"bigembed.commands.{name}").register(sub)
+    p.set_defaults(_commands=sub.choices)
     return p
+
+
+_LEADING_NAME = re.compile(r"^([a-z][a-z0-9_]*)(?:=('[^']*'|\S+)|(?=[ :]))")
+
+
+def cli_message(message: str, command_parser) -> str:
+    """A library error message with its leading Python parameter name (``n_neighbors must
+    be ...``, ``backend='gpu' ...``) replaced by the command's flag (``--n-neighbors``)."""
+    flags = {a.dest: a.option_strings[-1] for a in command_parser._actions if a.option_strings}
+    m = _LEADING_NAME.match(message)
+    if not m or m.group(1) not in flags:
+        return message
+    flag = flags[m.group(1)]
+    if m.group(2) is not None:  # name='value' -> --flag value
+        flag += " " + m.group(2).strip("'")
+    return flag + message[m.end():]
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -50,13 +68,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     if args.no_progress:
-        from .progress import set_progress
+        from ..progress import set_progress
 
         set_progress(False)
     try:
         rc = args.func(args)
     except BigembedError as e:
-        print(f"bigembed {args.command}: error: {e}", file=sys.stderr)
+        msg = cli_message(str(e), args._commands[args.command])
+        print(f"bigembed {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bigembed {args.command}: interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from .errors import DatasetError, InputError
+from ..errors import DatasetError, InputError
 
 LAYOUT_FORMAT = 1
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError
 
 log = logging.getLogger(__name__)
 
@@ -81,31 +81,31 @@ def load_model(model, *, seed: int = 0):
     if isinstance(model, nn.Module):
         return model, f"{type(model).__module__}.{type(model).__qualname__}"
     if not isinstance(model, (str, Path)):
-        raise InputError(f"--model must be an nn.Module, 'package.module:factory', a built-in "
+        raise InputError(f"model must be an nn.Module, 'package.module:factory', a built-in "
                          f"name {sorted(BUILTIN_MODELS) + ['minilm']}, 'text:DIR' or a model "
                          f"file, got "
                          f"{type(model).__name__}")
     spec = str(model)
     if spec == "minilm" or spec.startswith("text:"):
-        from .extract_text import load_text_model, minilm_path
+        from .text import load_text_model, minilm_path
 
         path = minilm_path() if spec == "minilm" else Path(spec[5:])
         return load_text_model(path), spec
     if spec in BUILTIN_MODELS:
-        fn = import_object(BUILTIN_MODELS[spec], "--model")
+        fn = import_object(BUILTIN_MODELS[spec], "model")
         obj = fn(seed=seed) if spec == "digits" else fn()
         return obj, spec
     path = Path(spec)
     if ":" not in spec or path.exists():
         if not path.exists():
-            raise InputError(f"--model {spec!r}: no such file, and not 'package.module:factory' "
+            raise InputError(f"model {spec!r}: no such file, and not 'package.module:factory' "
                              f"nor a built-in name {sorted(BUILTIN_MODELS)}")
         return _load_file(path), str(path.resolve())
-    fn = import_object(spec, "--model")
-    obj = _call_factory(fn, spec, "--model") if callable(fn) and not isinstance(
+    fn = import_object(spec, "model")
+    obj = _call_factory(fn, spec, "model") if callable(fn) and not isinstance(
         fn, nn.Module) else fn
     if not isinstance(obj, nn.Module):
-        raise InputError(f"--model {spec!r}: the factory returned {type(obj).__name__}, "
+        raise InputError(f"model {spec!r}: the factory returned {type(obj).__name__}, "
                          f"expected a torch.nn.Module")
     return obj, spec
 
@@ -113,7 +113,7 @@ def load_model(model, *, seed: int = 0):
 def _load_file(path: Path):
     t = torch()
     if path.is_dir() or path.stat().st_size == 0:
-        raise InputError(f"--model {path}: expected a TorchScript or torch.export file")
+        raise InputError(f"model {path}: expected a TorchScript or torch.export file")
     errors = []
     if path.suffix == ".pt2":
         order = ("export", "jit")
@@ -128,7 +128,7 @@ def _load_file(path: Path):
             return t.export.unflatten(ep)
         except Exception as e:
             errors.append(f"{kind}: {type(e).__name__}: {str(e)[:200]}")
-    raise InputError(f"--model {path}: not a readable TorchScript or torch.export file "
+    raise InputError(f"model {path}: not a readable TorchScript or torch.export file "
                      f"({'; '.join(errors)})")
 
 
@@ -168,23 +168,23 @@ def load_data(data, *, n: int | None = None, seed: int = 0) -> Source:
         spec = str(data)
         if spec in BUILTIN_DATA:
             if n is None:
-                raise InputError(f"--data {spec}: pass --n, the number of instances to make")
-            fn = import_object(BUILTIN_DATA[spec], "--data")
-            return Source(_call_factory(fn, spec, "--data", n=n, seed=seed), spec)
-        fn = import_object(spec, "--data")
+                raise InputError(f"data {spec}: pass --n, the number of instances to make")
+            fn = import_object(BUILTIN_DATA[spec], "data")
+            return Source(_call_factory(fn, spec, "data", n=n, seed=seed), spec)
+        fn = import_object(spec, "data")
         obj = fn
         if callable(fn) and not isinstance(fn, t.utils.data.Dataset) and not hasattr(
                 fn, "__getitems__"):
-            obj = _call_factory(fn, spec, "--data")
+            obj = _call_factory(fn, spec, "data")
         if obj is None:
-            raise InputError(f"--data {spec!r}: the factory returned None, expected a Dataset "
+            raise InputError(f"data {spec!r}: the factory returned None, expected a Dataset "
                              f"or an iterable of batches")
         src = Source(_wrap_arrays(obj), spec)
         if src.fingerprint == f"{spec}:rows={src.rows}":
             src.fingerprint = spec + (f":rows={src.rows}" if src.rows is not None else "")
         return src
     if data is None:
-        raise InputError("--data is required (a Dataset, an iterable of batches, or "
+        raise InputError("data is required (a Dataset, an iterable of batches, or "
                          "'package.module:factory')")
     data = _wrap_arrays(data)
     return Source(data, f"{type(data).__module__}.{type(data).__qualname__}")
@@ -196,11 +196,11 @@ def _wrap_arrays(obj):
         obj = t.from_numpy(obj)
     if isinstance(obj, t.Tensor):
         if obj.ndim < 1 or len(obj) == 0:
-            raise InputError(f"--data: a tensor of instances needs shape (N, ...) with N >= 1, "
+            raise InputError(f"data: a tensor of instances needs shape (N, ...) with N >= 1, "
                              f"got {tuple(obj.shape)}")
         return t.utils.data.TensorDataset(obj)
     if not (hasattr(obj, "__iter__") or hasattr(obj, "__getitem__")):
-        raise InputError(f"--data: expected a Dataset or an iterable of batches, got "
+        raise InputError(f"data: expected a Dataset or an iterable of batches, got "
                          f"{type(obj).__name__}")
     return obj
 

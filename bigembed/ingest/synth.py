@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .dataset import DatasetWriter
-from .errors import InputError, check_positive_int
-from .progress import progress_bar
+from ..dataset.writer import DatasetWriter
+from ..errors import InputError, check_positive_int
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,15 @@ def synth(out, *, n: int, dim: int, clusters: int = 10, error_rate: float = 0.05
           progress: bool | None = None) -> SynthResult:
     """Write a synthetic dataset of ``n`` vectors of dimension ``dim`` to ``out``."""
     t0 = time.perf_counter()
-    n = check_positive_int("--n", n)
-    dim = check_positive_int("--dim", dim)
-    clusters = check_positive_int("--clusters", clusters)
+    n = check_positive_int("n", n)
+    dim = check_positive_int("dim", dim)
+    clusters = check_positive_int("clusters", clusters)
     try:
         error_rate = float(error_rate)
     except (TypeError, ValueError):
-        raise InputError(f"--error-rate must be a number in [0, 1], got {error_rate!r}") from None
+        raise InputError(f"error_rate must be a number in [0, 1], got {error_rate!r}") from None
     if not 0.0 <= error_rate <= 1.0:
-        raise InputError(f"--error-rate must be in [0, 1], got {error_rate}")
+        raise InputError(f"error_rate must be in [0, 1], got {error_rate}")
     rng = np.random.default_rng(seed)
     # Centres spread so clusters are separable but not trivially: distance ~ 4-8 sigma.
     centres = rng.normal(0.0, 3.0, (clusters, dim))
