@@ -1,16 +1,10 @@
 """Ingest vectors from files into a dataset space, streaming in batches.
 
-Readers turn ``.npy``, ``.npz``, ``.parquet``, ``.arrow``/``.feather`` and ``.csv`` files into
-an iterator of ``(vectors, extra_columns)`` batches, so a 5 GB input never needs twice its size
-in memory: the writer holds at most one shard.
-
-Column rules for table files (Parquet, Arrow, CSV):
-
-* a list or fixed-size-list column holds the vectors (``column=`` picks one among several);
-  every other column becomes metadata;
-* otherwise every column is a vector component, except the ``key`` column and the well-known
-  metadata columns (:data:`META_COLUMNS`), which become metadata; a non-numeric component is an
-  error naming the column.
+:func:`ingest` reads each input through :mod:`bigembed.ingest.readers` (an iterator of
+``(vectors, extra_columns)`` batches, so a 5 GB input never needs twice its size in memory),
+drops or refuses non-finite rows, joins metadata by key, and writes one space through
+:class:`~bigembed.dataset.writer.DatasetWriter`. The column rules for table files are in
+:mod:`bigembed.ingest.readers`.
 """
 
 from __future__ import annotations
