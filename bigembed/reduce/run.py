@@ -23,7 +23,8 @@ from ..dataset.layouts import layout_key, load_layout, save_layout
 from ..dataset.reader import Dataset
 from ..errors import BigembedError, InputError
 from ..progress import progress_bar
-from ..search.exact import check_finite, sample_ids
+from ..search.exact import (check_finite, drop_self, exact_knn, normalise, sample_ids,
+                            to_user_distance)
 from .backends import LAYOUTS
 from .pca import _pca_project
 
@@ -67,15 +68,10 @@ def _knn_search(base: np.ndarray, queries: np.ndarray | None, k: int, metric: st
     With ``queries=None`` the base searches itself and self is excluded. Distances are L2
     (not squared) or 1 - cos, as in :func:`bigembed.search.knn_graph`.
     """
-    import faiss
-
     base = np.ascontiguousarray(base, dtype=np.float32)
     if metric == "cosine":
-        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
-        index = faiss.IndexFlatIP(base.shape[1])
-    else:
-        index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
+        base, _ = normalise(base)
+    fmetric = "ip" if metric == "cosine" else "l2"
     selfq = queries is None
     q_all = base if selfq else queries
     n = len(q_all)
@@ -85,18 +81,12 @@ def _knn_search(base: np.ndarray, queries: np.ndarray | None, k: int, metric: st
     for s in range(0, n, batch_rows):
         q = np.ascontiguousarray(q_all[s:s + batch_rows], dtype=np.float32)
         if metric == "cosine" and not selfq:
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        d, i = index.search(q, k + selfq)
+            q, _ = normalise(q)
+        d, i = exact_knn(q, base, k + selfq, fmetric)
         if selfq:
-            is_self = i == np.arange(s, s + len(q))[:, None]
-            drop = np.where(is_self.any(1), is_self.argmax(1), k)
-            keep = np.ones_like(i, bool)
-            keep[np.arange(len(q)), drop] = False
-            i = i[keep].reshape(len(q), k)
-            d = d[keep].reshape(len(q), k)
-        d = 1.0 - d if metric == "cosine" else np.sqrt(np.maximum(d, 0))
+            d, i = drop_self(d, i, np.arange(s, s + len(q)), k)
         ind[s:s + len(q)] = i
-        dist[s:s + len(q)] = np.maximum(d, 0)
+        dist[s:s + len(q)] = to_user_distance(d, metric)
         bar.update(len(q))
     bar.close()
     return ind, dist
@@ -368,5 +358,5 @@ def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
                           metric=metric)
 
 
-__all__ = ["reduce", "pca_layout", "initial_layout", "place_by_neighbors", "ReduceResult",
-           "load_layout", "METHODS"]
+__all__ = ["reduce", "initial_layout", "place_by_neighbors", "ReduceResult", "METHODS",
+           "METRICS"]
