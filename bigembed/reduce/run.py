@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dataset.layouts import layout_key, load_layout, save_layout
+from ..dataset.layouts import layout_key, save_layout
 from ..dataset.reader import Dataset
 from ..errors import BigembedError, InputError
 from ..progress import progress_bar
