@@ -204,9 +204,17 @@ def resolve(name: str, backend: str = "auto", *, method: str | None = None) -> B
 
 
 def cuda_check() -> str | None:
-    """None when torch sees a CUDA device, else why not (without importing torch eagerly)."""
+    """None when torch sees a CUDA device, else why not: without the seconds of importing
+    torch when torch is missing or the machine has no GPU driver at all (every CLI call
+    resolves its backend under ``auto``)."""
+    import glob
+    import os
+
     if module_missing("torch"):
         return "torch is not installed"
+    if not (os.path.exists("/proc/driver/nvidia/version") or glob.glob("/dev/nvidia[0-9]*")
+            or os.path.exists("/dev/kfd")):
+        return "no GPU driver on this machine"
     import torch
 
     if not torch.cuda.is_available():
