@@ -15,7 +15,7 @@ import sys
 from ..errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
-COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "neighbors",
+COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "neighbors", "compare",
             "render", "serve", "bench"]
 
 
