@@ -16,6 +16,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from ..dataset.format import ARTIFACT_KINDS
     from ..dataset.reader import Dataset
     from ..errors import DatasetError
     from ._common import emit_json, human_bytes, table
@@ -53,14 +54,15 @@ def run(args) -> int:
     print(table(rows, ["space", "dim", "dtype", "rows", "shards", "size", "status"]))
     if info.get("meta"):
         print(f"meta: {', '.join(info['meta'].get('columns', []))}")
-    for kind in ("layouts", "indexes", "graphs"):
+    for kind in ARTIFACT_KINDS:
         items = info.get(kind) or {}
         if items:
             print(f"{kind}:")
             for name, rec in items.items():
                 extra = ", ".join(f"{k}={v}" for k, v in rec.items()
                                   if k in ("backend", "kind", "metric", "k", "recall_at_10",
-                                           "seconds", "quality"))
+                                           "seconds", "quality", "a", "b", "spaces",
+                                           "mean_overlap"))
                 print(f"  {name}  ({human_bytes(rec.get('bytes', 0))}{', ' + extra if extra else ''})")
     print(f"validation ({info['verified']}): " + ("OK" if not problems else "FAILED"))
     for p in problems:
