@@ -195,3 +195,43 @@ def test_cli_compare_json_and_errors(tmp_path, clustered):
     assert_clean_error(run_cli("compare", path, "--a", "a", "--b", "nope"), "no space 'nope'")
     assert_clean_error(run_cli("compare", path, "--a", "a", "--b", "b", "-k", "5000"), "-k")
     assert_clean_error(run_cli("compare", path, "--a", "a"), "--b")
+
+
+def test_procrustes_recovers_a_similarity_transform(rng):
+    from bigembed.reduce.run import procrustes
+
+    ref = rng.standard_normal((500, 2))
+    t = np.pi / 5
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ np.diag([1, -1])
+    moved = 3.0 * ref @ rot + np.array([5.0, -2.0])
+    aligned, info = procrustes(moved, ref)
+    np.testing.assert_allclose(aligned, ref, atol=1e-4)
+    assert info["rms"] < 1e-4 and abs(info["scale"] - 1 / 3) < 1e-4
+
+
+def test_align_to_keeps_unmoved_points_in_place(tmp_path, clustered):
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.reduce import reduce
+
+    x, y, labels, moved = clustered
+    path = write(tmp_path / "d", {"a": x, "b": y}, {"label": labels})
+    la = reduce(path, space="a", method="umap", quality=False, n_epochs=100)
+    free = reduce(path, space="b", method="umap", quality=False, n_epochs=100, seed=1)
+    lb = reduce(path, space="b", method="umap", quality=False, n_epochs=100, seed=1,
+                align_to=la.name)
+    ds = Dataset.open(path)
+    A, B = load_layout(ds, name=la.name), load_layout(ds, name=lb.name)
+    F = load_layout(ds, name=free.name).xy
+    disp = B.columns["displacement"]
+    np.testing.assert_allclose(disp, np.linalg.norm(B.xy - A.xy, axis=1), rtol=1e-5)
+    still = np.setdiff1d(np.arange(len(x)), moved)
+    span = np.ptp(A.xy, axis=0).max()
+    # unmoved points stay close to where A put them; the moved ones travel further
+    assert np.median(disp[still]) < 0.1 * span
+    assert np.median(disp[moved]) > 3 * np.median(disp[still])
+    # without alignment the same layout of B sits elsewhere
+    assert np.median(np.linalg.norm(F - A.xy, axis=1)) > np.median(disp[still])
+    rec = ds.artifacts("layouts")[lb.name]
+    assert rec["aligned"]["to"] == la.name and rec["params"]["align_to"] == la.name
+    with pytest.raises(InputError, match="nope"):
+        reduce(path, space="b", method="umap", align_to="nope")

@@ -32,6 +32,10 @@ def register(sub) -> None:
                    "neighbours (default: the backend's limit)")
     p.add_argument("--no-quality", action="store_true",
                    help="skip kNN preservation / trustworthiness / continuity")
+    p.add_argument("--align-to", metavar="LAYOUT", default=None,
+                   help="start from this stored layout's coordinates and align the result to "
+                   "it (Procrustes), so points move only where their neighbourhoods change; "
+                   "the per-point displacement is stored as a column")
     p.add_argument("--force", action="store_true", help="recompute even if stored")
     p.set_defaults(func=run)
 
@@ -43,7 +47,7 @@ def run(args) -> int:
                pca_dims=args.pca_dims, seed=args.seed, force=args.force, metric=args.metric,
                n_neighbors=args.n_neighbors, min_dist=args.min_dist,
                perplexity=args.perplexity, n_epochs=args.n_epochs, fit_rows=args.fit_rows,
-               quality=not args.no_quality)
+               quality=not args.no_quality, align_to=args.align_to)
     state = "up to date" if r.cached else f"computed in {r.seconds:.1f}s ({r.backend})"
     print(f"layout {r.name}: {r.rows} points, {state}")
     if r.quality:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dataset.layouts import layout_key, save_layout
+from ..dataset.layouts import layout_key, load_layout, save_layout
 from ..dataset.reader import Dataset
 from ..errors import BigembedError, InputError
 from ..progress import progress_bar
@@ -103,11 +103,7 @@ def initial_layout(x: np.ndarray, *, seed: int = 0) -> np.ndarray:
     xy = np.zeros((m, 2), np.float64)
     if m >= 2 and x.shape[1] >= 1:
         xy[:] = _pca_project(x, 2, seed=seed, progress=False)
-    span = float(np.abs(xy).max()) if m else 0.0
-    if span > 0:
-        xy *= 10.0 / span
-    xy += np.random.default_rng(seed).normal(scale=1e-3, size=xy.shape)
-    return xy.astype(np.float32)
+    return _start_layout(xy, seed)
 
 
 def place_by_neighbors(xy_fit: np.ndarray, indices: np.ndarray,
@@ -162,7 +158,7 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
            metric: str = "l2", n_neighbors: int = 15, perplexity: float = 30.0,
            min_dist: float = 0.1, n_epochs: int | None = None, fit_rows: int | None = None,
            quality: bool = True, quality_k: int = 15,
-           quality_sample: int = 2000) -> ReduceResult:
+           quality_sample: int = 2000, align_to: str | None = None) -> ReduceResult:
     """Lay out ``space`` of ``ds`` in 2-D with ``method``; store and return the layout.
 
     ``n_epochs``: UMAP epochs (umap-learn's default when None) or t-SNE iterations in all,
@@ -171,6 +167,10 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
     neighbours (None: the backend's limit). ``metric``: of the kNN graph, "l2" or "cosine".
     ``quality``: compute kNN preservation per point (k = ``quality_k``) and trustworthiness /
     continuity on ``quality_sample`` rows, stored with the layout.
+    ``align_to``: the name of a stored layout (of another space of the same rows) to line
+    this one up with: UMAP / t-SNE start from its coordinates, and the result is aligned to
+    it (Procrustes: rotation, reflection, scale, shift), so a point stays where it was unless
+    its neighbourhood changed; the per-point ``displacement`` is stored as a column.
     """
     _validate(method, backend, metric, pca_dims, seed, n_neighbors, perplexity, min_dist,
               n_epochs, fit_rows)
@@ -178,6 +178,9 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         ds = Dataset.open(ds)
     sp = ds.space(space)
     n = sp.rows
+    reference = None
+    if align_to is not None:
+        reference = load_layout(ds, name=align_to)
     be, impl = LAYOUTS.create(backend, method=method)
     # A limit at or above N changes nothing: keep it out of the key (min) so it stays reused.
     limit = min(int(fit_rows or impl.fit_rows), n)
@@ -191,6 +194,8 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
             params.update(perplexity=perplexity, n_iter=n_epochs or 750)
     if quality:
         params.update(quality_k=quality_k, quality_sample=quality_sample)
+    if reference is not None:
+        params.update(align_to=align_to, align_to_file=reference.record.get("xxh3_64"))
     name = layout_key(sp, method, params)
     if not force and name in ds.manifest.get("layouts", {}):
         log.info("layout %s is up to date", name)
@@ -241,7 +246,8 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
             graph = (ind, dist)
             ind, dist = ind[:, :k_graph], dist[:, :k_graph]
         timings["knn"] = round(time.perf_counter() - t, 3)
-        init = initial_layout(x, seed=seed)
+        init = initial_layout(x, seed=seed) if reference is None else \
+            _start_layout(reference.xy[ids], seed)
         t = time.perf_counter()
         if method == "umap":
             xy_fit = impl.umap(indices=ind, distances=dist, x=x, init=init,
@@ -269,6 +275,11 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         raise BigembedError(f"{method} backend {be.name!r} returned non-finite coordinates "
                             f"for space {sp.name!r}; nothing was stored")
     columns = {}
+    aligned = None
+    if reference is not None:
+        xy, aligned = procrustes(xy, reference.xy)
+        columns["displacement"] = np.linalg.norm(xy - reference.xy, axis=1).astype(np.float32)
+        aligned["to"] = align_to
     qual = None
     if quality:
         t = time.perf_counter()
@@ -284,9 +295,43 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         record["quality"] = qual
     if notes:
         record["notes"] = notes
+    if aligned is not None:
+        record["aligned"] = aligned
     save_layout(ds, name, xy, record, columns)
     log.info("wrote layout %s in %.2fs (%s)", name, secs, be.name)
     return ReduceResult(name, sp.name, method, ds.rows, False, secs, be.name, qual)
+
+
+def _start_layout(xy: np.ndarray, seed: int) -> np.ndarray:
+    """Start coordinates (m, 2) for an optimiser: centred, scaled to a maximum coordinate of
+    10, plus a little seeded jitter so coincident points can separate."""
+    xy = np.asarray(xy, np.float64)
+    xy = xy - xy.mean(0) if len(xy) else xy
+    span = float(np.abs(xy).max()) if len(xy) else 0.0
+    if span > 0:
+        xy *= 10.0 / span
+    xy += np.random.default_rng(seed).normal(scale=1e-3, size=xy.shape)
+    return xy.astype(np.float32)
+
+
+def procrustes(xy: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``xy`` (N, 2) rotated / reflected, scaled and shifted onto ``ref`` (N, 2) by least
+    squares (orthogonal Procrustes); returns the aligned (N, 2) float32 and the transform
+    (``rotation`` 2x2, ``scale``, ``shift``, ``rms`` distance after alignment)."""
+    a = np.asarray(xy, np.float64)
+    b = np.asarray(ref, np.float64)
+    ma, mb = a.mean(0), b.mean(0)
+    a0, b0 = a - ma, b - mb
+    u, sig, vt = np.linalg.svd(a0.T @ b0)
+    r = u @ vt
+    norm = float((a0 ** 2).sum())
+    scale = float(sig.sum() / norm) if norm > 0 else 1.0
+    out = scale * (a0 @ r) + mb
+    rms = float(np.sqrt(((out - b) ** 2).sum(1).mean()))
+    return out.astype(np.float32), {"rotation": np.round(r, 6).tolist(),
+                                    "scale": round(scale, 6),
+                                    "shift": np.round(mb - scale * (ma @ r), 6).tolist(),
+                                    "rms": round(rms, 6)}
 
 
 def _place_rest(sp, ids, xy_fit, pca_dims, seed, metric, n_neighbors, progress,
