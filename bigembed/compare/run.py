@@ -74,6 +74,21 @@ def _correct(meta, space: str) -> np.ndarray | None:
     return meta[col].to_numpy().astype(bool)
 
 
+def _group_means(values, v: np.ndarray, limit: int = 200) -> dict:
+    """``{str(value): {"n", "mean"}}`` of ``v`` (N,) per value of ``values`` (N,) (the
+    ``limit`` most common values; NaN in ``v`` ignored), in one pass."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    ok = (codes >= 0) & np.isfinite(v)
+    n = np.bincount(codes[ok], minlength=len(uniques))
+    tot = np.bincount(codes[ok], weights=v[ok], minlength=len(uniques))
+    keep = sorted(np.argsort(-n, kind="stable")[:limit], key=lambda i: str(uniques[i]))
+    return {str(uniques[i]): {"n": int(n[i]),
+                              "mean": round(float(tot[i] / n[i]), 4) if n[i] else None}
+            for i in keep}
+
+
 def _stats(v: np.ndarray) -> dict:
     v = v[np.isfinite(v)]
     if not len(v):
@@ -233,11 +248,7 @@ def _summary(meta, a: str, b: str, overlap: np.ndarray, agreement) -> dict:
     if meta is None:
         return out
     if "label" in meta:
-        by = {}
-        labels = meta["label"].to_numpy()
-        for lab in sorted(set(labels.tolist()), key=str)[:200]:
-            by[str(lab)] = _stats(overlap[labels == lab])
-        out["by_label"] = by
+        out["by_label"] = _group_means(meta["label"], overlap)
     ca, cb = _correct(meta, a), _correct(meta, b)
     for name, c in (("by_correct_in_a", ca), ("by_correct_in_b", cb)):
         if c is not None:
@@ -398,11 +409,8 @@ def trajectory(ds, *, spaces, k: int = 15, metric: str = "l2", force: bool = Fal
     ok = np.stack([neighbour_majority(g.indices, lab, m) == codes[target] for g in graphs], 1)
     ok &= (codes[target] >= 0)[:, None]
     depth = depth_of(ok)
-    labels = meta["label"].to_numpy()
-    curves = {}
-    for value in sorted(set(labels.tolist()), key=str)[:200]:
-        sel = labels == value
-        curves[str(value)] = [round(float(v), 4) for v in np.nanmean(agr[sel], 0)]
+    per_space = [_group_means(meta["label"], agr[:, j]) for j in range(len(spaces))]
+    curves = {lab: [ps[lab]["mean"] for ps in per_space] for lab in per_space[0]}
     columns = {f"agreement@{s}": agr[:, j] for j, s in enumerate(spaces)}
     columns["depth"] = depth
     record = {"kind": "trajectory", "spaces": spaces, "k": k, "metric": metric,
