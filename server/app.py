@@ -622,9 +622,31 @@ def _warm_and_freeze(explorer, pools, secret) -> None:
     from bokeh.document import Document
 
     explorer.warm(width=FRAME_W, height=FRAME_H, columns=FILTER_COLUMNS)
-    Session(Document(), explorer, pools.work, secret)
+    doc = Document()
+    Session(doc, explorer, pools.work, secret)
+    doc.validate()  # once: every session's page has this structure (see _App)
+    del doc
     gc.collect()
     gc.freeze()
+
+
+def _app(make_doc):
+    """The Bokeh application of the map: ``make_doc(doc)`` fills each session's document.
+
+    Bokeh validates every new document (a fifth of a page load here); each session's page
+    has the same structure, validated once on the warm-up page, so sessions skip it.
+    """
+    from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
+
+    class _App(Application):
+        def initialize_document(self, doc):
+            for h in self._handlers:
+                h.modify_document(doc)
+                if h.failed:
+                    log.error("error building a page: %s %s", h.error, h.error_detail)
+
+    return _App(FunctionHandler(make_doc))
 
 
 def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), secret=None,
@@ -639,8 +661,6 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     first visitor's work now (JIT, index, pyramid), then freeze the long-lived objects
     against the garbage collector (see :class:`_PacedGC`).
     """
-    from bokeh.application import Application
-    from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
 
     from . import security
@@ -659,7 +679,7 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     else:
         explorer.renderer()  # the default layout's spatial order, before the first visitor
     _pace_bokeh_gc()
-    app = Application(FunctionHandler(lambda doc: Session(doc, explorer, pools.work, secret)))
+    app = _app(lambda doc: Session(doc, explorer, pools.work, secret))
     kw = {}
     if secret:
         kw.update(sign_sessions=True, secret_key=secret, generate_session_ids=True)
