@@ -38,7 +38,7 @@ MAX_POLY = 2000
 #: the most pixels one frame may have (the page asks for 800 x 800)
 MAX_FRAME_PIXELS = 2048 * 2048
 #: frames waiting or running, per frame worker, beyond which a frame answers 503 (retry)
-FRAMES_QUEUED_PER_WORKER = 4
+FRAMES_QUEUED_PER_WORKER = 16
 
 
 @dataclass

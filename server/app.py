@@ -9,6 +9,12 @@ The view state (ranges, colouring, tapped id, layout, filters, box or lasso sele
 kept in the page URL, so opening a shared URL restores the view, its neighbour list and its
 group statistics. When the metadata has an ``image`` column, hover and tap show the
 instance's thumbnail (``/api/thumb``).
+
+A session is cheap and shared-nothing-heavy: what a page needs from the whole dataset is
+computed once by the :class:`~bigembed.server.state.Explorer`, frames render on their own
+pool, and expired sessions are torn down without full garbage collections on the event loop
+(:class:`_PacedGC`). Every HTTP request passes the Host/Origin checks of
+:mod:`bigembed.server.security` first.
 """
 
 from __future__ import annotations

@@ -352,3 +352,14 @@ def test_media_root_from_python_and_cli_errors(traversal_ds):
                         str(root / "nope"), "--port", str(_free_port())], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+# -- heavy frames ----------------------------------------------------------------------------
+
+def test_frame_pixels_are_capped(explorer_served):
+    """A frame may not be 4096 x 4096 (16 Mpx a request); the page's 800 x 800 is fine."""
+    _, port, _ = explorer_served
+    st, _, body = request(port, "/frame.png?x0=0&x1=1&y0=0&y1=1&w=4096&h=4096")
+    assert st == 400 and "pixels" in json.loads(body)["error"]
+    st, _, body = request(port, "/frame.png?x0=0&x1=1&y0=0&y1=1&w=800&h=800")
+    assert st == 200 and body[:4] == b"\x89PNG"
