@@ -6,7 +6,8 @@ RSS grew with each load. Here: 150 browser-like page loads (``GET /`` plus the s
 websocket: ACK, document pull, close) on 127.0.0.1 with sessions discarded 2 s after their
 browser leaves, while a neighbour lookup is timed every 0.1 s through the loads and the
 expiry; p95 under 1 s, and RSS back within 10% of its baseline once the sessions are gone.
-Bounded: at most 150 loads and 90 s of load, every request with a timeout.
+Bounded: at most 150 loads and 180 s of load (generous for a shared, busy machine), every
+request with a timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from benchmarks.bench_soak import get, page_load, rss_mb  # noqa: E402
 LOADS = 150
 LOADERS = 3
 LIFETIME_S = 2
-LOAD_LIMIT_S = 90  # typically 30-45 s; the bound keeps a stalled server from hanging the run
+LOAD_LIMIT_S = 180  # 30-45 s on an idle machine; a stalled server (before issue 12: ~2.4 s a load) fails
 
 
 def _wait_rss(pid, limit_mb, seconds):
