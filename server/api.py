@@ -7,8 +7,10 @@
 ``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``.
 ``GET /api/thumb?id=[&size=]`` -> PNG thumbnail of the ``image`` metadata column (hover).
 
-Every parameter is validated; bad input answers 400 with ``{"error": ...}``, never 5xx.
-Work runs on the server's thread pool, so one slow request never stalls other sessions.
+Every parameter is validated; bad input (invalid UTF-8 included) answers 400 with
+``{"error": ...}``, never 5xx. Work runs on thread pools, never on the event loop: frames on
+their own pool (:class:`Pools`), with a cap on the pixels of a frame and on the frames waiting,
+so heavy frames never delay neighbour lookups, selections, thumbnails or page loads.
 With a secret, every request must carry a signed ``session`` id of this server.
 """
 
@@ -18,9 +20,12 @@ import io
 import json
 import logging
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from tornado.ioloop import IOLoop
-from tornado.web import RequestHandler
+from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BigembedError, InputError
 from ..view.frames import MAX_SIDE
@@ -30,12 +35,40 @@ from .thumbs import MAX_PX, MIN_PX, THUMB_PX, NoImage
 log = logging.getLogger(__name__)
 
 MAX_POLY = 2000
+#: the most pixels one frame may have (the page asks for 800 x 800)
+MAX_FRAME_PIXELS = 2048 * 2048
+#: frames waiting or running, per frame worker, beyond which a frame answers 503 (retry)
+FRAMES_QUEUED_PER_WORKER = 16
+
+
+@dataclass
+class Pools:
+    """The server's thread pools: ``work`` answers small requests (neighbours, selections,
+    thumbnails, session callbacks); ``frames`` renders frames. Separate, so a burst of frames
+    queues behind itself and never in front of a neighbour lookup; ``frame_slots`` bounds the
+    frames in flight."""
+
+    work: ThreadPoolExecutor
+    frames: ThreadPoolExecutor
+    frame_slots: threading.BoundedSemaphore
+
+    @classmethod
+    def make(cls, *, workers: int = 4, frame_workers: int = 2) -> "Pools":
+        return cls(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bigembed-work"),
+                   ThreadPoolExecutor(max_workers=frame_workers,
+                                      thread_name_prefix="bigembed-frame"),
+                   threading.BoundedSemaphore(frame_workers * FRAMES_QUEUED_PER_WORKER))
+
+    def shutdown(self) -> None:
+        for ex in (self.work, self.frames):
+            ex.shutdown(wait=False, cancel_futures=True)
 
 
 class _Base(RequestHandler):
-    def initialize(self, explorer, executor, secret=None):
+    def initialize(self, explorer, pools, secret=None):
         self.explorer = explorer
-        self.executor = executor
+        self.pools = pools
+        self.executor = pools.work
         self.secret = secret
 
     def set_default_headers(self):
@@ -49,7 +82,10 @@ class _Base(RequestHandler):
 
     # -- parameters ------------------------------------------------------------------------
     def _raw(self, name, default=None, required=False):
-        v = self.get_query_argument(name, None)
+        try:
+            v = self.get_query_argument(name, None)
+        except HTTPError:  # Tornado's "Invalid unicode": %ff, an overlong %c0%af, ...
+            raise InputError(f"parameter {name!r} is not valid UTF-8") from None
         if v is None:
             if required:
                 raise InputError(f"parameter {name!r} is required")
@@ -93,19 +129,24 @@ class _Base(RequestHandler):
             return True
         from bokeh.util.token import check_session_id_signature
 
-        sid = self.get_query_argument("session", "")
-        if not sid or not check_session_id_signature(sid, secret_key=self.secret.encode(),
-                                                     signed=True):
+        try:
+            sid = self._raw("session", "")
+        except InputError as e:
+            self.fail(400, str(e))
+            return False
+        if not sid or not sid.isascii() or not check_session_id_signature(
+                sid, secret_key=self.secret.encode(), signed=True):
             self.fail(403, "a signed session id is required (parameter 'session')")
             return False
         return True
 
-    async def run(self, fn):
-        """Parse and compute ``fn()`` on the pool; 400 on bad input, 500 only on a bug."""
+    async def run(self, fn, pool=None):
+        """Parse and compute ``fn()`` on ``pool`` (the work pool by default); 400 on bad
+        input, 500 only on a bug."""
         if not self.check_session():
             return None
         try:
-            return await IOLoop.current().run_in_executor(self.executor, fn)
+            return await IOLoop.current().run_in_executor(pool or self.executor, fn)
         except NoImage as e:
             self.fail(404, str(e))
         except BigembedError as e:
@@ -130,11 +171,22 @@ class FrameHandler(_Base):
             y0, y1 = self.float_arg("y0"), self.float_arg("y1")
             w = self.int_arg("w", 1, MAX_SIDE, required=True)
             h = self.int_arg("h", 1, MAX_SIDE, required=True)
+            if w * h > MAX_FRAME_PIXELS:
+                raise InputError(f"parameters 'w' x 'h' must be at most {MAX_FRAME_PIXELS} "
+                                 f"pixels, got {w} x {h}")
             where = parse_where(self._raw("where"))
             return r.render(x_range=(x0, x1), y_range=(y0, y1), width=w, height=h,
                             color_by=None if color == "density" else color, where=where)
 
-        frame = await self.run(work)
+        slots = self.pools.frame_slots
+        if not slots.acquire(blocking=False):
+            self.set_header("Retry-After", "1")
+            self.fail(503, "too many frames in flight; retry")
+            return
+        try:
+            frame = await self.run(work, self.pools.frames)
+        finally:
+            slots.release()
         if frame is None:
             return
         self.set_header("Content-Type", "image/png")
@@ -275,9 +327,9 @@ class SelectHandler(_Base):
         self.finish(body)
 
 
-def patterns(explorer, executor, secret=None) -> list:
+def patterns(explorer, pools: Pools, secret=None) -> list:
     """Tornado URL patterns of the endpoints, for ``Server(extra_patterns=...)``."""
-    kw = dict(explorer=explorer, executor=executor, secret=secret)
+    kw = dict(explorer=explorer, pools=pools, secret=secret)
     return [(r"/frame\.png", FrameHandler, kw),
             (r"/api/neighbors", NeighborsHandler, kw),
             (r"/api/select", SelectHandler, kw),

@@ -9,22 +9,30 @@ The view state (ranges, colouring, tapped id, layout, filters, box or lasso sele
 kept in the page URL, so opening a shared URL restores the view, its neighbour list and its
 group statistics. When the metadata has an ``image`` column, hover and tap show the
 instance's thumbnail (``/api/thumb``).
+
+A session is cheap and shared-nothing-heavy: what a page needs from the whole dataset is
+computed once by the :class:`~bigembed.server.state.Explorer`, frames render on their own
+pool, and expired sessions are torn down without full garbage collections on the event loop
+(:class:`_PacedGC`). Every HTTP request passes the Host/Origin checks of
+:mod:`bigembed.server.security` first.
 """
 
 from __future__ import annotations
 
+import errno
+import gc
 import html
-import ipaddress
 import logging
 import math
-import socket
-from concurrent.futures import ThreadPoolExecutor
+import time
 from functools import partial
-from urllib.parse import quote, urlencode, urlparse
+from urllib.parse import quote, urlencode
 
 import numpy as np
 
 from ..errors import InputError
+from .security import (allowed_hosts, check_address, is_loopback, normalise_origin,  # noqa: F401
+                       websocket_origins)
 from .state import MAX_K, Explorer
 
 log = logging.getLogger(__name__)
@@ -38,68 +46,39 @@ TAP_PX = 10
 #: link stays a few kilobytes (Bokeh carries the URL's arguments in the session token); the
 #: live selection counts the same thinned polygon, so the shared view shows the same numbers
 URL_POLY_MAX = 200
-LOOPBACK_NAMES = ("localhost",)
 
 
 # --------------------------------------------------------------------------------------------
-# Security settings
+# Security settings (the checks themselves live in .security)
 # --------------------------------------------------------------------------------------------
-
-
-def is_loopback(address: str) -> bool:
-    if address in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def normalise_origin(origin: str) -> str:
-    """``http://host:port`` or ``host:port`` -> ``host:port`` (what Bokeh compares exactly)."""
-    o = str(origin).strip()
-    if not o or "*" in o or any(c.isspace() for c in o):
-        raise InputError(f"--allow-origin must be an exact host:port or URL (no wildcards), "
-                         f"got {origin!r}")
-    if "://" in o:
-        u = urlparse(o)
-        if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/"):
-            raise InputError(f"--allow-origin must be http(s)://host[:port], got {origin!r}")
-        port = u.port or (443 if u.scheme == "https" else 80)
-        return f"{u.hostname.lower()}:{port}"
-    host, _, port = o.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--allow-origin must be host:port or a URL, got {origin!r}")
-    return f"{host.lower()}:{int(port)}"
-
-
-def websocket_origins(address: str, port: int, allow_origin=()) -> list[str]:
-    """The exact origins allowed to open a session (``host:port``)."""
-    out = [normalise_origin(o) for o in allow_origin]
-    if is_loopback(address):
-        out += [f"localhost:{port}", f"127.0.0.1:{port}"]
-    elif not allow_origin:
-        raise InputError(f"--address {address} is not a loopback address: anyone who can reach "
-                         f"it could open the map. Give the exact origin(s) browsers will use with "
-                         f"--allow-origin (e.g. --allow-origin http://{address}:{port})")
-    return list(dict.fromkeys(out))
 
 
 def check_serve_args(*, port, address, secret) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise InputError(f"--port must be an integer in 1..65535, got {port!r}")
-    if not isinstance(address, str) or not address:
-        raise InputError(f"--address must be a host address, got {address!r}")
-    if not is_loopback(address):
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            try:
-                socket.getaddrinfo(address, None)
-            except OSError:
-                raise InputError(f"--address {address!r} is not an address of this machine") from None
+    check_address(address)
     if secret is not None and (not isinstance(secret, str) or len(secret) < 32):
         raise InputError("--secret must be at least 32 characters (try `bokeh secret`)")
+
+
+def check_port_free(address: str, port: int) -> None:
+    """Raise a one-line :class:`InputError` when ``address:port`` cannot be listened on
+    (checked before the data is loaded, so a busy port fails at once)."""
+    from tornado.netutil import bind_sockets
+
+    try:
+        socks = bind_sockets(port, address=address or None)
+    except OSError as e:
+        raise _listen_error(address, port, e) from None
+    for s in socks:
+        s.close()
+
+
+def _listen_error(address, port, e: OSError) -> InputError:
+    if e.errno == errno.EADDRINUSE:
+        return InputError(f"port {port} is already in use on {address}; stop what listens "
+                          f"there or choose another --port")
+    return InputError(f"cannot listen on {address} port {port}: {e.strerror or e}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +204,7 @@ class Session:
         self.doc = doc
         self.ex = explorer
         self.executor = executor
-        self.closed = False
-        ctx = doc.session_context
+        ctx = self._ctx = doc.session_context
         self.session_id = ctx.id if ctx is not None else ""
         self.secret = secret
         args = (ctx.request.arguments if ctx is not None and ctx.request is not None else {}) or {}
@@ -297,8 +275,7 @@ class Session:
         self.filters = {}
         for col in FILTER_COLUMNS:
             if col in r.columns():
-                opts = sorted(set(np.asarray(r.column(col)).astype(str).tolist()),
-                              key=lambda v: (len(v), v))[:200]
+                opts = explorer.filter_options(col)  # computed once, not per page load
                 mc = MultiChoice(title=f"Show only {col}", options=opts,
                                  value=[v for v in self.where.get(col, []) if v in opts],
                                  name=f"filter_{col}", width=320)
@@ -335,7 +312,8 @@ class Session:
                       self.state)
         doc.add_root(row(p, side))
         doc.title = f"bigembed: {explorer.ds.path.name}"
-        doc.on_session_destroyed(self.on_destroyed)
+        # No doc.on_session_destroyed callback: Bokeh runs a full gc.collect() on the event
+        # loop after any such callback, per session; ``closed`` asks the context instead.
         tapped = _arg(args, "id", int)
         if tapped is not None and 0 <= tapped < explorer.ds.rows:
             self.tap_id(tapped)
@@ -400,12 +378,12 @@ class Session:
         if not self.closed:
             done(res)
 
-    # -- callbacks -------------------------------------------------------------------------
-    def on_destroyed(self, ctx):
-        self.closed = True
-        self.nb_src = self.q_src = self.hover_src = None
-        log.debug("session %s closed", self.session_id)
+    @property
+    def closed(self) -> bool:
+        """Whether Bokeh has destroyed this session (background results are then dropped)."""
+        return self._ctx is not None and self._ctx.destroyed
 
+    # -- callbacks -------------------------------------------------------------------------
     def on_ranges(self, ev):
         vals = (ev.x0, ev.x1, ev.y0, ev.y1)
         if any(v is None or not math.isfinite(v) for v in vals) or not (ev.x0 < ev.x1 and ev.y0 < ev.y1):
@@ -595,48 +573,161 @@ class Session:
 # --------------------------------------------------------------------------------------------
 
 
-def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), secret=None,
-                backend="auto", workers=4, session_lifetime_s: float = 60.0):
-    """A started-on-demand Bokeh :class:`~bokeh.server.server.Server` for ``dataset``.
+class _PacedGC:
+    """Stands in for the ``gc`` module inside Bokeh's document module.
 
-    Returns (server, explorer). Call ``server.start()`` and run ``server.io_loop``.
+    Bokeh's ``Document.destroy`` runs a full ``gc.collect()`` on the event loop for every
+    expired session. With numba, Datashader, pandas and torch loaded that is about 10^6
+    tracked objects and a third of a second here, so 150 page loads that expire together
+    froze every request for over a minute. Two things make it cheap: the objects that live as
+    long as the server are frozen (``gc.freeze()`` after warming up, so no collection walks
+    them), and this pacing: at most one full collection every ``interval_s`` seconds, a
+    young-generation one otherwise. A session's models reach the old generations and are
+    collected at the next full pass (:func:`_reclaim`), not lost.
+    """
+
+    def __init__(self, interval_s: float = 5.0):
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def collect(self, generation: int = 2) -> int:
+        now = time.monotonic()
+        if generation < 2 or now - self._last < self.interval_s:
+            return gc.collect(0)
+        self._last = now
+        return gc.collect()
+
+    def __getattr__(self, name):
+        return getattr(gc, name)
+
+
+def _pace_bokeh_gc() -> None:
+    import bokeh.document.document as bokeh_document
+
+    if not isinstance(bokeh_document.gc, _PacedGC):
+        bokeh_document.gc = _PacedGC()
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the system (glibc); a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reclaim(server) -> None:
+    """After sessions expire: one full collection (cheap: long-lived objects are frozen) and
+    the freed memory returned to the system, so RSS comes back to its baseline."""
+    n = len(server.get_sessions())
+    last = getattr(server, "_bigembed_sessions", 0)
+    server._bigembed_sessions = n
+    if n < last:
+        gc.collect()
+        _malloc_trim()
+
+
+def _warm_and_freeze(explorer, pools, secret) -> None:
+    """Warm the explorer and build one throwaway page (imports Bokeh's models), then
+    freeze what lives as long as the server, so collections never walk it again."""
+    from bokeh.document import Document
+
+    explorer.warm(width=FRAME_W, height=FRAME_H, columns=FILTER_COLUMNS)
+    doc = Document()
+    Session(doc, explorer, pools.work, secret)
+    doc.validate()  # once: every session's page has this structure (see _App)
+    del doc
+    gc.collect()
+    gc.freeze()
+
+
+def _app(make_doc):
+    """The Bokeh application of the map: ``make_doc(doc)`` fills each session's document.
+
+    Bokeh validates every new document (a fifth of a page load here); each session's page
+    has the same structure, validated once on the warm-up page, so sessions skip it.
     """
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
+
+    class _App(Application):
+        def initialize_document(self, doc):
+            for h in self._handlers:
+                h.modify_document(doc)
+                if h.failed:
+                    log.error("error building a page: %s %s", h.error, h.error_detail)
+
+    return _App(FunctionHandler(make_doc))
+
+
+def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), secret=None,
+                backend="auto", workers=4, frame_workers=2, session_lifetime_s: float = 60.0,
+                media_root=None, warm: bool = True):
+    """A started-on-demand Bokeh :class:`~bokeh.server.server.Server` for ``dataset``.
+
+    Returns (server, explorer). Call ``server.start()`` and run ``server.io_loop``.
+    ``workers`` threads answer small requests and ``frame_workers`` render frames;
+    sessions no browser holds are discarded after ``session_lifetime_s``; thumbnails read
+    image paths only under ``media_root`` (default: the dataset directory). ``warm``: do the
+    first visitor's work now (JIT, index, pyramid), then freeze the long-lived objects
+    against the garbage collector (see :class:`_PacedGC`).
+    """
     from bokeh.server.server import Server
 
-    from .api import patterns
+    from . import security
+    from .api import Pools, patterns
 
     check_serve_args(port=port, address=address, secret=secret)
+    if not (isinstance(session_lifetime_s, (int, float)) and 1 <= session_lifetime_s <= 86400):
+        raise InputError(f"--session-lifetime must be 1..86400 seconds, got {session_lifetime_s!r}")
     origins = websocket_origins(address, port, allow_origin)
-    explorer = Explorer(dataset, backend=backend)
-    explorer.renderer()  # build the default layout's spatial order before the first visitor
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bigembed-view")
-    # JIT and pyramid levels in the background, so the first visitor's frames come fast.
-    executor.submit(explorer.renderer().warm_up, FRAME_W, FRAME_H)
-    app = Application(FunctionHandler(lambda doc: Session(doc, explorer, executor, secret)))
+    hosts = allowed_hosts(address, port, allow_origin)
+    check_port_free(address, port)  # before loading anything: a busy port fails at once
+    explorer = Explorer(dataset, backend=backend, media_root=media_root)
+    pools = Pools.make(workers=workers, frame_workers=frame_workers)
+    if warm:
+        _warm_and_freeze(explorer, pools, secret)
+    else:
+        explorer.renderer()  # the default layout's spatial order, before the first visitor
+    _pace_bokeh_gc()
+    app = _app(lambda doc: Session(doc, explorer, pools.work, secret))
     kw = {}
     if secret:
         kw.update(sign_sessions=True, secret_key=secret, generate_session_ids=True)
-    server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
-                    extra_patterns=patterns(explorer, executor, secret), num_procs=1,
-                    unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
-                    check_unused_sessions_milliseconds=int(max(session_lifetime_s / 2, 1) * 1000),
-                    **kw)
-    server._bigembed_executor = executor
+    check_ms = int(max(min(session_lifetime_s / 2, 30), 0.5) * 1000)
+    try:
+        server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
+                        extra_patterns=patterns(explorer, pools, secret), num_procs=1,
+                        unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
+                        check_unused_sessions_milliseconds=check_ms, **kw)
+    except OSError as e:  # taken between the check and now
+        pools.shutdown()
+        raise _listen_error(address, port, e) from None
+    security.install(server._tornado, allowed=hosts)
+    server._bigembed_pools = pools
+    from tornado.ioloop import PeriodicCallback
+
+    server._bigembed_reclaim = PeriodicCallback(partial(_reclaim, server), check_ms)
+    server._bigembed_reclaim.start()
     return server, explorer
 
 
 def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin=(),
           secret: str | None = None, show: bool = False, backend: str = "auto",
-          on_ready=None) -> None:
+          on_ready=None, media_root=None, session_lifetime_s: float = 60.0) -> None:
     """Serve the map of ``dataset`` until interrupted (blocking).
 
     ``on_ready(url)`` is called once the server listens (the CLI prints the URL there).
     A non-loopback ``address`` needs ``allow_origin``; it is allowed with a warning.
+    ``media_root``: the directory image paths are read from (default: the dataset's).
     """
     server, explorer = make_server(dataset, port=port, address=address,
-                                   allow_origin=allow_origin, secret=secret, backend=backend)
+                                   allow_origin=allow_origin, secret=secret, backend=backend,
+                                   media_root=media_root, session_lifetime_s=session_lifetime_s)
     if not is_loopback(address):
         log.warning("serving on non-loopback address %s: reachable from other machines; "
                     "websocket origins allowed: %s", address, list(allow_origin))
@@ -653,4 +744,5 @@ def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin
     try:
         server.io_loop.start()
     finally:
-        server._bigembed_executor.shutdown(wait=False, cancel_futures=True)
+        server._bigembed_reclaim.stop()
+        server._bigembed_pools.shutdown()

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 MAX_K = 200
 MAX_SEARCH_HITS = 20
+#: a filter widget lists at most this many values of a column
+MAX_FILTER_OPTIONS = 200
 
 
 def true_neighbors(ds, *, space, id, k):
@@ -77,14 +79,28 @@ def points_in_polygon(x: np.ndarray, y: np.ndarray, px, py) -> np.ndarray:
     return inside
 
 
+def _media_root(path):
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise InputError(f"media_root must be an existing directory, got {str(path)!r}")
+    return p.resolve()
+
+
 class Explorer:
     """Shared state of one served dataset.
 
     ``dataset``: a path or :class:`~bigembed.dataset.Dataset`. Renderers of its layouts are
-    built on first use and kept (a layout in Z-order plus its pyramid).
+    built on first use and kept (a layout in Z-order plus its pyramid). ``media_root``: the
+    directory image paths of the ``image`` column are read from (default: the dataset
+    directory); no file outside it is opened.
+
+    Everything a page needs from the whole dataset (filter values, ...) is computed once here
+    and shared, so a session costs only its widgets.
     """
 
-    def __init__(self, dataset, *, backend: str = "auto"):
+    def __init__(self, dataset, *, backend: str = "auto", media_root=None):
         from ..dataset.layouts import find_layouts
         from ..dataset.reader import Dataset
 
@@ -97,6 +113,8 @@ class Explorer:
         self._renderers = {}
         self._lock = threading.Lock()
         self._thumbs = None
+        self._filter_options: dict = {}
+        self.media_root = None if media_root is None else _media_root(media_root)
 
     @property
     def spaces(self) -> list[str]:
@@ -119,6 +137,38 @@ class Explorer:
                 r = FrameRenderer(self.ds, name, backend=self.backend)
                 self._renderers[name] = r
         return r
+
+    def filter_options(self, column: str) -> list[str]:
+        """The values a filter on ``column`` offers (at most :data:`MAX_FILTER_OPTIONS`, short
+        first), computed once: a page load must not scan N rows."""
+        with self._lock:
+            opts = self._filter_options.get(column)
+        if opts is None:
+            import pandas as pd
+
+            vals = pd.unique(self.renderer().column(column))
+            opts = sorted(set(np.asarray(vals).astype(str).tolist()),
+                          key=lambda v: (len(v), v))[:MAX_FILTER_OPTIONS]
+            with self._lock:
+                self._filter_options[column] = opts
+        return list(opts)
+
+    def warm(self, *, width: int = 800, height: int = 800, columns=()) -> None:
+        """Do once what the first visitor would otherwise wait for: the default layout's
+        renderer and its JIT and pyramid, a neighbour lookup (loads or builds the index), a
+        selection, and the filter values of ``columns``."""
+        r = self.renderer()
+        r.warm_up(width, height)
+        for c in columns:
+            if c in r.columns():
+                self.filter_options(c)
+        try:
+            self.neighbors(id=0, k=1)
+        except Exception as e:  # the map works without neighbours; the tap will say why
+            log.warning("neighbour lookup not available: %s", e)
+        (x0, x1), (y0, y1) = r.default_range()
+        self.select(box=((x0, (x0 + x1) / 2), (y0, (y0 + y1) / 2)))
+        self.meta(0)
 
     def space_of(self, layout: str | None) -> str | None:
         rec = self.ds.manifest.get("layouts", {}).get(self.layout_name(layout), {})
@@ -147,10 +197,11 @@ class Explorer:
         from .thumbs import IMAGE_COLUMN, THUMB_PX, NoImage, Thumbnails
 
         if not self.has_images:
-            raise NoImage(f"dataset {self.ds.path} has no {IMAGE_COLUMN!r} metadata column")
+            raise NoImage(f"dataset {self.ds.path.name!r} has no {IMAGE_COLUMN!r} metadata column")
         with self._lock:
             if self._thumbs is None:
-                self._thumbs = Thumbnails(self.ds.meta[IMAGE_COLUMN].to_numpy(), self.ds.path)
+                self._thumbs = Thumbnails(self.ds.meta[IMAGE_COLUMN].to_numpy(),
+                                          self.media_root or self.ds.path)
         return self._thumbs.png(int(id), THUMB_PX if size is None else int(size))
 
     def neighbors(self, *, id, k, space=None, layout=None) -> dict:

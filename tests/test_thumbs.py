@@ -106,12 +106,12 @@ def test_thumbnail_sizes_and_modes(tmp_path, size, mode, fmt, want):
     data = _png(*size, 7 if mode in ("L", "P") else (10, 200, 30, 255)[:len(mode)], mode, fmt)
     png = thumbnail_png(data, base_dir=tmp_path)
     assert _decode(png).size == want
-    # the same through a file path, relative to the dataset and absolute
+    # the same through a file path under the media root, relative and absolute
     f = tmp_path / "img" / f"x.{fmt.lower()}"
     f.parent.mkdir(exist_ok=True)
     f.write_bytes(data)
     assert thumbnail_png("img/" + f.name, base_dir=tmp_path) == png
-    assert thumbnail_png(str(f), base_dir="/nonexistent") == png
+    assert thumbnail_png(str(f), base_dir=tmp_path) == png
     assert _decode(thumbnail_png(data, base_dir=tmp_path, size=16)).size == \
         tuple(max(1, round(v * 16 / 96)) for v in want)
 
@@ -174,7 +174,8 @@ def test_thumbnails_cache_is_bounded(tmp_path):
 
 
 def test_explorer_thumbnails_from_paths(tmp_path):
-    """An image column of paths (relative to the dataset, absolute, missing)."""
+    """An image column of paths (relative to the dataset, absolute, missing); an absolute
+    path outside the dataset is read only when the media root holds it."""
     from bigembed.ingest.synth import synth
     from bigembed.reduce.run import reduce
 
@@ -194,7 +195,9 @@ def test_explorer_thumbnails_from_paths(tmp_path):
     assert ex.has_images
     t = _decode(ex.thumbnail(0))
     assert t.size == (48, 96) and t.convert("RGB").getpixel((10, 10)) == _colour(0)
-    assert _decode(ex.thumbnail(1)).size == (96, 48)
+    with pytest.raises(NoImage, match="outside the media root"):
+        ex.thumbnail(1)
+    assert _decode(Explorer(path, media_root=tmp_path).thumbnail(1)).size == (96, 48)
     for i, frag in ((2, "cannot be read"), (3, "no image")):
         with pytest.raises(NoImage, match=frag):
             ex.thumbnail(i)

@@ -1,4 +1,5 @@
-"""bigembed serve DATASET [--port 5006] [--address 127.0.0.1] [--allow-origin O] [--secret S]"""
+"""bigembed serve DATASET [--port 5006] [--address 127.0.0.1] [--allow-origin O] [--secret S]
+[--media-root DIR] [--session-lifetime SECONDS]"""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def register(sub) -> None:
                    "BIGEMBED_SECRET)")
     p.add_argument("--backend", default="auto", choices=RASTER.choices(),
                    help="frame binning: " + RASTER.help())
+    p.add_argument("--media-root", default=None, metavar="DIR",
+                   help="directory the image column's paths are read from (default: the "
+                   "dataset directory); no file outside it is opened")
+    p.add_argument("--session-lifetime", type=float, default=60.0, metavar="SECONDS",
+                   help="discard a session no browser holds after this long (default 60)")
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=run)
 
@@ -41,7 +47,8 @@ def run(args) -> int:
     try:
         serve(args.dataset, port=args.port, address=args.address,
               allow_origin=tuple(args.allow_origin), secret=args.secret, show=args.show,
-              backend=args.backend, on_ready=ready)
+              backend=args.backend, on_ready=ready, media_root=args.media_root,
+              session_lifetime_s=args.session_lifetime)
     except KeyboardInterrupt:
         return 0
     return 0
