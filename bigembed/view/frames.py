@@ -126,7 +126,8 @@ class FrameRenderer:
     (newest when None). Use :meth:`from_arrays` for a layout held only in memory.
     ``spatial=False`` skips the Z-order sort (every frame then aggregates all points exactly):
     for one frame of the whole layout, as ``bigembed render`` makes, where the sort would cost
-    more than the frame.
+    more than the frame. ``backend``: a name from the ``raster`` registry
+    (:mod:`bigembed.view.raster`) or a :class:`~bigembed.view.raster.RasterBackend` object.
     """
 
     def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
@@ -157,7 +158,14 @@ class FrameRenderer:
             raise InputError(f"x and y must be arrays of the same shape (n,), got {x.shape}, {y.shape}")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise InputError("layout coordinates must be finite")
-        self.backend, self.raster = RASTER.create(backend)
+        if isinstance(backend, str):
+            self.backend, self.raster = RASTER.create(backend)
+        elif isinstance(backend, RASTER.interface):
+            # an object made by hand: the CPU twin of a GPU backend (tests), say
+            self.backend, self.raster = None, backend
+        else:
+            raise InputError(f"backend must be one of {RASTER.choices()} or a RasterBackend "
+                             f"object, got {backend!r}")
         self.index = SpatialIndex(x, y, sort=spatial)
         self.pyramid = Pyramid(self.index)
         self.raster.hold(self.index, self.pyramid)
@@ -167,7 +175,8 @@ class FrameRenderer:
         self._extra_columns = columns
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
-        log.info("frames: %d points in Z-order, raster backend %r", self.n, self.backend.name)
+        log.info("frames: %d points in Z-order, raster backend %r", self.n,
+                 self.backend.name if self.backend else type(self.raster).__name__)
 
     # -- columns and colourings ------------------------------------------------------------
     def columns(self) -> list[str]:
