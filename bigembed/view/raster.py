@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .spatial import SpatialIndex
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (arrays: compared by identity, not element-wise)
 class View:
     """One frame's plan: the validated view and what it aggregates.
 
@@ -129,7 +129,7 @@ class _Host:
         return pos
 
     def colour_sums(self, view):
-        return None
+        return None  # (numba's run kernels bin them; Datashader's reference does not)
 
     def category_pixels(self, view):
         """Gathered on the host: the points (or (cell, category) pairs) in view and their
@@ -151,9 +151,6 @@ class NumbaRuns(_Host):
     (and of each pyramid level's cells), in place: nothing is gathered."""
 
     exact_budget = 1_000_000
-
-    def __init__(self):
-        pass
 
     def _bin(self, view, *, mix: bool = False, **exact):
         """Accumulators (height * width, ch) of the view and the items counted: the items
@@ -194,9 +191,6 @@ class DatashaderPoints(_Host):
     """Datashader's ``Canvas.points`` on the gathered visible points (exact frames: the
     reference); pyramid cells are weighted points, summed by numpy's bincount (the kernels'
     reference twin, same pixel mapping), faster than a dataframe."""
-
-    def __init__(self):
-        pass
 
     def _canvas(self, view, agg, column=None):
         """Datashader's aggregate of the view's points; ``column``: the colouring's values
