@@ -21,7 +21,7 @@ from bigembed.search.exact import exact_knn
 STAGES = sorted(registry.STAGE_MODULES)
 #: backends that also run on the CPU device when asked by option (the GPU path's CPU twin)
 CPU_TWINS = {("knn", "torch"): {"device": "cpu"}, ("reduce", "torch"): {"device": "cpu"},
-             ("raster", "torch-cuda"): None}
+             ("raster", "torch-cuda"): {"device": "cpu"}}
 
 
 def _backends(stage):
@@ -242,3 +242,173 @@ def test_extract_device_runs_a_model_like_plain_torch(name, tmp_path):
     np.testing.assert_allclose(ds.space("0").vectors, h.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ds.space("2").vectors, logits.numpy(), rtol=1e-5, atol=1e-5)
     assert (ds.meta["prediction"].to_numpy() == logits.argmax(1).numpy()).all()
+
+
+# -- raster: what bins a frame's points -------------------------------------------------------
+
+
+RASTER_LABELS = ["a", "b", "c", "d"]
+
+
+@pytest.fixture(scope="module")
+def raster_points():
+    """A layout with every point of an integer grid (pixel edges of the views below, the
+    upper edges included) repeated 1-3 times, a blob, far outliers; a categorical column, a
+    float column with NaNs and one that is all NaN."""
+    rng = np.random.default_rng(5)
+    gx, gy = np.meshgrid(np.arange(-1, 12), np.arange(-1, 12))
+    rep = rng.integers(1, 4, gx.size)
+    x = np.r_[np.repeat(gx.ravel(), rep), rng.normal(5, 2.5, 3000), [-1e3, 1e3]]
+    y = np.r_[np.repeat(gy.ravel(), rep), rng.normal(5, 2.5, 3000), [1e3, -1e3]]
+    n = len(x)
+    val = rng.normal(size=n)
+    val[::7] = np.nan
+    return dict(x=x.astype(np.float32), y=y.astype(np.float32),
+                label=rng.choice(np.array(RASTER_LABELS), n), val=val,
+                allnan=np.full(n, np.nan))
+
+
+RASTER_VIEWS = [((0.0, 10.0), (0.0, 10.0), 10, 10),    # pixel edges on the grid points
+                ((0.0, 10.0), (0.0, 10.0), 7, 3),      # edges between them
+                ((-1.0, 11.0), (-1.0, 11.0), 48, 40),  # the grid and the blob
+                ((4.5, 5.5), (4.5, 5.5), 16, 16),      # zoomed in
+                ((50.0, 60.0), (50.0, 60.0), 8, 8)]    # nothing in view
+RASTER_COLOURS = [None, "label", "val", "allnan"]
+
+
+def _raster(name, pts, **kw):
+    from bigembed.view.frames import FrameRenderer
+
+    cols = {k: v for k, v in pts.items() if k not in ("x", "y")}
+    return FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols,
+                                     backend=_make("raster", name), **kw)
+
+
+def _ds_points(x, y, color, cols, view, weights=None):
+    """Datashader's own aggregate of points (x, y), each weighted by ``weights`` (None: 1):
+    count / count per category / mean of ``cols[color]``; with weights ``cols[color]`` is
+    (sum, count) of the values per point for a mean and the category per point otherwise."""
+    import datashader as dsh
+    import pandas as pd
+
+    (xr_, yr_, w, h) = view
+    cv = dsh.Canvas(plot_width=w, plot_height=h, x_range=xr_, y_range=yr_)
+    df = pd.DataFrame({"x": x, "y": y, "w": np.ones(len(x)) if weights is None else weights})
+    if color is None:
+        if weights is None:
+            return cv.points(df, "x", "y", agg=dsh.count())
+        # sums of whole counts, NaN where empty: as counts (tf.shade treats 0 as empty then)
+        return cv.points(df, "x", "y", agg=dsh.sum("w")).fillna(0).astype(np.uint32)
+    v = cols[color]
+    if isinstance(v, tuple):  # mean of cells: sum of sums over sum of counts
+        df["s"], df["m"] = v
+        tot = cv.points(df, "x", "y", agg=dsh.sum("s"))
+        num = cv.points(df, "x", "y", agg=dsh.sum("m"))
+        return tot / num.where(num > 0)
+    if v.dtype.kind in "OUSi":  # labels, or category codes (of pyramid cells)
+        df["c"] = (pd.Categorical.from_codes(v, categories=RASTER_LABELS) if v.dtype.kind == "i"
+                   else pd.Categorical(v, categories=RASTER_LABELS))
+        if weights is None:
+            return cv.points(df, "x", "y", agg=dsh.count_cat("c"))
+        return cv.points(df, "x", "y", agg=dsh.by("c", dsh.sum("w"))).fillna(0).astype(np.uint32)
+    df["v"] = v
+    return cv.points(df, "x", "y", agg=dsh.mean("v"))
+
+
+def _same(got, want, rtol=1e-9):
+    got, want = np.asarray(got, float), np.asarray(want, float)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=rtol, atol=1e-12)
+
+
+def _image(png):
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")).astype(int)
+
+
+def _check_image(fr, png, ref_agg, color):
+    """The frame is the image Datashader itself shades from its own aggregate (categorical
+    colours are mixed in float64 where Datashader uses float32: at most one level)."""
+    got = _image(png)
+    want = np.asarray(fr.shade_reference(ref_agg, color).to_pil().convert("RGBA")).astype(int)
+    assert np.abs(got - want).max() <= (1 if color == "label" else 0)
+
+
+@pytest.mark.parametrize("color", RASTER_COLOURS)
+@pytest.mark.parametrize("name", registry.stage("raster").names())
+def test_raster_backend_exact_frames_equal_datashader(name, color, raster_points):
+    fr = _raster(name, raster_points)
+    pts = raster_points
+    for view in RASTER_VIEWS:
+        xr_, yr_, w, h = view
+        kw = dict(x_range=xr_, y_range=yr_, width=w, height=h, color_by=color, mode="exact")
+        agg, mode, level, _ = fr.aggregate(**kw)
+        ref = _ds_points(pts["x"], pts["y"], color, pts, view)
+        assert (mode, level) == ("exact", None)
+        _same(agg, ref)
+        f = fr.render(**kw)
+        assert f.mode == "exact" and _image(f.png).shape == (h, w, 4)
+        _check_image(fr, f.png, ref, color)
+    # a filter bins only the matching points
+    keep = np.isin(pts["label"], ["b", "d"])
+    sub = {k: v[keep] for k, v in pts.items()}
+    view = RASTER_VIEWS[2]
+    agg, mode, *_ = fr.aggregate(x_range=view[0], y_range=view[1], width=view[2],
+                                 height=view[3], color_by=color, where={"label": ["b", "d"]})
+    assert mode == "exact"
+    _same(agg, _ds_points(sub["x"], sub["y"], color, sub, view))
+
+
+@pytest.mark.parametrize("color", RASTER_COLOURS)
+@pytest.mark.parametrize("name", registry.stage("raster").names())
+def test_raster_backend_pyramid_frames_equal_datashader_on_the_cells(name, color,
+                                                                      raster_points):
+    """A pyramid frame is Datashader's aggregate of the level's cells as weighted points at
+    their centroids; every backend makes the same one."""
+    fr = _raster(name, raster_points, exact_budget=10)
+    (x0, x1), (y0, y1) = fr.index.bounds
+    view = ((x0, x1), (y0, y1), 30, 20)  # every cell of the level is in view
+    kw = dict(x_range=view[0], y_range=view[1], width=30, height=20, color_by=color)
+    agg, mode, level, _ = fr.aggregate(**kw)
+    assert mode == "pyramid" and level is not None
+    c = fr.colouring(color)
+    mx, my, cnt, extra = fr.pyramid.cells(level, c)
+    if c.kind == "categorical":
+        cell, cat, w, _ = extra
+        assert list(c.categories) == RASTER_LABELS
+        cols = {color: cat}
+        ref = _ds_points(mx[cell], my[cell], color, cols, view, weights=w)
+    elif c.kind == "mean":
+        ref = _ds_points(mx, my, color, {color: extra}, view, weights=cnt)
+    else:
+        ref = _ds_points(mx, my, None, {}, view, weights=cnt)
+    assert float(np.asarray(cnt).sum()) == len(raster_points["x"])
+    _same(agg, ref, rtol=1e-6)  # float32 centroids and weights, float64 sums
+    f = fr.render(**kw)
+    assert f.mode == "pyramid" and f.level == level
+    _check_image(fr, f.png, ref, color)
+
+
+@pytest.mark.parametrize("color", RASTER_COLOURS)
+def test_raster_backends_render_the_same_frames(color, raster_points):
+    names = registry.stage("raster").names()
+    made = []
+    for name in names:
+        try:
+            made.append((name, _raster(name, raster_points, exact_budget=500)))
+        except pytest.skip.Exception:
+            continue
+    assert len(made) >= 2
+    for view in RASTER_VIEWS:
+        kw = dict(x_range=view[0], y_range=view[1], width=view[2], height=view[3],
+                  color_by=color)
+        frames = [(name, fr.render(**kw)) for name, fr in made]
+        first = frames[0][1]
+        for name, f in frames[1:]:
+            assert (f.mode, f.level) == (first.mode, first.level), name
+            d = np.abs(_image(f.png) - _image(first.png)).max()
+            assert d <= (1 if color == "label" else 0), (name, view, d)

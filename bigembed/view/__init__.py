@@ -1,7 +1,8 @@
 """The frame engine: pure functions of (layout, view) -> image, no web code.
 
-:mod:`.spatial` (Z-order sort, pyramid of per-cell aggregates), :mod:`.frames`
-(:class:`FrameRenderer`: binning the visible points or pyramid cells), :mod:`.shade`
+:mod:`.spatial` (Z-order sort), :mod:`.pyramid` (per-cell aggregates of each level),
+:mod:`.frames` (:class:`FrameRenderer`: plans a view, the points or pyramid cells it shows),
+:mod:`.raster` (the backends that bin them: numba, Datashader, torch), :mod:`.shade`
 (colour, spreading, PNG) and :mod:`.render` (``bigembed render``). The server and the CLI
 both call it.
 """

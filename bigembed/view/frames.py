@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .raster import RASTER
+from .pyramid import Pyramid
+from .raster import RASTER, View
 from .shade import png_rgba
 from .spatial import SpatialIndex
 
@@ -125,7 +126,8 @@ class FrameRenderer:
     (newest when None). Use :meth:`from_arrays` for a layout held only in memory.
     ``spatial=False`` skips the Z-order sort (every frame then aggregates all points exactly):
     for one frame of the whole layout, as ``bigembed render`` makes, where the sort would cost
-    more than the frame.
+    more than the frame. ``backend``: a name from the ``raster`` registry
+    (:mod:`bigembed.view.raster`) or a :class:`~bigembed.view.raster.RasterBackend` object.
     """
 
     def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
@@ -156,24 +158,25 @@ class FrameRenderer:
             raise InputError(f"x and y must be arrays of the same shape (n,), got {x.shape}, {y.shape}")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise InputError("layout coordinates must be finite")
-        self.backend, self.raster = RASTER.create(backend)
-        self.device = self.raster.device
-        self._numba = self.raster.bins_runs
+        if isinstance(backend, str):
+            self.backend, self.raster = RASTER.create(backend)
+        elif isinstance(backend, RASTER.interface):
+            # an object made by hand: the CPU twin of a GPU backend (tests), say
+            self.backend, self.raster = None, backend
+        else:
+            raise InputError(f"backend must be one of {RASTER.choices()} or a RasterBackend "
+                             f"object, got {backend!r}")
         self.index = SpatialIndex(x, y, sort=spatial)
+        self.pyramid = Pyramid(self.index)
+        self.raster.hold(self.index, self.pyramid)
         self.n = self.index.n
         self.exact_budget = int(exact_budget if exact_budget is not None else
                                 self.raster.exact_budget)
         self._extra_columns = columns
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
-        self._pyramid: dict[tuple, tuple] = {}
-        self._dev = None
-        if self.device is not None:
-            import torch
-
-            self._dev = (torch.as_tensor(self.index.xs, device=self.device),
-                         torch.as_tensor(self.index.ys, device=self.device))
-        log.info("frames: %d points in Z-order, raster backend %r", self.n, self.backend.name)
+        log.info("frames: %d points in Z-order, raster backend %r", self.n,
+                 self.backend.name if self.backend else type(self.raster).__name__)
 
     # -- columns and colourings ------------------------------------------------------------
     def columns(self) -> list[str]:
@@ -268,45 +271,6 @@ class FrameRenderer:
                 return lv
         return None
 
-    def _cells(self, level: int, colouring: Colouring):
-        """Pyramid arrays of ``level``: centroid x, y, weight, values (cached)."""
-        key = (level, colouring.name)
-        got = self._pyramid.get(key)
-        if got is not None:
-            return got
-        base = self._pyramid.get((level, None))
-        starts = self.index.level_starts(level)
-        if base is None:
-            cnt = np.diff(starts).astype(np.float64)
-            head = starts[:-1]
-            # float32 like the layout itself: half the memory of the finest levels
-            mx = (np.add.reduceat(self.index.xs.astype(np.float64), head) / cnt).astype(np.float32)
-            my = (np.add.reduceat(self.index.ys.astype(np.float64), head) / cnt).astype(np.float32)
-            base = (mx, my, cnt.astype(np.float32))
-            self._pyramid[(level, None)] = base
-        mx, my, cnt = base
-        head = starts[:-1]
-        if colouring.kind == "categorical":
-            # Sparse (cell, category, count) triples sorted by cell, with per-cell offsets,
-            # so a frame takes the triples of its cells as runs, without a dense scan.
-            ncat = len(colouring.categories)
-            group = np.repeat(np.arange(len(head)), np.diff(starts))
-            counts = np.bincount(group * ncat + colouring.values, minlength=len(head) * ncat)
-            nzk = np.flatnonzero(counts)
-            cell, cat = np.divmod(nzk, ncat)
-            offs = np.searchsorted(cell, np.arange(len(head) + 1))
-            extra = (cell, cat, counts[nzk].astype(np.float64), offs)
-        elif colouring.kind == "mean":
-            v = colouring.values
-            fin = np.isfinite(v)
-            extra = (np.add.reduceat(np.where(fin, v, 0.0), head),
-                     np.add.reduceat(fin.astype(np.float64), head))
-        else:
-            extra = None
-        got = (mx, my, cnt, extra)
-        self._pyramid[key] = got
-        return got
-
     def aggregate(self, *, x_range, y_range, width, height, color_by=None, mode="auto",
                   where=None):
         """The per-pixel aggregate of a view as an xarray DataArray, plus how it was made.
@@ -314,17 +278,19 @@ class FrameRenderer:
         Returns (agg, mode, level, points): agg has shape (height, width) (density: counts;
         mean: per-pixel mean, NaN where empty) or (height, width, categories).
         """
-        if self._numba:
-            return self._aggregate_cpu(self._plan(x_range, y_range, width, height, color_by,
-                                                  mode, where))
-        if self.device is not None:
-            plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
-            if plan[5] == "exact":
-                return self._aggregate_device_exact(plan)
-        sel = self._select(x_range, y_range, width, height, color_by, mode, where)
-        x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
-        agg = self._bin(x, y, w, vals, c, x_range, y_range, width, height, weighted=mode == "pyramid")
-        return agg, mode, level, int(len(x))
+        view = self._plan(x_range, y_range, width, height, color_by, mode, where)
+        a, items = self._bin(view)
+        return (_as_xarray(a, view.colouring, view.x_range, view.y_range, view.width,
+                           view.height), view.mode, view.level, items)
+
+    def _bin(self, view: View):
+        """The raster backend's aggregate of a planned view: (array, items binned)."""
+        kind = view.colouring.kind
+        if kind == "categorical":
+            return self.raster.category_counts(view)
+        if kind == "mean":
+            return self.raster.means(view)
+        return self.raster.counts(view)
 
     def filter_mask(self, where: dict | None):
         """Bool array of shape (n,) in spatial order: points whose columns match ``where``.
@@ -358,13 +324,13 @@ class FrameRenderer:
         self._filters[key] = mask
         return mask
 
-    def _plan(self, x_range, y_range, width, height, color_by, mode, where=None):
+    def _plan(self, x_range, y_range, width, height, color_by, mode, where=None) -> View:
         """Validate a view and pick what it aggregates: the points in view or pyramid cells.
 
-        Returns (x_range, y_range, width, height, colouring, mode, level, runs, mask): runs
-        (r, 2) of point positions (exact) or of cell numbers at ``level`` (pyramid). A filter
-        (``where``) aggregates the matching points in view exactly (the pyramid holds all
-        points), so its cost follows the visible points.
+        Returns a :class:`~bigembed.view.raster.View`: runs (r, 2) of point positions (exact)
+        or of cell numbers at ``level`` (pyramid). A filter (``where``) aggregates the
+        matching points in view exactly (the pyramid holds all points), so its cost follows
+        the visible points.
         """
         x_range = _check_range("x_range", x_range)
         y_range = _check_range("y_range", y_range)
@@ -393,234 +359,8 @@ class FrameRenderer:
             starts = self.index.level_starts(level)
             runs = np.stack([np.searchsorted(starts, runs[:, 0]),
                              np.searchsorted(starts, runs[:, 1])], 1)
-        return x_range, y_range, width, height, c, mode, level, runs, fmask
-
-    def _select(self, x_range, y_range, width, height, color_by, mode, where=None):
-        """:meth:`_plan`, then the arrays of what is aggregated (gathered)."""
-        plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
-        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
-        if mode == "exact":
-            pos = self.index.positions(runs)
-            if fmask is not None:
-                pos = pos[fmask[pos]]
-            x, y = self.index.xs[pos], self.index.ys[pos]
-            vals = None if c.values is None else c.values[pos]
-            w = None
-        else:
-            g0, g1 = runs[:, 0], runs[:, 1]
-            cells = SpatialIndex.positions(runs)
-            mx, my, cnt, extra = self._cells(level, c)
-            x, y, w = mx[cells], my[cells], cnt[cells]
-            if c.kind == "categorical":
-                pc, pcat, pw, offs = extra
-                pairs = SpatialIndex.positions(np.stack([offs[g0], offs[g1]], 1))
-                x, y = mx[pc[pairs]], my[pc[pairs]]
-                vals = (pcat[pairs], pw[pairs])
-            elif c.kind == "mean":
-                vals = (extra[0][cells], extra[1][cells])
-            else:
-                vals = None
-        return x_range, y_range, width, height, c, mode, level, x, y, w, vals
-
-    # -- the CPU path: numba kernels over the runs, nothing gathered -------------------------
-    def _lut(self, c: Colouring, mix: bool) -> np.ndarray:
-        """Per category what a point adds: one-hot counts, or (1, r, g, b) to mix colours."""
-        if not mix:
-            return np.eye(len(c.categories), dtype=np.float64)
-        from .shade import _rgb
-
-        return np.c_[np.ones(len(c.categories)), _rgb(c.colors)]
-
-    def _cell_weights(self, level: int, c: Colouring, mix: bool):
-        """(x, y, weights (cells, ch)) of a pyramid level for the run kernels (cached)."""
-        key = (level, c.name, "w", mix)
-        got = self._pyramid.get(key)
-        if got is not None:
-            return got
-        # (categorical: the per-cell colour sums below, not _cells' sparse triples)
-        mx, my, cnt, extra = self._cells(level, self.colouring(None) if c.kind == "categorical"
-                                         else c)
-        if c.kind == "density":
-            w = cnt.astype(np.float64)[:, None]
-        elif c.kind == "mean":
-            w = np.stack([extra[0], extra[1]], 1)
-        else:
-            starts = self.index.level_starts(level)
-            group = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
-            lut = self._lut(c, mix)
-            w = np.stack([np.bincount(group, weights=lut[:, j][c.values],
-                                      minlength=len(starts) - 1)
-                          for j in range(lut.shape[1])], 1)
-        got = (mx, my, np.ascontiguousarray(w))
-        if len(self._pyramid) > 64:
-            self._pyramid.clear()
-        self._pyramid[key] = got
-        return got
-
-    def _acc_cpu(self, plan, *, mix: bool = False):
-        """Per-pixel accumulators (H*W, ch) of a planned view, and the items visited."""
-        from ..kernels.raster import bin_runs
-
-        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
-        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
-        touched = int((runs[:, 1] - runs[:, 0]).sum()) if len(runs) else 0
-        if mode == "pyramid":
-            mx, my, w = self._cell_weights(level, c, mix)
-            acc, hits = bin_runs(mx, my, runs, weights=w, **kw)
-        elif c.kind == "density":
-            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, mask=fmask, **kw)
-        elif c.kind == "mean":
-            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, mean_of=c.values,
-                                 mask=fmask, **kw)
-        elif mix:
-            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, codes=c.values,
-                                 lut=self._lut(c, mix), mask=fmask, **kw)
-        else:
-            acc, hits = bin_runs(self.index.xs, self.index.ys, runs, codes=c.values,
-                                 n_codes=len(c.categories), mask=fmask, **kw)
-        # Items visited; with a filter, the matching points in view.
-        return acc, (hits if fmask is not None else touched)
-
-    def _on_device(self, key, array):
-        """``array`` as a tensor on the raster device, kept per ``key`` (colourings, masks)."""
-        import torch
-
-        cache = self.__dict__.setdefault("_dev_cache", {})
-        got = cache.get(key)
-        if got is None or got[0] is not array:
-            if len(cache) > 16:
-                cache.clear()
-            got = (array, torch.as_tensor(np.ascontiguousarray(array), device=self.device))
-            cache[key] = got
-        return got[1]
-
-    def _aggregate_device_exact(self, plan):
-        """An exact frame on the torch device: the layout stays there (copied once at start);
-        only the view's runs go to the device and only the aggregate comes back."""
-        import torch
-
-        from ..kernels.raster import bin_points_torch, run_positions_torch
-
-        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
-        pos = run_positions_torch(torch.as_tensor(runs, device=self.device))
-        if fmask is not None:
-            pos = pos[self._on_device(("mask", id(fmask)), fmask)[pos]]
-        x, y = self._dev[0][pos], self._dev[1][pos]
-        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
-        if c.kind == "density":
-            arr = bin_points_torch(x, y, **kw)
-        elif c.kind == "categorical":
-            codes = self._on_device(("values", c.name), c.values)[pos]
-            arr = bin_points_torch(x, y, categories=codes, n_categories=len(c.categories), **kw)
-        else:
-            v = self._on_device(("values", c.name), c.values)[pos]
-            fin = torch.isfinite(v)
-            tot = bin_points_torch(x, y, weights=torch.where(fin, v, torch.zeros_like(v)), **kw)
-            num = bin_points_torch(x, y, weights=fin.to(torch.float64), **kw)
-            arr = torch.where(num > 0, tot / num.clamp(min=1e-300),
-                              torch.full_like(tot, float("nan")))
-        return (_as_xarray(arr.cpu().numpy(), c, x_range, y_range, width, height), mode, None,
-                int(pos.shape[0]))
-
-    def _aggregate_cpu(self, plan):
-        x_range, y_range, width, height, c, mode, level, runs, fmask = plan
-        acc, touched = self._acc_cpu(plan)
-        if c.kind == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                a = np.where(acc[:, 1] > 0, acc[:, 0] / np.where(acc[:, 1] > 0, acc[:, 1], 1),
-                             np.nan).reshape(height, width)
-        elif c.kind == "categorical":
-            a = acc.reshape(height, width, -1)
-        else:
-            a = acc[:, 0].reshape(height, width)
-        return _as_xarray(a, c, x_range, y_range, width, height), mode, level, touched
-
-    def _bin(self, x, y, w, vals, c, x_range, y_range, width, height, *, weighted):
-        if self.device is not None:
-            return self._bin_torch(x, y, w, vals, c, x_range, y_range, width, height, weighted)
-        if weighted:
-            # Pyramid cells are weighted points; numpy's bincount (the kernel's reference
-            # twin, same pixel mapping as Datashader) sums them faster than a dataframe.
-            return self._bin_weighted_numpy(x, y, w, vals, c, x_range, y_range, width, height)
-        import datashader as dsh
-        import pandas as pd
-
-        cv = dsh.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-        df = {"x": x, "y": y}
-        if not weighted:
-            if c.kind == "density":
-                return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.count())
-            if c.kind == "categorical":
-                df["c"] = pd.Categorical.from_codes(vals, categories=list(c.categories))
-                return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.count_cat("c"))
-            df["v"] = vals
-            return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.mean("v"))
-        if c.kind == "density":
-            df["w"] = w
-            return cv.points(pd.DataFrame(df), "x", "y", agg=dsh.sum("w"))
-        if c.kind == "categorical":
-            cell, cat = np.nonzero(vals)
-            d2 = pd.DataFrame({"x": x[cell], "y": y[cell], "w": vals[cell, cat],
-                               "c": pd.Categorical.from_codes(cat, categories=list(c.categories))})
-            return cv.points(d2, "x", "y", agg=dsh.by("c", dsh.sum("w")))
-        s, m = vals
-        df["s"], df["m"] = s, m
-        frame = pd.DataFrame(df)
-        tot = cv.points(frame, "x", "y", agg=dsh.sum("s"))
-        num = cv.points(frame, "x", "y", agg=dsh.sum("m"))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = tot / num.where(num > 0)
-        return out
-
-    def _bin_weighted_numpy(self, x, y, w, vals, c, x_range, y_range, width, height):
-        from ..kernels.raster import bin_points_reference
-
-        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
-        if c.kind == "density":
-            a = bin_points_reference(x, y, weights=w, **kw)
-        elif c.kind == "categorical":
-            cat, cw = vals
-            a = bin_points_reference(x, y, weights=cw, categories=cat,
-                                     n_categories=len(c.categories), **kw)
-        else:
-            s, m = vals
-            tot = bin_points_reference(x, y, weights=s, **kw)
-            num = bin_points_reference(x, y, weights=m, **kw)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                a = np.where(num > 0, tot / np.where(num > 0, num, 1), np.nan)
-        return _as_xarray(a, c, x_range, y_range, width, height)
-
-    def _bin_torch(self, x, y, w, vals, c, x_range, y_range, width, height, weighted):
-        import torch
-
-        from ..kernels.raster import bin_points_torch
-
-        dev = self.device
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=dev)  # noqa: E731
-        kw = dict(x_range=x_range, y_range=y_range, width=width, height=height)
-        tx, ty = t(x), t(y)
-        tw = None if w is None else t(w)
-        if c.kind == "density":
-            arr = bin_points_torch(tx, ty, weights=tw, **kw)
-        elif c.kind == "categorical":
-            ncat = len(c.categories)
-            if weighted:
-                cat, cw = vals
-                arr = bin_points_torch(tx, ty, weights=t(cw), categories=t(cat),
-                                       n_categories=ncat, **kw)
-            else:
-                arr = bin_points_torch(tx, ty, categories=t(vals), n_categories=ncat, **kw)
-        else:
-            if weighted:
-                s, m = vals
-            else:
-                fin = np.isfinite(vals)
-                s, m = np.where(fin, vals, 0.0), fin.astype(np.float64)
-            tot = bin_points_torch(tx, ty, weights=t(s), **kw)
-            num = bin_points_torch(tx, ty, weights=t(m), **kw)
-            arr = torch.where(num > 0, tot / num.clamp(min=1e-300),
-                              torch.full_like(tot, float("nan")))
-        return _as_xarray(arr.cpu().numpy(), c, x_range, y_range, width, height)
+        return View(x_range=x_range, y_range=y_range, width=width, height=height, colouring=c,
+                    mode=mode, level=level, runs=runs, mask=fmask)
 
     # -- shading ---------------------------------------------------------------------------
     def shade(self, agg, color_by=None):
@@ -646,53 +386,56 @@ class FrameRenderer:
         out = tf.Image(img, coords={d: agg.coords[d] for d in dims}, dims=dims)
         return sh.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
 
-    def _render_categorical(self, x_range, y_range, width, height, color_by, mode, where):
-        """A categorical frame without the dense (H, W, C) aggregate: O(points + pixels)."""
-        import datashader.transfer_functions as tf
-
-        from ..kernels.raster import pixel_index
-        from . import shade as sh
-
-        sel = self._select(x_range, y_range, width, height, color_by, mode, where)
-        x_range, y_range, width, height, c, mode, level, x, y, w, vals = sel
-        if mode == "pyramid":
-            cat, weight = vals
-        else:
-            cat, weight = vals, None
-        pix, keep = pixel_index(x, y, x_range=x_range, y_range=y_range, width=width,
-                                height=height)
-        img = sh.shade_categorical_sparse(pix, cat[keep],
-                                          None if weight is None else weight[keep],
-                                          shape=(height, width), colors=c.colors,
-                                          min_alpha=CAT_MIN_ALPHA)
-        out = tf.Image(img, coords={"y": _centres(y_range, height),
-                                    "x": _centres(x_range, width)}, dims=("y", "x"))
-        out = sh.dynspread(out, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX)
-        return out, mode, level, int(len(x))
-
-    def _render_numba(self, x_range, y_range, width, height, color_by, mode, where):
-        """A density or mean frame from the accumulators straight to RGBA (no xarray); the
-        image is wrapped for Datashader's ``spread`` only when it must be spread."""
+    def _image(self, view: View):
+        """A frame's RGBA image (uint32 (H, W)) and the items binned, shaded straight from
+        the backend's arrays (no xarray); wrapped for Datashader's ``spread`` only when it
+        must be spread."""
         import colorcet as cc
 
         from . import shade as sh
 
-        plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
-        x_range, y_range, width, height, c, mode, level = plan[:7]
-        acc, pts = self._acc_cpu(plan)
+        c = view.colouring
+        if c.kind == "categorical":
+            return self._categorical_image(view)
+        a, items = self._bin(view)
         if c.kind == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                a = np.where(acc[:, 1] > 0, acc[:, 0] / np.where(acc[:, 1] > 0, acc[:, 1], 1),
-                             np.nan).reshape(height, width)
-            img = sh.shade_mean(a, getattr(cc, c.cmap), c.span)
-            nz = None
+            img, nz = sh.shade_mean(a, getattr(cc, c.cmap), c.span), None
         else:
-            img, nz = sh.shade_density(acc[:, 0].reshape(height, width),
-                                       getattr(cc, DENSITY_CMAP)[DENSITY_FROM:], return_nz=True)
-        return self._spread(img, x_range, y_range, width, height, nz), mode, level, pts
+            img, nz = sh.shade_density(a, getattr(cc, DENSITY_CMAP)[DENSITY_FROM:],
+                                       return_nz=True)
+        return self._spread(img, view, nz), items
+
+    def _categorical_image(self, view: View):
+        """A categorical frame from the first form the backend bins: colour sums (four
+        accumulators per pixel whatever the number of categories), the pixel and category of
+        each point in view (O(points + pixels), never the dense (H, W, C) aggregate), or the
+        dense per-category counts."""
+        from . import shade as sh
+
+        c = view.colouring
+        shape = (view.height, view.width)
+        sums = self.raster.colour_sums(view)
+        if sums is not None:
+            acc, items = sums
+            img, nz = sh.shade_categorical_mixed(acc, shape=shape, colors=c.colors,
+                                                 min_alpha=CAT_MIN_ALPHA, return_nz=True)
+            # None in the one case the sums cannot match Datashader: every pixel non-empty
+            # (then Datashader subtracts the smallest per-category count, which needs them all)
+            if img is not None:
+                return self._spread(img, view, nz), items
+        pixels = self.raster.category_pixels(view)
+        if pixels is not None:
+            pix, cat, weight, items = pixels
+            img = sh.shade_categorical_sparse(pix, cat, weight, shape=shape, colors=c.colors,
+                                              min_alpha=CAT_MIN_ALPHA)
+        else:
+            a, items = self.raster.category_counts(view)
+            img = sh.shade_categorical(a.astype(np.uint32, copy=False), c.colors,
+                                       min_alpha=CAT_MIN_ALPHA)
+        return self._spread(img, view), items
 
     @staticmethod
-    def _spread(img, x_range, y_range, width, height, nz=None):
+    def _spread(img, view: View, nz=None):
         """Datashader's dynspread of an RGBA array; wrapped as an Image only to spread it."""
         from . import shade as sh
 
@@ -700,26 +443,10 @@ class FrameRenderer:
         if px:
             import datashader.transfer_functions as tf
 
-            img = tf.spread(tf.Image(img, coords={"y": _centres(y_range, height),
-                                                  "x": _centres(x_range, width)},
+            img = tf.spread(tf.Image(img, coords={"y": _centres(view.y_range, view.height),
+                                                  "x": _centres(view.x_range, view.width)},
                                      dims=("y", "x")), px, shape="circle")
         return img
-
-    def _render_mixed(self, x_range, y_range, width, height, color_by, mode, where):
-        """A categorical frame from four accumulators per pixel (count and the count-weighted
-        r, g, b of its points' categories), whatever the number of categories. Returns
-        (None, ...) in the one case it cannot match Datashader: every pixel non-empty (then
-        Datashader subtracts the smallest per-category count, which needs every count)."""
-        from . import shade as sh
-
-        plan = self._plan(x_range, y_range, width, height, color_by, mode, where)
-        x_range, y_range, width, height, c, mode, level = plan[:7]
-        acc, pts = self._acc_cpu(plan, mix=True)
-        img, nz = sh.shade_categorical_mixed(acc, shape=(height, width), colors=c.colors,
-                                             min_alpha=CAT_MIN_ALPHA, return_nz=True)
-        if img is None:
-            return None, mode, level, pts
-        return self._spread(img, x_range, y_range, width, height, nz), mode, level, pts
 
     def shade_reference(self, agg, color_by=None):
         """The same image made by Datashader's ``tf.shade`` itself (the trusted reference)."""
@@ -756,23 +483,11 @@ class FrameRenderer:
             dx, dy = self.default_range()
             x_range = dx if x_range is None else x_range
             y_range = dy if y_range is None else y_range
-        c = self.colouring(color_by)
-        img = None
-        if self._numba:
-            how = self._render_mixed if c.kind == "categorical" else self._render_numba
-            img, mode, level, pts = how(x_range, y_range, width, height, color_by, mode, where)
-        if img is not None:
-            pass  # (a mixed categorical frame is None only when every pixel is non-empty)
-        elif c.kind == "categorical" and self.device is None:
-            img, mode, level, pts = self._render_categorical(x_range, y_range, width, height,
-                                                             color_by, mode, where)
-        else:
-            agg, mode, level, pts = self.aggregate(x_range=x_range, y_range=y_range,
-                                                   width=width, height=height,
-                                                   color_by=color_by, mode=mode, where=where)
-            img = self.shade(agg, color_by)
+        view = self._plan(x_range, y_range, width, height, color_by, mode, where)
+        img, items = self._image(view)
         png = png_rgba(np.asarray(getattr(img, "data", img)))
-        return Frame(png, mode, level, pts, time.perf_counter() - t0)
+        return Frame(png, view.mode, view.level, items, time.perf_counter() - t0)
+
 
     def render_png(self, *, x_range, y_range, width, height, color_by=None) -> bytes:
         """PNG bytes of the view (x_range, y_range) at width x height pixels."""
