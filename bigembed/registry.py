@@ -144,9 +144,10 @@ class Stage:
                         log.info("%s: using backend %r", self.name, b.name)
                     return b
                 skipped.append(f"{b.name}: {why}")
-            # the CPU backends' install hints first: what a user without a GPU needs
-            hints = [b.install for b in sorted(self._backends.values(), key=lambda b: b.gpu)
-                     if b.does(method) and b.install]
+            # the last resort's install hint (the CPU backend, last in auto's order): what a
+            # user without a GPU needs
+            hints = [b.install for b in reversed(self._backends.values())
+                     if b.does(method) and b.install and not b.gpu]
             raise BackendUnavailable(f"{self.name}: no backend is available"
                                      f"{f' for {method}' if method else ''} "
                                      f"({'; '.join(skipped)}). {hints[0] if hints else ''}"
