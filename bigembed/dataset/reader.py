@@ -483,6 +483,24 @@ class Dataset:
         return out
 
 
+def verify_artifact(ds: Dataset, what: str, name: str, rec: dict) -> None:
+    """Raise :class:`DatasetError` unless the artifact file of ``rec`` is there with the
+    checksum the manifest records (computed once per process per file version)."""
+    p = ds.path / rec["file"]
+    if "xxh3_64" not in rec:
+        return
+    try:
+        ok, got = checksum_matches(p, rec["xxh3_64"])
+    except FileNotFoundError:
+        raise DatasetError(f"{what} {name!r}: {p} is missing") from None
+    except OSError as e:
+        raise DatasetError(f"{what} {name!r}: {p} cannot be read: {e}") from None
+    if not ok:
+        raise DatasetError(f"{what} {name!r}: {p} checksum is {got}, the manifest says "
+                           f"{rec['xxh3_64']} (bytes changed on disk); recompute it with "
+                           f"--force")
+
+
 def open_dataset(path, **kw) -> Dataset:
     """Shorthand for :meth:`Dataset.open`."""
     return Dataset.open(path, **kw)

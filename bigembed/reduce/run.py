@@ -207,6 +207,8 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         rec = ds.manifest["layouts"][name]
         return ReduceResult(name, sp.name, method, ds.rows, True, 0.0,
                             rec.get("backend", "?"), rec.get("quality"))
+    # A read-only dataset fails now, not after minutes of computing.
+    ds.prepare_write("layouts")
     sp.ensure_verified()
     check_finite(sp.vectors, f"space {sp.name!r}",
                  hint="a layout needs finite vectors: drop or fix them when ingesting")
