@@ -7,6 +7,7 @@ removes), and rerunning the command succeeds; damage is named in one line with e
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -181,6 +182,7 @@ def test_kill_at_index_force_rename(tmp_path):
     assert len(info["indexes"]) == 1 and len(list((ds / "indexes").iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_kill_at_layout_rename(tmp_path):
     ds = make_ds(tmp_path / "ds")
     reduce(ds, method="pca", quality=False)
@@ -212,14 +214,39 @@ def _while_ingesting(ds, proc):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("other", ["ingest", "index", "reduce"])
+@contextlib.contextmanager
+def paused(proc):
+    """SIGSTOP ``proc`` inside the block (a real signal: a slow disk, a laptop lid), so
+    another writer surely runs while it is half-way; SIGCONT after."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("other", ["ingest", "index",
+                                   pytest.param("reduce", marks=pytest.mark.slow)])
 def test_second_writer_during_an_ingest_keeps_both(tmp_path, other):
     """Finding 2: an ingest wrote back the manifest it read at its start."""
     rows = 20000
     ds = make_ds(tmp_path / "ds", rows=rows)
-    wide = _wide(tmp_path, "wide", rows, dim=512)
+    wide = _wide(tmp_path, "wide", rows, dim=256)
     a = start("ingest", wide, "--out", ds, "--space", "w1")
     _while_ingesting(ds, a)
+    with paused(a):
+        _other_writer(tmp_path, ds, rows, other)
+    finish(a)
+    m = Dataset.open(ds).manifest
+    assert "w1" in m["spaces"]
+    if other == "ingest":
+        assert "w2" in m["spaces"]
+    else:
+        assert len(m.get("indexes" if other == "index" else "layouts", {})) == 1
+    assert_clean(ds)
+
+
+def _other_writer(tmp_path, ds, rows, other):
     if other == "ingest":
         b = start("ingest", _wide(tmp_path, "other", rows, dim=8, seed=6), "--out", ds,
                   "--space", "w2")
@@ -228,13 +255,6 @@ def test_second_writer_during_an_ingest_keeps_both(tmp_path, other):
     else:
         b = start("reduce", ds, "--space", "default", "--method", "pca", "--no-quality")
     finish(b)
-    finish(a)
-    info = assert_clean(ds)
-    assert "w1" in info["spaces"]
-    if other == "ingest":
-        assert "w2" in info["spaces"]
-    else:
-        assert len(info["indexes" if other == "index" else "layouts"]) == 1
 
 
 def test_two_ingests_started_together_both_kept(tmp_path):
@@ -245,20 +265,21 @@ def test_two_ingests_started_together_both_kept(tmp_path):
               "--space", "x2")
     finish(a)
     finish(b)
-    info = assert_clean(ds)
-    assert sorted(info["spaces"]) == ["default", "x1", "x2"]
+    assert sorted(Dataset.open(ds).spaces) == ["default", "x1", "x2"]
+    assert_clean(ds)
     d = Dataset.open(ds, verify="full")
     assert d.space("x2").vectors.shape == (rows, 64)
 
 
+@pytest.mark.slow
 def test_two_reduces_at_once_both_kept(tmp_path):
     ds = make_ds(tmp_path / "ds")
     a = start("reduce", ds, "--method", "pca", "--seed", "1", "--no-quality")
     b = start("reduce", ds, "--method", "pca", "--seed", "2", "--no-quality")
     finish(a)
     finish(b)
-    info = assert_clean(ds)
-    assert len(info["layouts"]) == 2
+    assert len(Dataset.open(ds).manifest["layouts"]) == 2
+    assert_clean(ds)
 
 
 def test_same_new_space_twice_at_once_second_is_refused(tmp_path):
@@ -338,7 +359,6 @@ def test_meta_damaged_in_place_is_named(indexed, tmp_path):
     flip(meta, 0.3)
     assert meta.stat().st_size == size
     for cmd in (["neighbors", indexed, "--id", "1"],
-                ["neighbors", indexed, "--key", "k1"],
                 ["render", indexed, "--out", tmp_path / "v.png", "--color-by", "label"],
                 ["info", indexed]):
         p = bigembed(*cmd)
@@ -386,12 +406,10 @@ def read_only(tmp_path):
 def test_read_only_dataset_refused_before_computing(read_only):
     """Finding 4: `reduce` computed for seconds, then died with a PermissionError traceback."""
     ds = read_only
-    for cmd in (["reduce", ds, "--space", "default", "--method", "pca"],
-                ["reduce", ds, "--space", "default", "--method", "umap"],
+    for cmd in (["reduce", ds, "--space", "default", "--method", "umap"],
                 ["index", ds, "--space", "default"],
                 ["ingest", ds.parent / "more.npy", "--out", ds, "--space", "more"],
-                ["neighbors", ds, "--id", "1"],
-                ["gc", ds]):
+                ["neighbors", ds, "--id", "1"]):
         p = bigembed(*cmd)
         assert_clean_error(p, "not writable")
         assert p.returncode == 2 and "NaN" not in p.stderr and "non-finite" not in p.stderr
@@ -450,16 +468,15 @@ def test_info_reports_orphans_and_gc_removes_only_them(tmp_path):
     ok("neighbors", ds, "--id", "5")
 
 
-@pytest.mark.slow
 def test_gc_never_removes_what_a_live_writer_is_writing(tmp_path):
     rows = 20000
     ds = make_ds(tmp_path / "ds", rows=rows)
-    a = start("ingest", _wide(tmp_path, "wide", rows, dim=512), "--out", ds, "--space", "w")
+    a = start("ingest", _wide(tmp_path, "wide", rows, dim=256), "--out", ds, "--space", "w")
     _while_ingesting(ds, a)
-    g = ok("gc", ds)
-    assert "removed 0 orphans" in g.stdout
-    if a.poll() is None:
-        assert "kept" in g.stdout
+    with paused(a):
+        g = ok("gc", ds)
+        assert "removed 0 orphans" in g.stdout and "kept" in g.stdout
+        assert "being written by process" in ok("info", ds).stdout
     finish(a)
     assert "w" in assert_clean(ds)["spaces"]
 
