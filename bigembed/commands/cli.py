@@ -7,6 +7,7 @@ new one to :data:`COMMANDS`. Errors bigembed raises on purpose print as one line
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import re
@@ -15,8 +16,8 @@ import sys
 from ..errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
-COMMANDS = ["demo", "synth", "ingest", "extract", "info", "reduce", "index", "neighbors", "compare",
-            "render", "serve", "bench"]
+COMMANDS = ["demo", "synth", "ingest", "extract", "info", "gc", "reduce", "index", "neighbors",
+            "compare", "render", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(_commands=sub.choices)
     return p
 
+
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 _LEADING_NAME = re.compile(r"^([a-z][a-z0-9_]*)(?:=('[^']*'|\S+)|(?=[ :]))")
 
@@ -76,6 +79,13 @@ def main(argv=None) -> int:
     except BigembedError as e:
         msg = cli_message(str(e), args._commands[args.command])
         print(f"bigembed {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A refused write or a full disk the library did not name: still one line, exit 2.
+        if e.errno not in _USER_ERRNOS:
+            raise
+        print(f"bigembed {args.command}: error: {e.strerror}: {e.filename or ''}".rstrip(": "),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bigembed {args.command}: interrupted", file=sys.stderr)

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--drop-invalid", action="store_true",
                    help="leave out rows holding NaN/Inf (recorded in the manifest)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing space")
+    p.add_argument("--allow-duplicate-keys", action="store_true",
+                   help="keep keys that occur more than once (a lookup by such a key uses its "
+                   "first instance and says so)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +33,8 @@ def run(args) -> int:
 
     r = ingest(args.inputs, out=args.out, space=args.space, meta=args.meta, key=args.key,
                column=args.column, array=args.array, dtype=args.dtype,
-               drop_invalid=args.drop_invalid, overwrite=args.overwrite)
+               drop_invalid=args.drop_invalid, overwrite=args.overwrite,
+               allow_duplicate_keys=args.allow_duplicate_keys)
     gbps = r.bytes / max(r.seconds, 1e-9) / 1e9
     print(f"wrote space {r.space!r} of {r.path}: {r.rows} rows x {r.dim} ({r.dtype}), "
           f"{r.shards} shards, {human_bytes(r.bytes)} in {r.seconds:.1f}s ({gbps:.2f} GB/s)")

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ..dataset.reader import open_cached
+from ..dataset.reader import open_cached, verify_artifact
 from ..errors import DatasetError, InputError, check_choice, check_positive_int
 from ..search.exact import exact_neighbors, sample_ids
 from ..search.graph import knn_graph
@@ -202,6 +202,7 @@ def _meta_stamp(ds) -> str | None:
 
 
 def _read_artifact(ds, name: str, rec: dict) -> dict:
+    verify_artifact(ds, "comparison", name, rec)
     path = ds.path / rec["file"]
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()

@@ -104,3 +104,35 @@ def remove_stale_temps(directory: Path, name: str | None = None) -> int:
                 p.unlink()
             n += 1
     return n
+
+
+_RENAME_EXCHANGE = 2
+_renameat2 = None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); returns
+    False where the OS or filesystem cannot, and the caller falls back to two renames."""
+    global _renameat2
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            f = libc.renameat2
+            f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+            f.restype = ctypes.c_int
+            _renameat2 = f
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    at_fdcwd = -100
+    rc = _renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)),
+                    _RENAME_EXCHANGE)
+    return rc == 0

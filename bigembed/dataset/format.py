@@ -55,6 +55,24 @@ def file_checksum(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
     return h.hexdigest()
 
 
+_VERIFIED: dict = {}
+
+
+def checksum_matches(path: Path, expected: str) -> tuple[bool, str]:
+    """``(ok, found)``: whether ``path`` hashes to ``expected``, computed once per process per
+    file version (path, inode, size, mtime): a reader verifies what it uses without paying for
+    it on every open. Raises OSError when the file cannot be read."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    got = _VERIFIED.get(key)
+    if got is None:
+        got = file_checksum(path)
+        if len(_VERIFIED) > 4096:
+            _VERIFIED.clear()
+        _VERIFIED[key] = got
+    return got == expected, got
+
+
 def shard_rows_for(dim: int, dtype: str, shard_bytes: int | None = None) -> int:
     """Rows per shard: about ``shard_bytes`` and a multiple that keeps bodies page-sized."""
     shard_bytes = shard_bytes or SHARD_BYTES

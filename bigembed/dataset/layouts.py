@@ -15,6 +15,7 @@ import pyarrow as pa
 import xxhash
 
 from ..errors import DatasetError, InputError
+from .reader import verify_artifact
 
 LAYOUT_FORMAT = 1
 
@@ -120,6 +121,7 @@ def load_layout(ds, *, name: str | None = None, space: str | None = None,
         raise InputError(f"dataset {ds.path} has no layout {name!r}; it has "
                          f"{sorted(ds.manifest.get('layouts', {}))}")
     path = ds.path / rec["file"]
+    verify_artifact(ds, "layout", name, rec)
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as e:

@@ -7,8 +7,6 @@ space being written) is invisible to readers.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -28,9 +26,20 @@ from .format import (
     FORMAT_VERSION,
     MANIFEST,
     _now,
+    checksum_matches,
     file_checksum,
 )
 from .shards import read_shard
+from .transaction import (
+    READ_ONLY_ERRNOS,
+    check_writable,
+    dataset_lock,
+    not_writable,
+    read_manifest,
+    remove_unreferenced,
+    unique_name,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +53,9 @@ class Space:
     """One set of vectors for all N rows of a dataset (a layer, a checkpoint, a file).
 
     ``space.vectors`` is an (N, dim) read-only numpy array mapped from the shards without
-    copying. :meth:`iter_batches` streams it in (start, array) pieces.
+    copying, after the shards' checksums were verified (once per process per file version:
+    damaged bytes never answer a query). :meth:`iter_batches` streams it in (start, array)
+    pieces.
     """
 
     def __init__(self, dataset: "Dataset", name: str, record: dict):
@@ -96,8 +107,10 @@ class Space:
 
     @property
     def vectors(self) -> np.ndarray:
-        """Array of shape (rows, dim), read-only, memory-mapped (no copy)."""
+        """Array of shape (rows, dim), read-only, memory-mapped (no copy); the shards'
+        checksums are verified first (:meth:`ensure_verified`)."""
         if self._vectors is None:
+            self.ensure_verified()
             arrays, infos = self._open_shards()
             if len(arrays) == 1:
                 self._vectors = arrays[0]
@@ -135,8 +148,12 @@ class Space:
         shards = self.record["shards"]
         for s in progress_bar(shards, desc=f"verify {self.name}", unit="shard", enabled=progress):
             p = self.directory / s["file"]
-            got = file_checksum(p)
-            if got != s["xxh3_64"]:
+            try:
+                ok, got = checksum_matches(p, s["xxh3_64"])
+            except OSError as e:
+                problems.append(f"space {self.name!r}: shard {p} cannot be read: {e}")
+                continue
+            if not ok:
                 problems.append(
                     f"space {self.name!r}: shard {p} checksum is {got}, the manifest says "
                     f"{s['xxh3_64']} (bytes changed on disk)"
@@ -145,8 +162,8 @@ class Space:
 
     def ensure_verified(self) -> None:
         """Recompute the shard checksums once per process; raise :class:`DatasetError` on a
-        mismatch. Stages that derive artifacts from every vector (layouts, indexes, graphs)
-        call this first, so damaged bytes never become a plausible-looking result."""
+        mismatch. :attr:`vectors` calls it, so damaged bytes never answer a query nor become
+        a plausible-looking layout, index or graph."""
         if getattr(self, "_verified", False):
             return
         problems = self.verify()
@@ -239,6 +256,22 @@ class Dataset:
                 f"{p} is {p.stat().st_size} bytes, the manifest says {rec['bytes']}"
             )
 
+    def _verify_meta(self) -> None:
+        """Check meta's size and checksum (once per process per file version)."""
+        self._check_meta()
+        rec = self.manifest.get("meta")
+        if not rec or "xxh3_64" not in rec:
+            return
+        p = self.path / rec["file"]
+        try:
+            ok, got = checksum_matches(p, rec["xxh3_64"])
+        except OSError as e:
+            raise DatasetError(f"{p} cannot be read: {e}") from None
+        if not ok:
+            raise DatasetError(f"{p} checksum is {got}, the manifest says {rec['xxh3_64']} "
+                               f"(bytes changed on disk); restore it or re-ingest the "
+                               f"metadata")
+
     def verify(self, progress: bool = False) -> list[str]:
         """Recompute every checksum; return the problems found (empty list: all good)."""
         problems = []
@@ -249,14 +282,14 @@ class Dataset:
             p = self.path / rec["file"]
             if not p.is_file():
                 problems.append(f"{p} is missing")
-            elif file_checksum(p) != rec["xxh3_64"]:
+            elif not checksum_matches(p, rec["xxh3_64"])[0]:
                 problems.append(f"{p} checksum differs from the manifest (bytes changed on disk)")
         for kind in ARTIFACT_KINDS:
             for name, a in self.manifest.get(kind, {}).items():
                 p = self.path / a["file"]
                 if not p.exists():
                     problems.append(f"{kind[:-1]} {name!r}: {p} is missing")
-                elif "xxh3_64" in a and file_checksum(p) != a["xxh3_64"]:
+                elif "xxh3_64" in a and not checksum_matches(p, a["xxh3_64"])[0]:
                     problems.append(f"{kind[:-1]} {name!r}: {p} checksum differs from the manifest")
         return problems
 
@@ -301,7 +334,13 @@ class Dataset:
 
             rec = self.manifest.get("meta")
             if rec:
-                self._meta = pq.read_table(self.path / rec["file"]).to_pandas()
+                self._verify_meta()
+                p = self.path / rec["file"]
+                try:
+                    self._meta = pq.read_table(p).to_pandas()
+                except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+                    raise DatasetError(f"{p} cannot be read as Parquet ({e}); restore it or "
+                                       f"re-ingest the metadata") from None
             else:
                 self._meta = pd.DataFrame({"id": np.arange(self.rows, dtype=np.int64)})
         return self._meta
@@ -320,59 +359,105 @@ class Dataset:
     def reload(self) -> "Dataset":
         return Dataset.open(self.path, verify="none")
 
-    # -- derived artifacts ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self):
-        lock = self.path / ".lock"
-        with open(lock, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    # -- writing (transactions: see bigembed.dataset.transaction) ------------------------
+    def prepare_write(self, *subdirs: str) -> None:
+        """Call before computing something to store: raises :class:`DatasetError` at once when
+        the dataset (or ``subdirs``) cannot be written, and collects the orphans of killed
+        writers under the lock (live writers' temporaries are kept)."""
+        from .gc import collect_garbage
+
+        with dataset_lock(self.path):
+            check_writable(self.path, *subdirs)
+            collect_garbage(self.path)
 
     def update_manifest(self, fn) -> dict:
-        """Apply ``fn(manifest) -> None`` to the manifest on disk under a lock, atomically."""
-        with self._locked():
-            current = json.loads((self.path / MANIFEST).read_text())
+        """Apply ``fn(manifest) -> None`` to the manifest on disk now, under the writer lock,
+        and replace it atomically (what other writers committed meanwhile is kept)."""
+        with dataset_lock(self.path):
+            current = read_manifest(self.path)
             fn(current)
             current["updated"] = _now()
-            _atomic.write_json(self.path / MANIFEST, current)
+            write_manifest(self.path, current)
         self.manifest = current
         return current
 
-    def write_artifact(self, kind: str, name: str, writer, record: dict, suffix: str) -> Path:
-        """Write a derived artifact atomically and list it in the manifest.
+    def _space_changed(self, current: dict, space: str | None) -> bool:
+        """Whether space ``space`` differs in ``current`` from when this dataset was opened."""
+        if space is None:
+            return False
+        mine = (self.manifest.get("spaces") or {}).get(space)
+        now = (current.get("spaces") or {}).get(space)
+        if mine is None or now is None:
+            return mine is not now
+        return [s.get("xxh3_64") for s in mine.get("shards", [])] != \
+            [s.get("xxh3_64") for s in now.get("shards", [])]
 
-        ``writer(tmp_path)`` writes the file; ``record`` (JSON-able) is stored with it.
-        Returns the final path ``<dataset>/<kind>/<name><suffix>``.
+    def write_artifact(self, kind: str, name: str, writer, record: dict, suffix: str) -> Path:
+        """Write a derived artifact and list it in the manifest, as one transaction.
+
+        ``writer(tmp_path)`` writes the file (under a temporary name, outside the lock);
+        ``record`` (JSON-able) is stored with it. Under the lock the file is renamed to
+        ``<dataset>/<kind>/<name><suffix>``, or to a new unique name when a file is already
+        there (``--force``: the old one stays complete until the manifest switches), and
+        merged into the manifest on disk. Returns the final path.
         """
         if kind not in ARTIFACT_KINDS:
             raise InputError(f"kind must be one of {ARTIFACT_KINDS}, got {kind!r}")
         d = self.path / kind
-        d.mkdir(exist_ok=True)
-        final = d / f"{name}{suffix}"
-        with _atomic.atomic_path(final) as tmp:
-            writer(tmp)
-        rec = dict(record)
-        rec.update(file=f"{kind}/{final.name}", bytes=final.stat().st_size,
-                   xxh3_64=file_checksum(final), created=_now())
-
-        def add(m):
-            m.setdefault(kind, {})[name] = rec
-
-        self.update_manifest(add)
+        try:
+            d.mkdir(exist_ok=True)
+            tmp = _atomic.tmp_name(d / f"{name}{suffix}")
+        except OSError as e:
+            if e.errno in READ_ONLY_ERRNOS:
+                raise not_writable(self.path, e) from None
+            raise
+        try:
+            try:
+                writer(tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno in READ_ONLY_ERRNOS:
+                    raise not_writable(self.path, e) from None
+                raise
+            rec = dict(record)
+            rec.update(bytes=tmp.stat().st_size, xxh3_64=file_checksum(tmp), created=_now())
+            with dataset_lock(self.path):
+                current = read_manifest(self.path)
+                if self._space_changed(current, record.get("space")):
+                    raise DatasetError(
+                        f"space {record.get('space')!r} of {self.path} was replaced or removed "
+                        f"by another command while this {kind[:-1]} was computed from it; "
+                        f"nothing was stored. Rerun the command")
+                final = unique_name(d, name, suffix)
+                os.replace(tmp, final)
+                _atomic.fsync_dir(d)
+                rec["file"] = f"{kind}/{final.name}"
+                old = (current.get(kind) or {}).get(name)
+                current.setdefault(kind, {})[name] = rec
+                current["updated"] = _now()
+                try:
+                    write_manifest(self.path, current)
+                except BaseException:
+                    final.unlink(missing_ok=True)
+                    raise
+                remove_unreferenced(self.path, current, [old.get("file") if old else None])
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.manifest = current
         return final
 
     def remove_artifact(self, kind: str, name: str) -> None:
-        path = self.artifact_path(kind, name)
+        self.artifact_path(kind, name)  # raises when there is none
 
         def drop(m):
-            m.get(kind, {}).pop(name, None)
+            rec = m.get(kind, {}).pop(name, None)
+            dropped.append(rec.get("file") if rec else None)
 
-        self.update_manifest(drop)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        dropped: list = []
+        with dataset_lock(self.path):
+            m = self.update_manifest(drop)
+            remove_unreferenced(self.path, m, dropped)
 
     def info(self) -> dict:
         """A JSON-able summary: rows, spaces, sizes, artifacts."""
@@ -396,6 +481,24 @@ class Dataset:
         for kind in ARTIFACT_KINDS:
             out[kind] = self.manifest.get(kind, {})
         return out
+
+
+def verify_artifact(ds: Dataset, what: str, name: str, rec: dict) -> None:
+    """Raise :class:`DatasetError` unless the artifact file of ``rec`` is there with the
+    checksum the manifest records (computed once per process per file version)."""
+    p = ds.path / rec["file"]
+    if "xxh3_64" not in rec:
+        return
+    try:
+        ok, got = checksum_matches(p, rec["xxh3_64"])
+    except FileNotFoundError:
+        raise DatasetError(f"{what} {name!r}: {p} is missing") from None
+    except OSError as e:
+        raise DatasetError(f"{what} {name!r}: {p} cannot be read: {e}") from None
+    if not ok:
+        raise DatasetError(f"{what} {name!r}: {p} checksum is {got}, the manifest says "
+                           f"{rec['xxh3_64']} (bytes changed on disk); recompute it with "
+                           f"--force")
 
 
 def open_dataset(path, **kw) -> Dataset:

@@ -1,6 +1,8 @@
 """Writing a dataset: :class:`DatasetWriter` creates one, or adds spaces and metadata to an
-existing one, and commits by replacing the manifest last (atomically), so a killed writer
-leaves the previous dataset or the complete new one."""
+existing one, as one transaction (:mod:`bigembed.dataset.transaction`): new files under
+temporary names, then, under the dataset's lock, renames to names no manifest has listed and
+one atomic manifest replace merged with what other writers committed meanwhile. A killed writer
+leaves the previous dataset or the complete new one (plus orphans that ``gc`` removes)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import DatasetError, InputError
 from . import _atomic
 from .format import (
     ARTIFACT_KINDS,
@@ -30,6 +31,15 @@ from .format import (
 )
 from .reader import Dataset
 from .shards import SpaceWriter
+from .transaction import (
+    READ_ONLY_ERRNOS,
+    dataset_lock,
+    not_writable,
+    read_manifest,
+    remove_unreferenced,
+    unique_name,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +53,11 @@ class DatasetWriter:
     """Creates a dataset, or adds spaces / metadata to an existing one, atomically.
 
     ``mode="create"`` builds the whole dataset in a temporary sibling directory and renames it
-    into place at the end (``overwrite=True`` replaces an existing one). ``mode="append"`` adds
-    spaces to an existing dataset: each is written to a temporary directory inside it, and the
-    manifest, replaced last, is what makes them visible.
+    into place at the end (``overwrite=True`` replaces an existing one, swapping the two in one
+    step where Linux allows). ``mode="append"`` adds spaces and/or replaces the metadata of an
+    existing dataset: it checks the dataset is writable and collects orphans first, writes each
+    space to a temporary directory inside it, and commits under the dataset's lock, merging
+    with the manifest on disk then (another writer's space or index committed meanwhile stays).
 
     ::
 
@@ -69,7 +81,6 @@ class DatasetWriter:
         self._meta_tmp: Path | None = None
         self._meta_rows: int | None = None
         self._dropped: dict | None = None
-        self._old_dirs: list[Path] = []
         self.rows: int | None = None
         if mode == "create":
             if self.path.exists() and not overwrite:
@@ -79,10 +90,16 @@ class DatasetWriter:
                 )
             if self.path.exists() and not self.path.is_dir():
                 raise InputError(f"out: {self.path} exists and is not a directory")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic.remove_stale_temps(self.path.parent, self.path.name)
-            self.work = _atomic.tmp_name(self.path)
-            self.work.mkdir()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic.remove_stale_temps(self.path.parent, self.path.name)
+                self.work = _atomic.tmp_name(self.path)
+                self.work.mkdir()
+            except OSError as e:
+                if e.errno in READ_ONLY_ERRNOS:
+                    raise InputError(f"out: cannot create {self.path} ({e.strerror}: "
+                                     f"{e.filename}); choose a writable path") from None
+                raise
             self.base_manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "rows": None,
                 "created": _now(), "bigembed_version": _version(),
@@ -90,9 +107,10 @@ class DatasetWriter:
             }
         else:
             ds = Dataset.open(self.path, verify="fast")
+            # Refuse a read-only dataset before any work; collect killed writers' orphans.
+            ds.prepare_write("spaces")
             self.dataset = ds
             self.work = self.path
-            _atomic.remove_stale_temps(self.path / "spaces")
             self.base_manifest = ds.manifest
             self.rows = ds.rows
 
@@ -198,20 +216,30 @@ class DatasetWriter:
                 f"meta: the metadata has {self._meta_rows} rows but the vectors have "
                 f"{self.rows}; they must match (one metadata row per vector)"
             )
-        manifest = json.loads(json.dumps(self.base_manifest))
+        try:
+            if self.mode == "create":
+                self._commit_create()
+            else:
+                with dataset_lock(self.path):
+                    self._commit_append()
+        except OSError as e:
+            if e.errno in READ_ONLY_ERRNOS:
+                raise not_writable(self.path, e) from None
+            raise
+
+    def _apply(self, manifest: dict, created: list) -> list:
+        """Rename the new files to their final names (recorded in ``created``) and record them
+        in ``manifest``; return the relative paths of what they replace."""
+        replaced = []
         manifest["rows"] = self.rows
         manifest.setdefault("spaces", {})
         for name, rec in self._spaces.items():
-            tmpdir = self._space_dirs[name]
-            final = self.work / "spaces" / name
-            if final.exists():
-                # Replacing a space: the new one goes beside the old, the manifest switches
-                # to it, then the old one is removed.
-                final = self.work / "spaces" / f"{name}.{uuid.uuid4().hex[:8]}"
+            final = unique_name(self.work / "spaces", name)
+            os.replace(self._space_dirs[name], final)
+            created.append(final)
             old = manifest["spaces"].get(name)
             if old is not None:
-                self._old_dirs.append(self.work / old.get("dir", f"spaces/{name}"))
-            os.replace(tmpdir, final)
+                replaced.append(old.get("dir", f"spaces/{name}"))
             rec = dict(rec)
             rec["dir"] = str(final.relative_to(self.work))
             if self._dropped and self._dropped["space"] == name:
@@ -221,39 +249,90 @@ class DatasetWriter:
             for kind in ARTIFACT_KINDS:
                 for aname, a in list(manifest.get(kind, {}).items()):
                     if a.get("space") == name:
-                        manifest[kind].pop(aname)
-        _atomic.fsync_dir(self.work / "spaces")
+                        replaced.append(manifest[kind].pop(aname).get("file"))
+        if self._spaces:
+            _atomic.fsync_dir(self.work / "spaces")
+        if self._meta_tmp is None and self.mode == "create":
+            self._write_meta_table(pa.table({"id": pa.array(np.arange(self.rows,
+                                                                      dtype=np.int64))}))
         if self._meta_tmp is not None:
-            os.replace(self._meta_tmp, self.work / META)
-            p = self.work / META
-            manifest["meta"] = {"file": META, "rows": self._meta_rows,
-                                "bytes": p.stat().st_size, "xxh3_64": file_checksum(p),
-                                "columns": _parquet_columns(p)}
+            checksum = file_checksum(self._meta_tmp)
+            # A new name when a meta file is there: the old manifest keeps pointing at a
+            # complete file until the new manifest is in place.
+            final = self.work / META
+            if final.exists():
+                final = unique_name(self.work, f"meta.{checksum[:16]}", ".parquet")
+            os.replace(self._meta_tmp, final)
             self._meta_tmp = None
-        elif self.mode == "create":
-            self._write_default_meta(manifest)
+            created.append(final)
+            _atomic.fsync_dir(self.work)
+            if manifest.get("meta"):
+                replaced.append(manifest["meta"]["file"])
+            manifest["meta"] = {"file": final.name, "rows": self._meta_rows or self.rows,
+                                "bytes": final.stat().st_size, "xxh3_64": checksum,
+                                "columns": _parquet_columns(final)}
         manifest["updated"] = _now()
-        _atomic.write_json(self.work / MANIFEST, manifest)
-        if self.mode == "create":
-            trash = None
-            if self.path.exists():
-                trash = _atomic.tmp_name(self.path)
-                os.replace(self.path, trash)
-            os.replace(self.work, self.path)
-            _atomic.fsync_dir(self.path.parent)
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
-        for d in self._old_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        return replaced
 
-    def _write_default_meta(self, manifest: dict) -> None:
-        table = pa.table({"id": pa.array(np.arange(self.rows, dtype=np.int64))})
-        self._write_meta_table(table)
-        os.replace(self._meta_tmp, self.work / META)
-        p = self.work / META
-        manifest["meta"] = {"file": META, "rows": self.rows, "bytes": p.stat().st_size,
-                            "xxh3_64": file_checksum(p), "columns": ["id"]}
-        self._meta_tmp = None
+    def _commit_append(self) -> None:
+        current = read_manifest(self.path)
+        if int(current.get("rows") or 0) != self.rows:
+            raise DatasetError(
+                f"dataset {self.path} now has {current.get('rows')} rows (changed by another "
+                f"command since this one started with {self.rows}); nothing was stored")
+        for name in self._spaces:
+            if name in current.get("spaces", {}) and \
+                    name not in self.base_manifest.get("spaces", {}) and not self.overwrite:
+                raise InputError(
+                    f"space: another command added a space {name!r} to {self.path} while "
+                    f"this one was written; nothing was stored. Pass --overwrite to replace "
+                    f"it, or choose another --space")
+        created: list = []
+        try:
+            replaced = self._apply(current, created)
+            write_manifest(self.path, current)
+        except BaseException:
+            for p in created:  # renamed, never listed: remove so no orphan is left
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(
+                    missing_ok=True)
+            raise
+        self.base_manifest = current
+        remove_unreferenced(self.path, current, replaced)
+
+    def _commit_create(self) -> None:
+        manifest = json.loads(json.dumps(self.base_manifest))
+        self._apply(manifest, [])
+        _atomic.write_json(self.work / MANIFEST, manifest)
+        _atomic.fsync_dir(self.work)
+        if not self.path.exists():
+            try:
+                os.rename(self.work, self.path)
+            except OSError:
+                if self.path.exists() and not self.overwrite:
+                    raise InputError(f"out: {self.path} was created by another command while "
+                                     f"this one ran; nothing was stored. Choose another path "
+                                     f"or pass --overwrite") from None
+                if not self.path.exists():
+                    raise
+                self._replace_existing()
+        else:
+            self._replace_existing()
+        _atomic.fsync_dir(self.path.parent)
+
+    def _replace_existing(self) -> None:
+        if not self.overwrite:
+            raise InputError(f"out: {self.path} was created by another command while this "
+                             f"one ran; nothing was stored. Choose another path or pass "
+                             f"--overwrite")
+        # Swap in one step where the OS can (the old dataset moves to our work name, and is
+        # removed); elsewhere there is a moment with no dataset at the path.
+        if _atomic.exchange(self.work, self.path):
+            shutil.rmtree(self.work, ignore_errors=True)
+            return
+        trash = _atomic.tmp_name(self.path)
+        os.replace(self.path, trash)
+        os.replace(self.work, self.path)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _parquet_columns(path: Path) -> list[str]:

@@ -74,12 +74,14 @@ def _join_by_key(meta: pa.Table, keys: pa.Array, key: str, meta_path) -> pa.Tabl
 def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = None,
            column: str | None = None, array: str | None = None, dtype: str | None = None,
            drop_invalid: bool = False, overwrite: bool = False, batch_rows: int = 65536,
-           progress: bool | None = None) -> IngestResult:
+           allow_duplicate_keys: bool = False, progress: bool | None = None) -> IngestResult:
     """Write vectors from ``inputs`` (files, concatenated in order) as space ``space`` of the
     dataset at ``out`` (created if missing; otherwise the space is added to it).
 
     Rows holding NaN or Inf are refused, naming how many and the first ids, unless
-    ``drop_invalid`` (then they are left out and listed in the manifest).
+    ``drop_invalid`` (then they are left out and listed in the manifest). ``key`` must name a
+    column of the inputs or of ``meta``; keys that occur more than once are refused unless
+    ``allow_duplicate_keys`` (a lookup by such a key then says which instance it used).
     """
     import time
 
@@ -114,6 +116,8 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
             raise InputError(f"inputs hold {total} rows but dataset {out} has {n0}; a new space "
                              f"needs one vector per existing instance")
     meta_table = read_table(meta) if meta is not None else None
+    if key is not None:
+        _check_key_column(key, sources, meta_table, meta)
 
     provenance = {"source": "ingest", "inputs": [str(Path(p).resolve()) for p in inputs]}
     invalid: list[int] = []
@@ -189,12 +193,54 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
         keep = np.concatenate(keep_masks) if keep_masks else np.ones(0, bool)
         table = _assemble_meta(meta_table, extras, keep, n_invalid, key, meta, row)
         if table is not None:
+            _check_unique_keys(table, key, inputs, meta, allow_duplicate_keys)
             dw.set_meta(table, key=key)
     ds = Dataset.open(out, verify="none")
     rec = ds.manifest["spaces"][space]
     return IngestResult(out, space, rec["rows"], rec["dim"], rec["dtype"], len(rec["shards"]),
                         sum(s["bytes"] for s in rec["shards"]), n_invalid, invalid,
                         time.perf_counter() - t0)
+
+
+def _check_key_column(key, sources, meta_table, meta_path) -> None:
+    """Refuse a ``key`` no input file and no metadata file has, naming the columns there are."""
+    have: list[str] = []
+    for s in sources:
+        have += [c for c in getattr(s, "meta_cols", []) if c not in have]
+    if meta_table is not None:
+        have += [c for c in meta_table.column_names if c not in have]
+    if key in have:
+        return
+    where = "the inputs" + (f" or {meta_path}" if meta_path is not None else "")
+    cols = (f"the columns there are {have}" if have else
+            "they have no columns (.npy/.npz hold only vectors; give the keys in --meta)")
+    raise InputError(f"key: no column {key!r} in {where}; {cols}")
+
+
+def _check_unique_keys(table: pa.Table, key, inputs, meta_path, allow: bool) -> None:
+    """Refuse keys that name several instances (unless ``allow``: then warn)."""
+    import pyarrow.compute as pc
+
+    col = key if key is not None and key in table.column_names else (
+        "key" if "key" in table.column_names else None)
+    if col is None:
+        return
+    values = table.column(col).cast(pa.string())
+    counts = pc.value_counts(values)
+    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    dup = pc.filter(dup, pc.is_valid(dup.field("values")))
+    if not len(dup):
+        return
+    first = dup[0]["values"].as_py()
+    ids = np.flatnonzero(values.to_numpy(zero_copy_only=False) == first)[:5].tolist()
+    what = (f"{len(dup)} keys occur more than once in column {col!r}, e.g. {first!r} "
+            f"{dup[0]['counts'].as_py()} times (ids {ids})")
+    if allow:
+        log.warning("%s; a lookup by such a key uses its first instance", what)
+        return
+    src = ", ".join(str(p) for p in inputs) + (f" / {meta_path}" if meta_path else "")
+    raise InputError(f"key: {what} in {src}; a key must name one instance to look it up "
+                     f"(neighbors --key). Fix the input, or pass --allow-duplicate-keys")
 
 
 def _assemble_meta(meta_table, extras, keep, n_invalid, key, meta_path, rows):

@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..search.exact import (check_finite, drop_self, exact_knn, normalise, sample_ids,
                             to_user_distance)
 from .backends import LAYOUTS
-from .pca import _pca_project
+from .pca import _pca_project, pca_layout  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         rec = ds.manifest["layouts"][name]
         return ReduceResult(name, sp.name, method, ds.rows, True, 0.0,
                             rec.get("backend", "?"), rec.get("quality"))
+    # A read-only dataset fails now, not after minutes of computing.
+    ds.prepare_write("layouts")
     sp.ensure_verified()
     check_finite(sp.vectors, f"space {sp.name!r}",
                  hint="a layout needs finite vectors: drop or fix them when ingesting")

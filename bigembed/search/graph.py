@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ..dataset.reader import open_cached
+from ..dataset.reader import open_cached, verify_artifact
 from ..errors import DatasetError, InputError, check_choice
 from .exact import drop_self, exact_knn, recall, sample_ids, to_user_distance
 from .index import METRICS, prepare_space
@@ -67,6 +67,7 @@ def _graph_key(sp, k: int, metric: str, method: str, target: float) -> str:
 
 def _read_graph(ds, name: str, rec: dict, k: int) -> KnnGraph:
     path = ds.path / rec["file"]
+    verify_artifact(ds, "graph", name, rec)
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as e:
@@ -135,6 +136,7 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
             log.info("knn graph: reusing %s", hit[0])
             return _read_graph(ds, hit[0], hit[1], k)
     fmetric = "l2" if metric == "l2" else "ip"
+    ds.prepare_write("graphs")  # a read-only dataset fails now, not after the search
     prep = prepare_space(sp, metric)
     x = prep.x
     params: dict = {}

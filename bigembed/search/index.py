@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
+from ..dataset.format import checksum_matches
 from ..dataset.reader import Dataset
 from ..errors import DatasetError, InputError, check_choice
 from ..progress import progress_bar
@@ -250,6 +251,7 @@ def build_index(ds, *, space: str | None = None, kind: str = "auto", metric: str
     if rec is not None and not force and (ds.path / rec["file"]).is_file():
         return IndexResult(name, sp.name, kind, metric, n, rec["recall_at_10"], 0.0, True,
                            be.name, rec["params"], rec["search"], rec.get("zero_vectors", 0))
+    ds.prepare_write("indexes")  # a read-only dataset fails now, not after the build
     prep = prepare_space(sp, metric)
     x = prep.x
     index, full_params = make_index(kind, d, metric, n=n, params=params)
@@ -387,6 +389,15 @@ def load_index(ds, name: str, *, backend: str = "auto") -> LoadedIndex:
     if hit is not None:
         return hit
     path = ds.path / rec["file"]
+    try:
+        ok, got = checksum_matches(path, rec["xxh3_64"]) if "xxh3_64" in rec else (True, "")
+    except OSError as e:
+        raise DatasetError(f"index {name!r}: {path} cannot be read ({e}); rebuild it with "
+                           f"`bigembed index {ds.path} --force`") from None
+    if not ok:
+        raise DatasetError(f"index {name!r}: {path} checksum is {got}, the manifest says "
+                           f"{rec['xxh3_64']} (bytes changed on disk); rebuild it with "
+                           f"`bigembed index {ds.path} --force`")
     try:
         data = np.fromfile(path, dtype=np.uint8)
         index = faiss.deserialize_index(data)

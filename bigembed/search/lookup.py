@@ -110,8 +110,12 @@ def meta_rows(ds: Dataset, ids) -> list[dict]:
     return [{c: _jsonable(picked[c][j]) for c in picked} for j in range(len(ids))]
 
 
-def resolve_id(ds: Dataset, *, id=None, key=None) -> int:
-    """The row id named by ``id`` or ``key``; raises :class:`InputError` if there is none."""
+def resolve_id(ds: Dataset, *, id=None, key=None, notes: list | None = None) -> int:
+    """The row id named by ``id`` or ``key``; raises :class:`InputError` if there is none.
+
+    A key several instances share (a dataset ingested with ``allow_duplicate_keys``) resolves
+    to the first of them, and a note saying how many matched and which was used is appended
+    to ``notes`` (and logged)."""
     if id is not None:
         if isinstance(id, bool):
             raise InputError(f"id must be an integer, got {id!r}")
@@ -129,6 +133,13 @@ def resolve_id(ds: Dataset, *, id=None, key=None) -> int:
         hits = np.flatnonzero(meta["key"].astype(str).to_numpy() == str(key))
         if len(hits) == 0:
             raise InputError(f"key: no instance of {ds.path} has key {key!r}")
+        if len(hits) > 1:
+            shown = ", ".join(map(str, hits[:10].tolist())) + (", ..." if len(hits) > 10 else "")
+            msg = (f"key {key!r} matches {len(hits)} instances (ids {shown}); using the "
+                   f"first, id {int(hits[0])}")
+            log.warning("%s", msg)
+            if notes is not None:
+                notes.append(msg)
         return int(hits[0])
     raise InputError("give a query: --id, --key or --vector")
 
@@ -302,7 +313,7 @@ def neighbors(ds, *, space: str | None = None, id=None, key=None, vector=None, k
         qid = None
         exclude = False
     else:
-        qid = resolve_id(ds, id=id, key=key)
+        qid = resolve_id(ds, id=id, key=key, notes=notes)
         q = np.asarray(sp.vectors[qid], np.float32)
         exclude = not include_self
         if metric == "cosine" and not q.any():
