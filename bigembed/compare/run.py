@@ -306,6 +306,7 @@ def compare(ds, *, a: str, b: str, k: int = 15, metric: str = "l2", force: bool 
                              artifact=name, cached=True, seconds=time.perf_counter() - t0,
                              agreement=None if agr is None else agr, **common)
 
+    ds.prepare_write("comparisons")  # a read-only dataset fails now, not after the work
     overlap = neighbour_overlap(ga.indices, gb.indices)
     err = _error_estimate(spa, spb, ga.indices, gb.indices, k, metric, sample, seed)
     pa_col, pb_col = _column_for(meta, a, "prediction"), _column_for(meta, b, "prediction")
@@ -404,6 +405,7 @@ def trajectory(ds, *, spaces, k: int = 15, metric: str = "l2", force: bool = Fal
         agr = np.stack([cols[f"agreement@{s}"] for s in spaces], 1)
         return TrajectoryResult(spaces, k, agr, cols["depth"], rec["curves"], target, name,
                                 True, time.perf_counter() - t0)
+    ds.prepare_write("comparisons")
     codes, m = _codes(meta, ["label", target])
     lab = codes["label"]
     agr = np.stack([neighbour_agreement(g.indices, lab) for g in graphs], 1)
