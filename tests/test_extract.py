@@ -272,7 +272,7 @@ def test_model_failure_keeps_shards_and_rerun_resumes_exactly(tmp_path, user_mod
     fresh = extract(model=bx_user.Net(), out=tmp_path / "fresh", **kw)
     # fail_at is not a weight: the failing model has the same identity as the good one.
     # (Its call 0 is the probe, so fail_at=5 fails on batch 4 of the run.)
-    with pytest.raises(ExtractError, match=r"batch 4 \(rows \d+\.\.\d+\).*boom.*kept") as e:
+    with pytest.raises(ExtractError, match=r"batch 4 \(rows \d+\.\.\d+\).*boom.*kept"):
         extract(model=bx_user.Net(fail_at=5), out=tmp_path / "d", **kw)
     m = json.loads((tmp_path / "d" / "manifest.json").read_text())
     done = m["extract"]["chunks"]
