@@ -222,6 +222,31 @@ class NeighborsHandler(_Base):
         self.finish(json.dumps(out))
 
 
+class CompareHandler(_Base):
+    """``GET /api/compare?a=&b=&id=[&k=15][&top=20]``: space A against space B (the JSON of
+    ``bigembed compare --json``) with the point's gained and lost neighbours under ``point``."""
+
+    async def get(self):
+        ex = self.explorer
+
+        def work():
+            a = self.choice_arg("a", ex.spaces)
+            b = self.choice_arg("b", ex.spaces)
+            if a is None or b is None:
+                raise InputError("parameters 'a' and 'b' (spaces) are required")
+            i = self.int_arg("id", 0, ex.ds.rows - 1, required=True)
+            k = self.int_arg("k", 1, min(MAX_K, ex.ds.rows - 1), default=15)
+            top = self.int_arg("top", 1, 1000, default=20)
+            r = ex.compare(a=a, b=b, k=k)
+            return dict(r.to_json(top), point=r.point(i))
+
+        out = await self.run(work)
+        if out is None:
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(out))
+
+
 class ThumbHandler(_Base):
     """``GET /api/thumb?id=[&size=]``: the instance's image as a PNG fitting ``size`` px
     (default 96); 404 when the dataset or the instance has no readable image."""
@@ -332,5 +357,6 @@ def patterns(explorer, pools: Pools, secret=None) -> list:
     kw = dict(explorer=explorer, pools=pools, secret=secret)
     return [(r"/frame\.png", FrameHandler, kw),
             (r"/api/neighbors", NeighborsHandler, kw),
+            (r"/api/compare", CompareHandler, kw),
             (r"/api/select", SelectHandler, kw),
             (r"/api/thumb", ThumbHandler, kw)]

@@ -112,6 +112,8 @@ class Explorer:
         self.backend = backend
         self._renderers = {}
         self._lock = threading.Lock()
+        self._compares: dict = {}
+        self._compare_lock = threading.Lock()
         self._thumbs = None
         self._filter_options: dict = {}
         self.media_root = None if media_root is None else _media_root(media_root)
@@ -203,6 +205,19 @@ class Explorer:
                 self._thumbs = Thumbnails(self.ds.meta[IMAGE_COLUMN].to_numpy(),
                                           self.media_root or self.ds.path)
         return self._thumbs.png(int(id), THUMB_PX if size is None else int(size))
+
+    def compare(self, *, a: str, b: str, k: int):
+        """:func:`bigembed.compare.compare` of two spaces, once per process per (a, b, k): the
+        result is a stored artifact, and its graphs stay in memory for gained/lost lookups."""
+        from ..compare import compare
+
+        key = (a, b, int(k))
+        with self._compare_lock:
+            hit = self._compares.get(key)
+            if hit is None:
+                hit = self._compares[key] = compare(self.ds.path, a=a, b=b, k=k,
+                                                    progress=False)
+        return hit
 
     def neighbors(self, *, id, k, space=None, layout=None) -> dict:
         """True neighbours of ``id`` plus, per neighbour, whether it is a 2-D neighbour too."""

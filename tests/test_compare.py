@@ -235,3 +235,30 @@ def test_align_to_keeps_unmoved_points_in_place(tmp_path, clustered):
     assert rec["aligned"]["to"] == la.name and rec["params"]["align_to"] == la.name
     with pytest.raises(InputError, match="nope"):
         reduce(path, space="b", method="umap", align_to="nope")
+
+
+@pytest.mark.slow
+def test_api_compare_answers_like_the_cli(tmp_path, clustered):
+    import urllib.error
+    import urllib.request
+
+    from bigembed.reduce import reduce
+    from conftest import start_serve, stop_serve
+
+    x, y, labels, moved = clustered
+    path = write(tmp_path / "d", {"a": x, "b": y}, {"label": labels})
+    reduce(path, space="a", method="pca", quality=False)
+    i = int(moved[0])
+    proc, url, _ = start_serve(path)
+    try:
+        with urllib.request.urlopen(f"{url}/api/compare?a=a&b=b&id={i}&k=8", timeout=120) as r:
+            out = json.loads(r.read())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}/api/compare?a=a&b=nope&id={i}", timeout=60)
+        assert e.value.code == 400
+    finally:
+        stop_serve(proc)
+    cli = json.loads(run_cli("compare", path, "--a", "a", "--b", "b", "-k", 8, "--json",
+                             "--id", i, check=True).stdout)
+    assert out["point"] == cli["point"] and out["mean_overlap"] == cli["mean_overlap"]
+    assert out["point"]["gained"] == compare(path, a="a", b="b", k=8).gained(i)
