@@ -25,7 +25,7 @@ from ..errors import BigembedError, InputError
 from ..progress import progress_bar
 from ..search.exact import check_finite, sample_ids
 from .backends import LAYOUTS
-from .pca import _pca_project
+from .pca import _pca_project, pca_layout
 
 log = logging.getLogger(__name__)
 
