@@ -465,7 +465,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, user_mod, args, fragments):
     (dict(dtype="int8"), "^dtype must be one of"),
     (dict(batch_size=0), "^batch_size must be an integer >= 1"),
     (dict(amp="fp8"), "^amp must be one of"),
-    (dict(device="cuda"), "device='torch-cuda' cannot run: no CUDA device"),
+    (dict(device="cuda"), "device='cuda' cannot run: no CUDA device"),
 ])
 def test_bad_arguments_raise_clear_errors(tmp_path, user_mod, kw, match):
     from bigembed.errors import BigembedError

@@ -21,19 +21,27 @@ def register(sub) -> None:
     p.add_argument("--drop-invalid", action="store_true",
                    help="leave out rows holding NaN/Inf (recorded in the manifest)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing space")
+    p.add_argument("--layout", metavar="X,Y",
+                   help="two columns of the input table or of --meta holding a 2-D layout "
+                   "made elsewhere: stored as a layout of the space (method imported) with "
+                   "its quality, for render and serve")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..ingest.run import ingest
-    from ._common import human_bytes
+    from ._common import human_bytes, human_rate, say
 
     r = ingest(args.inputs, out=args.out, space=args.space, meta=args.meta, key=args.key,
                column=args.column, array=args.array, dtype=args.dtype,
-               drop_invalid=args.drop_invalid, overwrite=args.overwrite)
-    gbps = r.bytes / max(r.seconds, 1e-9) / 1e9
-    print(f"wrote space {r.space!r} of {r.path}: {r.rows} rows x {r.dim} ({r.dtype}), "
-          f"{r.shards} shards, {human_bytes(r.bytes)} in {r.seconds:.1f}s ({gbps:.2f} GB/s)")
+               drop_invalid=args.drop_invalid, overwrite=args.overwrite, layout=args.layout)
+    say(f"wrote space {r.space!r} of {r.path}: {r.rows} rows x {r.dim} ({r.dtype}), "
+        f"{r.shards} shards, {human_bytes(r.bytes)} in {r.seconds:.1f}s "
+        f"({human_rate(r.bytes, r.seconds)})")
+    if r.layout is not None:
+        q = (r.layout.quality or {}).get("knn_preservation")
+        say(f"layout {r.layout.name}: imported from columns {args.layout}"
+            f"{f', kNN preservation {q:.3f}' if q is not None else ''}")
     if r.dropped:
-        print(f"dropped {r.dropped} rows holding NaN/Inf (first input rows: {r.dropped_rows})")
+        say(f"dropped {r.dropped} rows holding NaN/Inf (first input rows: {r.dropped_rows})")
     return 0

@@ -28,7 +28,7 @@ import xxhash
 
 from ..dataset import _mmap
 from ..dataset.format import DTYPES, shard_rows_for
-from ..errors import InputError, check_choice, check_positive_int
+from ..errors import BackendUnavailable, InputError, check_choice, check_positive_int
 from ..progress import progress_bar
 from .backends import DEVICES as EXTRACT_DEVICES
 from .capture import (
@@ -444,7 +444,12 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     if out is None:
         raise InputError("out is required (the dataset directory to write)")
     torch()  # the install hint when torch is missing, before anything is read
-    backend, run_on = EXTRACT_DEVICES.create(device if device == "auto" else f"torch-{device}")
+    try:
+        backend, run_on = EXTRACT_DEVICES.create(device if device == "auto" else
+                                                 f"torch-{device}")
+    except BackendUnavailable as e:  # name the device as it was passed, not the backend
+        raise BackendUnavailable(str(e).replace(f"device='torch-{device}'",
+                                                f"device={device!r}")) from None
     dev = run_on.device
     if amp_dtype == "float16" and run_on.slow_fp16:
         log.info("amp='fp16' on the CPU runs slowly in PyTorch; bf16 is the CPU choice")
