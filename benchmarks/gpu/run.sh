@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu/run.sh --cpu-dry-run       # here: the same steps at tiny sizes
 #
 # Installs the carried wheels (--no-index --no-deps) into /tmp/site, lays the package out as
-# it installs (kernels/ and server/ inside bigembed/) in /tmp/bigembed-kit, runs `pytest -m gpu`,
+# it installs (kernels/ and server/ inside bigembed/) in a /tmp/bigembed-kit.* folder, runs `pytest -m gpu`,
 # then the GPU benchmarks (frames at 10M and 100M points, kNN graph + lookups over 1M x 384,
 # UMAP over 1M x 384 with quality against the CPU path on a sample, ViT-B/16 extraction in
 # bf16). Every step has its own time cap, and a failing or slow step is recorded and skipped.
@@ -48,12 +48,18 @@ if [ $DRY = 0 ]; then
     say "no .whl/ carried: run benchmarks/gpu/wheels.sh here and carry .whl"
   fi
 fi
-# 2. the package as it installs: kernels/ and server/ inside bigembed/
-KIT=/tmp/bigembed-kit
-rm -rf "$KIT"; mkdir -p "$KIT"
-cp -r bigembed "$KIT/" && cp -r kernels "$KIT/bigembed/kernels" && cp -r server "$KIT/bigembed/server"
+# 2. the package as it installs (kernels/ and server/ inside bigembed/), with the tests and
+#    benchmarks beside it; everything below runs there, so no source folder shadows it
+KIT=$(mktemp -d /tmp/bigembed-kit.XXXXXX)
+trap 'rm -rf "$KIT"' EXIT
+cp -r bigembed benchmarks tests pyproject.toml "$KIT/" && cp -r kernels "$KIT/bigembed/kernels" \
+  && cp -r server "$KIT/bigembed/server"
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT"; LOG="$OUT/run.log";; esac
+case "$PY" in /*|python*) ;; *) PY="$PWD/$PY";; esac
+cd "$KIT"
 export PYTHONPATH="$KIT${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 say "python $($PY -c 'import sys; print(sys.version.split()[0])'), device $DEVICE, out $OUT"
+$PY -c "import bigembed.kernels.raster as r; print('bigembed from', r.__file__)" 2>&1 | tee -a "$LOG"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
 
 # 3. the GPU tests (each gpu-marked test; skipped without CUDA)
