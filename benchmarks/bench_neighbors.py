@@ -98,7 +98,7 @@ def bench_lookup(work: Path, n: int, dim: int, clusters: int, queries: int, kind
     with single_thread():  # the same, on one thread as bigembed runs single queries
         flat_1t = measure(_cycle(lambda q: flat.search(q, 11), q1[:nflat]), repeat=nflat,
                           warmup=2)
-    del flat
+    flat.reset()  # frees its copy of the vectors
     out = {
         "n": n, "dim": dim, "clusters": clusters, "queries": int(len(qids)), "k": 10,
         "index": {"name": r.name, "kind": r.kind, "params": r.params, "search": r.search,

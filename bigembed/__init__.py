@@ -5,6 +5,12 @@
 
 from __future__ import annotations
 
+from . import jitcache as _jitcache
+
+# Before any kernel module (bigembed.kernels.* sits inside this package) can compile: numba's
+# cache goes to $BIGEMBED_CACHE/numba, not into the source tree (see bigembed.jitcache).
+_jitcache.configure()
+
 from ._version import __version__  # noqa: E402
 from .dataset.reader import Dataset, open_dataset  # noqa: E402
 from .dataset.writer import DatasetWriter  # noqa: E402

@@ -63,6 +63,12 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
     for item in nb.neighbors:
         say(f"      id {item['id']:>6}  distance {item['distance']:.3f}  label {item.get('label')}"
             f"  predicted {item.get('prediction')}")
+    try:  # the first UMAP of the user's own then starts at once (serial and parallel)
+        from .reduce.backends import warm_numba_cache
+
+        warm_numba_cache()
+    except ImportError as e:  # umap-learn not installed: nothing to warm
+        log.info("numba cache not warmed: %s", e)
     result = {"dataset": str(ds_path), "layouts": made, "png": str(png),
               "neighbors": nb.to_json()}
     return result

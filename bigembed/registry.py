@@ -138,7 +138,7 @@ class Stage:
                     why = b.auto_check()
                 if why is None:
                     if skipped:
-                        log.info("%s: using backend %r (%s)", self.name, b.name,
+                        log.info("%s: using backend %r; skipped %s", self.name, b.name,
                                  "; ".join(skipped))
                     else:
                         log.info("%s: using backend %r", self.name, b.name)

@@ -122,6 +122,11 @@ def _kernels():
         return _NUMBA
     import numba
 
+    # The inlined helpers are module globals, not closure variables: numba keys a cached
+    # function by the pickled contents of its closure, which differ in every process, so a
+    # kernel that closed over a helper was compiled again by each new process.
+    global _pixel, _has_neighbour
+
     @numba.njit(inline="always")
     def _pixel(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height):
         if not (x >= x0 and x <= x1 and y >= y0 and y <= y1):

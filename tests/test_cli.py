@@ -74,3 +74,54 @@ def test_demo_runs(cli, tmp_path):
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "demo" / "view.png").exists()
     assert "nearest neighbours" in p.stdout
+
+
+def test_table_fits_the_width_and_cuts_long_cells():
+    from bigembed.commands._common import human_rate, table
+
+    rows = [[1, "0.5", "a\nlong " * 200, "x"], [22, "0.25", "short", "y"]]
+    out = table(rows, ["id", "distance", "text", "label"], width=60)
+    lines = out.splitlines()
+    assert max(len(ln) for ln in lines) <= 60 and "…" in out and "\n" not in lines[2][:-1]
+    assert lines[3].split()[-1] == "y"  # the other columns keep their values
+    assert table(rows, ["id", "distance", "text", "label"]).count("long") == 200  # no width
+    assert human_rate(3_000, 1.0) == "3.00 KB/s" and human_rate(2.5e9, 1.0) == "2.50 GB/s"
+    assert human_rate(40e6, 1.0) == "40 MB/s"
+
+
+def test_auto_backend_log_names_what_was_skipped_and_why(caplog):
+    import logging
+
+    from bigembed.registry import stage
+
+    with caplog.at_level(logging.INFO, logger="bigembed.registry"):
+        b = stage("knn").resolve("auto")
+    msg = [r.getMessage() for r in caplog.records if "using backend" in r.getMessage()][-1]
+    assert repr(b.name) in msg and "unavailable" not in msg
+    if "skipped" in msg:  # e.g. "skipped faiss-gpu: ...; torch: no CUDA device"
+        assert msg.index("using backend") < msg.index("skipped")
+
+
+def test_quiet_result_lines_rates_and_narrow_neighbour_tables(cli, tmp_path, rng):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    docs = [f"document {i}\n" + "word " * 200 for i in range(300)]  # 1,000+ characters each
+    pq.write_table(pa.table({"text": docs}), tmp_path / "m.parquet")
+    p = cli("-q", "ingest", tmp_path / "v.npy", "--out", tmp_path / "d", "--meta",
+            tmp_path / "m.parquet")
+    assert p.returncode == 0 and p.stdout == "", p.stdout + p.stderr  # -q: nothing to say
+    p = cli("ingest", tmp_path / "v.npy", "--out", tmp_path / "d", "--space", "b")
+    assert p.returncode == 0 and "wrote space 'b'" in p.stdout
+    assert "0.00 GB/s" not in p.stdout and "B/s)" in p.stdout  # a unit that shows a figure
+    p = cli("neighbors", tmp_path / "d", "--id", "3", "-k", "4", "--space", "b",
+            env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    assert max(len(ln) for ln in p.stdout.splitlines()) <= 80 and "…" in p.stdout
+    p = cli("-q", "neighbors", tmp_path / "d", "--id", "3", "-k", "4", "--space", "b",
+            "--json")
+    out = json.loads(p.stdout)  # --json keeps every value whole, -q or not
+    assert [n["text"] for n in out["neighbors"]] == [docs[n["id"]] for n in out["neighbors"]]
+    assert_clean_error(cli("-q", "neighbors", tmp_path / "d", "--id", "300"), "out of range")

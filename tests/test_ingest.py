@@ -209,3 +209,60 @@ def test_info_json(tmp_path, cli, small_ds):
     assert info["rows"] == 2000 and info["valid"] is True
     assert info["spaces"]["default"]["dim"] == 16
     assert info["verified"] == "checksums"
+
+
+def test_layout_made_elsewhere_is_ingested_rendered_and_described(tmp_path, cli, rng):
+    """`ingest --layout x,y`: the coordinates become a layout like any other (method imported,
+    content-keyed, with its quality); render draws it and info lists it."""
+    from bigembed.dataset.layouts import find_layouts, load_layout
+    from bigembed.errors import InputError
+    from bigembed.reduce.run import import_layout
+
+    centres = rng.normal(0, 5, (4, 8))
+    lab = np.arange(400) % 4
+    x = (centres[lab] + rng.standard_normal((400, 8))).astype(np.float32)
+    xy = x[:, :2] * 1.5 + 3  # a layout that keeps the clusters apart
+    # wide numeric columns: x and y must not be taken for vector components
+    t = pa.table({**{f"f{i}": x[:, i] for i in range(8)}, "label": lab,
+                  "x": xy[:, 0], "y": xy[:, 1]})
+    pq.write_table(t, tmp_path / "v.parquet")
+    p = cli("ingest", tmp_path / "v.parquet", "--out", tmp_path / "d", "--layout", "x,y")
+    assert p.returncode == 0, p.stderr
+    assert "imported from columns x,y" in p.stdout
+    ds = Dataset.open(tmp_path / "d")
+    assert ds.space().dim == 8
+    (name,) = find_layouts(ds, method="imported")
+    lay = load_layout(ds, name=name)
+    np.testing.assert_allclose(lay.xy, xy, rtol=1e-6)
+    q = lay.record["quality"]
+    assert 0 < q["knn_preservation"] <= 1 and q["trustworthiness"] > 0.5
+    assert lay.columns["knn_preservation"].shape == (400,)
+    assert lay.record["source"]["columns"] == ["x", "y"]
+    png = tmp_path / "v.png"
+    p = cli("render", tmp_path / "d", "--out", png, "--color-by", "label")
+    assert p.returncode == 0 and name in p.stdout, p.stderr
+    p = cli("info", tmp_path / "d", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["layouts"][name]["method"] == "imported"
+    p = cli("info", tmp_path / "d")
+    assert name in p.stdout and "knn_preservation" in p.stdout
+
+    # from --meta, for .npy vectors (the library call the CLI makes); a missing or
+    # non-numeric column is a clear error before anything is written
+    from bigembed.ingest.run import ingest
+
+    np.save(tmp_path / "v.npy", x)
+    pq.write_table(pa.table({"px": xy[:, 0], "py": xy[:, 1], "s": ["a"] * 400}),
+                   tmp_path / "m.parquet")
+    r = ingest(tmp_path / "v.npy", out=tmp_path / "e", meta=tmp_path / "m.parquet",
+               layout=("px", "py"))
+    assert r.layout.method == "imported" and r.layout.name.startswith("default.imported.")
+    again = import_layout(Dataset.open(tmp_path / "e"), xy)  # same content, same artifact
+    assert again.cached and again.name == r.layout.name
+    with pytest.raises(InputError, match="layout: no column 'nope'"):
+        ingest(tmp_path / "v.npy", out=tmp_path / "f", meta=tmp_path / "m.parquet",
+               layout="px,nope")
+    assert not (tmp_path / "f").exists()
+    with pytest.raises(InputError, match="layout: column 's' holds string"):
+        ingest(tmp_path / "v.npy", out=tmp_path / "g", meta=tmp_path / "m.parquet",
+               layout="px,s")

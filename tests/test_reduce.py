@@ -235,12 +235,91 @@ def test_numba_cache_goes_to_bigembed_cache_and_covers_umap_sgd(tmp_path):
             "_import_umap()\n"
             "print(os.environ['NUMBA_CACHE_DIR'])\n"
             "print(isinstance(L._nb_optimize_layout_euclidean_single_epoch_parallel._cache,"
-            " NullCache))\n")
+            " NullCache))\n"
+            # serial and parallel SGD must not share one cache file (the last saved would
+            # be loaded for both)
+            "print(L._nb_optimize_layout_euclidean_single_epoch_parallel.py_func.__qualname__"
+            " != L._nb_optimize_layout_euclidean_single_epoch.py_func.__qualname__)\n")
     env = dict(os.environ, BIGEMBED_CACHE=str(tmp_path / "c"))
     env.pop("NUMBA_CACHE_DIR", None)
     # The probe imports umap.layouts first on purpose: caching must still be switched on.
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
     assert p.returncode == 0, p.stderr
-    cache_dir, still_uncached = p.stdout.split()
+    cache_dir, still_uncached, apart = p.stdout.split()
     assert cache_dir == str(tmp_path / "c" / "numba") and still_uncached == "False"
+    assert apart == "True"
+
+
+_RASTER_PROBE = """
+import numpy as np
+from bigembed.kernels import raster as R
+img = np.zeros((8, 8), np.uint32); img[2, 3] = 1
+R.neighbour_share(img, 1); R.nonzero_counts(img.ravel())
+R.bin_runs(np.zeros(3, np.float32), np.zeros(3, np.float32), np.array([[0, 3]], np.int64),
+           x_range=(-1, 1), y_range=(-1, 1), width=4, height=4)
+st = [d.stats for d in R._kernels().values() if hasattr(d, "stats")]
+print(sum(sum(s.cache_hits.values()) for s in st), sum(sum(s.cache_misses.values()) for s in st))
+"""
+
+
+def _compiled_files(root):
+    return {p for p in root.rglob("*") if p.suffix in (".nbi", ".nbc")}
+
+
+def test_kernels_compile_into_bigembed_cache_and_a_second_process_reuses_them(tmp_path):
+    """Compiled kernels go to $BIGEMBED_CACHE/numba, never into the source tree, and a new
+    process loads them instead of compiling."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "kernels"
+    before = _compiled_files(src)
+    env = dict(os.environ, BIGEMBED_CACHE=str(tmp_path / "c"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    runs = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", _RASTER_PROBE], capture_output=True,
+                           text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+        runs.append(tuple(int(v) for v in p.stdout.split()))
+        if len(runs) == 1:
+            first_files = _compiled_files(tmp_path / "c" / "numba")
+    (hits1, misses1), (hits2, misses2) = runs
+    assert misses1 > 0 and first_files  # compiled once, into the bigembed cache
+    assert misses2 == 0 and hits2 >= misses1  # the second process only loaded
+    assert _compiled_files(tmp_path / "c" / "numba") == first_files
+    assert _compiled_files(src) == before  # nothing new beside the sources
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # compiles umap-learn from scratch once (about a minute when idle)
+def test_warming_the_cache_covers_serial_and_parallel_umap(tmp_path):
+    """What `make demo` leaves behind: the first UMAP of a new process compiles nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BIGEMBED_CACHE=str(tmp_path / "c"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    warm = ("from bigembed.reduce.backends import warm_numba_cache, is_cached, UMAP_SGD\n"
+            "warm_numba_cache()\nprint(all(is_cached(p) for p in UMAP_SGD))\n")
+    p = subprocess.run([sys.executable, "-c", warm], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0 and p.stdout.split() == ["True"], p.stderr
+    use = ("import logging, umap.layouts as L\n"
+           "logging.basicConfig(level=logging.INFO)\n"
+           "from bigembed.reduce.backends import warm_numba_cache\n"
+           "warm_numba_cache()\n"
+           "st = [L._nb_optimize_layout_euclidean_single_epoch.stats,\n"
+           "      L._nb_optimize_layout_euclidean_single_epoch_parallel.stats]\n"
+           "print(sum(sum(s.cache_misses.values()) for s in st),"
+           " sum(sum(s.cache_hits.values()) for s in st))\n")
+    p = subprocess.run([sys.executable, "-c", use], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    misses, hits = map(int, p.stdout.split())
+    assert misses == 0 and hits == 2
+    assert "compiling umap-learn" not in p.stderr  # said only when it does compile

@@ -253,7 +253,7 @@ def test_thumb_endpoint_without_image_column(explorer_served):
 
 # -- the page -------------------------------------------------------------------------------
 
-def _hover(browser, url, path, i):
+def _hover(browser, url, path, i):  # noqa: F811  (the fixture, passed in)
     from bigembed.dataset.layouts import load_layout
 
     lay = load_layout(Dataset.open(path))

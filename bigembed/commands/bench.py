@@ -63,7 +63,7 @@ def _peer_caps(items) -> dict:
 def run(args) -> int:
     from ..bench import run_bench
     from ..bench.report import text_report
-    from ._common import emit_json
+    from ._common import emit_json, say
 
     budget = None if str(args.budget).lower() in ("none", "0", "off", "") else args.budget
     r = run_bench(sizes=args.sizes, dim=args.dim, stages=args.stages, compare=args.compare,
@@ -75,7 +75,7 @@ def run(args) -> int:
         emit_json(r.doc)
     else:
         print(text_report(r.doc))
-        print(f"wrote {r.json_path}" + (f" and {r.html_path}" if r.html_path else ""))
+        say(f"wrote {r.json_path}" + (f" and {r.html_path}" if r.html_path else ""))
     if r.interrupted:
         print("bigembed bench: interrupted; results so far are kept", file=sys.stderr)
         return 130

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"bigembed {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no informational lines or logging: only what was asked for (tables, "
+                   "JSON), warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -70,6 +72,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    if args.quiet:
+        from . import _common
+
+        _common.QUIET = True
     if args.no_progress:
         from ..progress import set_progress
 

@@ -45,7 +45,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
-    from ._common import emit_json, human_bytes, table
+    from ._common import emit_json, human_bytes, say, table
 
     if args.list_layers:
         from ..extract.run import inspect_layers
@@ -83,15 +83,15 @@ def run(args) -> int:
         emit_json(r.to_json())
         return 0
     if r.cached:
-        print(f"{r.path} already holds this extraction ({r.rows} rows, spaces "
+        say(f"{r.path} already holds this extraction ({r.rows} rows, spaces "
               f"{list(r.spaces)}); nothing to do")
         return 0
     dims = ", ".join(f"{k} ({d})" for k, d in r.dims.items())
     resumed = f", resumed after {r.rows_resumed} rows" if r.rows_resumed else ""
-    print(f"extracted {r.rows} rows into {r.path}: spaces {dims}, {r.dtype}, {r.shards} "
-          f"shard(s) each, {human_bytes(r.bytes)}{resumed}")
-    print(f"{r.rows_computed} items in {r.seconds:.1f}s ({r.items_per_s:,.0f} items/s) on "
-          f"{r.device} ({r.backend}, batch {r.batch_size}, amp {r.amp or 'none'})")
+    say(f"extracted {r.rows} rows into {r.path}: spaces {dims}, {r.dtype}, {r.shards} "
+        f"shard(s) each, {human_bytes(r.bytes)}{resumed}")
+    say(f"{r.rows_computed} items in {r.seconds:.1f}s ({r.items_per_s:,.0f} items/s) on "
+        f"{r.device} ({r.backend}, batch {r.batch_size}, amp {r.amp or 'none'})")
     return 0
 
 

@@ -30,7 +30,7 @@ def run(args) -> int:
 
     from ..search.graph import knn_graph
     from ..search.index import build_index
-    from ._common import emit_json
+    from ._common import emit_json, say
 
     r = build_index(args.dataset, space=args.space, kind=args.kind, metric=args.metric,
                     target_recall=args.target_recall, backend=args.backend, force=args.force)
@@ -44,12 +44,12 @@ def run(args) -> int:
         return 0
     how = "found stored" if r.cached else f"built in {r.seconds:.1f}s"
     search = ", ".join(f"{k}={v}" for k, v in r.search.items())
-    print(f"index {r.name}: {r.kind} ({r.metric}) over {r.rows} rows, {how}, "
-          f"recall@10 {r.recall_at_10:.3f}{' at ' + search if search else ''} [{r.backend}]")
+    say(f"index {r.name}: {r.kind} ({r.metric}) over {r.rows} rows, {how}, "
+        f"recall@10 {r.recall_at_10:.3f}{' at ' + search if search else ''} [{r.backend}]")
     if r.zero_vectors:
-        print(f"note: {r.zero_vectors} all-zero vectors are at cosine distance 1 from everything")
+        say(f"note: {r.zero_vectors} all-zero vectors are at cosine distance 1 from everything")
     if args.graph is not None:
         g = out["graph"]
-        print(f"graph {g['name']}: k={g['k']} {g['method']}, recall {g['recall']:.3f}, "
-              f"{g['seconds']:.1f}s")
+        say(f"graph {g['name']}: k={g['k']} {g['method']}, recall {g['recall']:.3f}, "
+            f"{g['seconds']:.1f}s")
     return 0

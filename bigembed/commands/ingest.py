@@ -24,20 +24,28 @@ def register(sub) -> None:
     p.add_argument("--allow-duplicate-keys", action="store_true",
                    help="keep keys that occur more than once (a lookup by such a key uses its "
                    "first instance and says so)")
+    p.add_argument("--layout", metavar="X,Y",
+                   help="two columns of the input table or of --meta holding a 2-D layout "
+                   "made elsewhere: stored as a layout of the space (method imported) with "
+                   "its quality, for render and serve")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..ingest.run import ingest
-    from ._common import human_bytes
+    from ._common import human_bytes, human_rate, say
 
     r = ingest(args.inputs, out=args.out, space=args.space, meta=args.meta, key=args.key,
                column=args.column, array=args.array, dtype=args.dtype,
                drop_invalid=args.drop_invalid, overwrite=args.overwrite,
-               allow_duplicate_keys=args.allow_duplicate_keys)
-    gbps = r.bytes / max(r.seconds, 1e-9) / 1e9
-    print(f"wrote space {r.space!r} of {r.path}: {r.rows} rows x {r.dim} ({r.dtype}), "
-          f"{r.shards} shards, {human_bytes(r.bytes)} in {r.seconds:.1f}s ({gbps:.2f} GB/s)")
+               allow_duplicate_keys=args.allow_duplicate_keys, layout=args.layout)
+    say(f"wrote space {r.space!r} of {r.path}: {r.rows} rows x {r.dim} ({r.dtype}), "
+        f"{r.shards} shards, {human_bytes(r.bytes)} in {r.seconds:.1f}s "
+        f"({human_rate(r.bytes, r.seconds)})")
+    if r.layout is not None:
+        q = (r.layout.quality or {}).get("knn_preservation")
+        say(f"layout {r.layout.name}: imported from columns {args.layout}"
+            f"{f', kNN preservation {q:.3f}' if q is not None else ''}")
     if r.dropped:
-        print(f"dropped {r.dropped} rows holding NaN/Inf (first input rows: {r.dropped_rows})")
+        say(f"dropped {r.dropped} rows holding NaN/Inf (first input rows: {r.dropped_rows})")
     return 0

@@ -9,7 +9,8 @@ def register(sub) -> None:
     p = sub.add_parser("neighbors", help="nearest neighbours of an instance or a vector",
                        description="The k nearest instances in the high-dimensional space "
                        "(the instance itself excluded), with distances and metadata. Uses the "
-                       "stored index of the space, building one when there is none.")
+                       "stored index of the space, building one when there is none. The table "
+                       "fits the terminal's width; --json gives every value in full.")
     p.add_argument("dataset")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--id", type=int, help="query by row id")
@@ -29,7 +30,7 @@ def register(sub) -> None:
 
 
 def _print(r) -> None:
-    from ._common import table
+    from ._common import table, terminal_width
 
     q = r.query
     what = "the query vector" if q.get("vector") else (
@@ -40,7 +41,9 @@ def _print(r) -> None:
         print(f"note: {n}")
     cols = [c for c in (r.neighbors[0] if r.neighbors else {}) if c not in ("id", "distance")]
     rows = [[n["id"], f"{n['distance']:.4g}"] + [n.get(c) for c in cols] for n in r.neighbors]
-    print(table(rows, ["id", "distance"] + cols))
+    # Cells are cut to the terminal's width (a text column can hold whole documents);
+    # --json keeps everything.
+    print(table(rows, ["id", "distance"] + cols, width=terminal_width()))
 
 
 def run(args) -> int:

@@ -42,6 +42,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..reduce.run import reduce
+    from ._common import say
 
     r = reduce(args.dataset, method=args.method, space=args.space, backend=args.backend,
                pca_dims=args.pca_dims, seed=args.seed, force=args.force, metric=args.metric,
@@ -49,11 +50,11 @@ def run(args) -> int:
                perplexity=args.perplexity, n_epochs=args.n_epochs, fit_rows=args.fit_rows,
                quality=not args.no_quality, align_to=args.align_to)
     state = "up to date" if r.cached else f"computed in {r.seconds:.1f}s ({r.backend})"
-    print(f"layout {r.name}: {r.rows} points, {state}")
+    say(f"layout {r.name}: {r.rows} points, {state}")
     if r.quality:
         q = r.quality
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"quality (k={q.get('k')}): knn_preservation {fmt(q.get('knn_preservation'))}, "
-              f"trustworthiness {fmt(q.get('trustworthiness'))}, "
-              f"continuity {fmt(q.get('continuity'))}")
+        say(f"quality (k={q.get('k')}): knn_preservation {fmt(q.get('knn_preservation'))}, "
+            f"trustworthiness {fmt(q.get('trustworthiness'))}, "
+            f"continuity {fmt(q.get('continuity'))}")
     return 0

@@ -21,6 +21,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..view.render import render
+    from ._common import say
 
     bg = None if str(args.background).lower() in ("none", "transparent") else args.background
     r = render(args.dataset, out=args.out, layout=args.layout, space=args.space,
@@ -34,5 +35,5 @@ def run(args) -> int:
         what = f"{leg['cmap']} over {leg['span'][0]:.4g}..{leg['span'][1]:.4g}"
     else:
         what = f"{leg['cmap']}, histogram-equalised"
-    print(f"wrote {r.path} ({r.layout}, colour by {r.color_by}: {what})")
+    say(f"wrote {r.path} ({r.layout}, colour by {r.color_by}: {what})")
     return 0

@@ -21,10 +21,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..ingest.synth import synth
+    from ._common import say
 
     r = synth(args.out, n=args.n, dim=args.dim, clusters=args.clusters,
               error_rate=args.error_rate, seed=args.seed, space=args.space, dtype=args.dtype,
               overwrite=args.overwrite)
-    print(f"wrote {r.path}: {r.rows} rows x {r.dim} dims, {r.clusters} clusters, "
-          f"error rate {r.error_rate:g} in {r.seconds:.1f}s")
+    say(f"wrote {r.path}: {r.rows} rows x {r.dim} dims, {r.clusters} clusters, "
+        f"error rate {r.error_rate:g} in {r.seconds:.1f}s")
     return 0

@@ -6,7 +6,10 @@ Pooling of a layer output of shape (B, ...):
 * (B, C, H, W...) from a convolution-like layer (4-D and up, or 3-D from a 1-D conv/pool/norm):
   ``mean``/``max`` over the spatial axes -> (B, C); ``flatten`` -> (B, C*H*W); ``cls`` refuses;
 * (B, T, D) token sequences: ``mean``/``max`` over tokens -> (B, D); ``cls`` -> token 0;
-  ``flatten`` -> (B, T*D).
+  ``flatten`` -> (B, T*D). When the batch carries an attention mask of shape (B, T) (text
+  models), the pooling sees only the real tokens: ``mean`` over them, ``max`` ignoring padding,
+  ``cls`` the first real one. So a vector does not depend on which batch (and how much
+  padding) it came with.
 """
 
 from __future__ import annotations
@@ -67,8 +70,12 @@ def _channels_first(module) -> bool:
                                nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.BatchNorm1d))
 
 
-def pool(t_out, how: str, *, layer: str, module=None):
-    """Pool one layer output (B, ...) to (B, d) float32 on its device."""
+def pool(t_out, how: str, *, layer: str, module=None, mask=None):
+    """Pool one layer output (B, ...) to (B, d) float32 on its device.
+
+    ``mask``: the batch's attention mask of shape (B, T) (1 = real token) or None; used for
+    (B, T, D) token outputs whose first two axes match it.
+    """
     shape = tuple(t_out.shape)
     if t_out.ndim == 1:
         if how == "flatten":
@@ -89,9 +96,51 @@ def pool(t_out, how: str, *, layer: str, module=None):
         x = t_out.float().flatten(2)
         return x.mean(2) if how == "mean" else x.amax(2)
     x = t_out.float()
+    if masks_tokens(t_out, mask, module):
+        return _masked_pool(x, mask, how)
     if how == "cls":
         return x[:, 0]
     return x.mean(1) if how == "mean" else x.amax(1)
+
+
+def masks_tokens(t_out, mask, module=None) -> bool:
+    """Whether ``mask`` (B, T) applies to the (B, T, D) token output ``t_out``."""
+    return (mask is not None and t_out.ndim == 3 and tuple(mask.shape) == tuple(t_out.shape[:2])
+            and not (module is not None and _channels_first(module)))
+
+
+def _masked_pool(x, mask, how: str):
+    """Pool (B, T, D) over the real tokens only (``mask`` (B, T), nonzero = real)."""
+    t = torch()
+    real = mask.to(device=x.device) != 0
+    if how == "cls":
+        # The first real token: position 0 with right padding, later with left padding.
+        first = real.to(t.int8).argmax(1)
+        return x[t.arange(x.shape[0], device=x.device), first]
+    if how == "mean":
+        m = real.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+    out = x.masked_fill(~real.unsqueeze(-1), float("-inf")).amax(1)
+    # An instance without a single real token has nothing to pool: zeros, not -inf.
+    return t.where(real.any(1, keepdim=True), out, t.zeros_like(out))
+
+
+def describe_pooling(how: str, shape: tuple, masked: bool, module=None) -> dict:
+    """What the manifest says about how a layer of output ``shape`` (B, ...) became vectors."""
+    if len(shape) == 2:
+        return {"method": "none", "note": "the layer gives one vector per instance"}
+    if how == "flatten":
+        return {"method": "flatten"}
+    spatial = len(shape) >= 4 or (len(shape) == 3 and module is not None
+                                  and _channels_first(module))
+    if spatial:
+        return {"method": how, "over": "spatial axes"}
+    d = {"method": how, "over": "tokens", "masked": bool(masked)}
+    if masked:
+        d["note"] = {"mean": "mean over the real tokens (attention mask); padding ignored",
+                     "max": "max over the real tokens (attention mask); padding ignored",
+                     "cls": "the first real token (attention mask)"}[how]
+    return d
 
 
 class Capture:
@@ -102,6 +151,9 @@ class Capture:
         self.pooling = pooling
         self.out: dict = {}
         self.shapes: dict = {}
+        self.masked: dict = {}  # layer -> whether its pooling used the attention mask
+        #: the current batch's attention mask (B, T), set by the runner before each forward
+        self.mask = None
         self.handles = []
 
     def __enter__(self):
@@ -128,7 +180,9 @@ class Capture:
                                  f"shared module), so which output to keep is ambiguous; "
                                  f"choose a layer that runs once")
             self.shapes[name] = tuple(t.shape)
-            self.out[name] = pool(t.detach(), self.pooling, layer=name, module=mod)
+            self.masked[name] = masks_tokens(t, self.mask, mod)
+            self.out[name] = pool(t.detach(), self.pooling, layer=name, module=mod,
+                                  mask=self.mask)
         return hook
 
     def take(self) -> dict:

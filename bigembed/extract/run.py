@@ -28,10 +28,18 @@ import xxhash
 
 from ..dataset import _mmap
 from ..dataset.format import DTYPES, shard_rows_for
-from ..errors import InputError, check_choice, check_positive_int
+from ..errors import BackendUnavailable, InputError, check_choice, check_positive_int
 from ..progress import progress_bar
 from .backends import DEVICES as EXTRACT_DEVICES
-from .capture import POOLINGS, Capture, list_layers, logits_of, resolve_layers, scores
+from .capture import (
+    POOLINGS,
+    Capture,
+    describe_pooling,
+    list_layers,
+    logits_of,
+    resolve_layers,
+    scores,
+)
 from .sources import (
     batch_rows,
     load_data,
@@ -125,36 +133,43 @@ def _chunk_rows(dims: dict, dtype: str, shard_rows: int | None) -> int:
 
 
 class _Batches:
-    """Batches ``(start_row, inputs, labels)`` from ``start``, never crossing a chunk boundary
-    for map-style data, so a resumed run computes exactly the batches a fresh one would."""
+    """Batches ``(rows, inputs, labels)`` from ``start``; ``rows`` is an int64 array of the
+    batch's row ids. For map-style data a batch never crosses a chunk boundary, so a resumed
+    run computes exactly the batches a fresh one would; when the data knows its instances'
+    lengths (text), each chunk is batched longest first, so a batch holds similar lengths and
+    little padding (the chunker puts every row back in its place)."""
 
     def __init__(self, src, *, start: int, chunk_rows: int, batch_size: int, workers: int,
                  pin: bool):
         self.src, self.start, self.chunk_rows = src, start, chunk_rows
         self.batch_size, self.workers, self.pin = batch_size, workers, pin
+        self._issued: deque = deque()
 
     def _index_batches(self):
         n = self.src.rows
         s = self.start
+        lengths = None if self.src.lengths is None else np.asarray(self.src.lengths())
         while s < n:
             end = min(n, (s // self.chunk_rows + 1) * self.chunk_rows)
-            while s < end:
-                e = min(end, s + self.batch_size)  # batch_size may shrink after an OOM
-                yield list(range(s, e))
-                s = e
+            order = np.arange(s, end)
+            if lengths is not None:  # longest first, ties in row order
+                order = s + np.argsort(-lengths[s:end], kind="stable")
+            p = 0
+            while p < len(order):
+                b = order[p:p + self.batch_size]  # batch_size may shrink after an OOM
+                self._issued.append(b)
+                yield b.tolist()
+                p += len(b)
+            s = end
 
     def __iter__(self):
-        t = torch()
         if self.src.map_style:
-            loader = t.utils.data.DataLoader(
-                self.src.data, batch_sampler=self._index_batches(), num_workers=self.workers,
-                pin_memory=self.pin)
-            row = self.start
+            self._issued.clear()
+            loader = self.src.loader(batch_sampler=self._index_batches(),
+                                     num_workers=self.workers, pin_memory=self.pin)
             for i, b in enumerate(loader):
                 x, y = split_batch(b, f"data batch {i}")
-                n = batch_rows(x)
-                yield row, x, y
-                row += n
+                yield self._issued.popleft(), x, y  # the loader keeps the sampler's order
             return
         row = 0
         for i, b in enumerate(self.src.data):
@@ -168,8 +183,13 @@ class _Batches:
                 x = slice_inputs(x, k, n)
                 y = None if y is None else y[k:]
                 row, n = self.start, n - k
-            yield row, x, y
+            yield np.arange(row, row + n, dtype=np.int64), x, y
             row += n
+
+
+def _where(rows: np.ndarray) -> str:
+    lo, hi = int(rows.min()), int(rows.max())
+    return f"rows {lo}..{hi}" if hi - lo + 1 == len(rows) else f"{len(rows)} rows in {lo}..{hi}"
 
 
 def _labels_numpy(y, n: int):
@@ -204,6 +224,8 @@ class _Runner:
         oom = getattr(t, "OutOfMemoryError", t.cuda.OutOfMemoryError)
         try:
             xd = to_device(x, self.device, self.non_blocking)
+            # Token outputs are pooled over the real tokens of this batch only.
+            self.capture.mask = xd.get("attention_mask") if isinstance(xd, dict) else None
             with t.inference_mode(), t.autocast(
                     device_type=self.device.type, dtype=getattr(t, self.amp or "float32"),
                     enabled=self.amp is not None):
@@ -268,28 +290,37 @@ class _Chunker:
         self.labels = []
         self.rows = 0
 
-    def add(self, pooled: dict, logits, labels, n: int) -> None:
-        """Append a batch: ``{layer: (n, d)}``, logits (n, C) or None, labels (n,) or None."""
-        off = 0
-        while off < n:
-            take = min(n - off, self.chunk_rows - self.rows)
-            if self.rows + take > len(self.vec[self.layers[0]]):  # more rows than announced
+    def add(self, pooled: dict, logits, labels, rows) -> None:
+        """Add a batch: ``{layer: (n, d)}``, logits (n, C) or None, labels (n,) or None, and
+        ``rows`` (n,) its row ids, in any order within a chunk (a length-sorted batch)."""
+        rows = np.asarray(rows, np.int64)
+        pos = rows - self.start
+        here = pos < self.chunk_rows
+        sel = None if here.all() else np.flatnonzero(here)
+        pick = (lambda a: a) if sel is None else (lambda a: a[sel])
+        p = pick(pos)
+        if len(p):
+            need = int(p.max()) + 1
+            if need > len(self.vec[self.layers[0]]):  # more rows than announced
                 for k in self.layers:
-                    self.vec[k] = _grow(self.vec[k], self.rows + take)
+                    self.vec[k] = _grow(self.vec[k], need)
                 if self.logits is not None:
-                    self.logits = _grow(self.logits, self.rows + take)
-            r = slice(self.rows, self.rows + take)
+                    self.logits = _grow(self.logits, need)
             for k in self.layers:
-                self.vec[k][r] = pooled[k][off:off + take]
+                self.vec[k][p] = pick(pooled[k])
             if self.has_labels:
-                lab = labels if labels is not None else np.full(n, -1)
-                self.labels.append(np.array(lab[off:off + take]))
+                lab = labels if labels is not None else np.full(len(rows), -1)
+                self.labels.append((p, np.array(pick(np.asarray(lab)))))
             if self.has_preds:
-                self.logits[r] = logits[off:off + take] if logits is not None else np.nan
-            self.rows += take
-            off += take
-            if self.rows == self.chunk_rows:
-                self.flush()
+                self.logits[p] = pick(logits) if logits is not None else np.nan
+            self.rows += len(p)
+        if self.rows >= self.chunk_rows:
+            self.flush()
+        if sel is not None:  # the rest belongs to the next chunk(s)
+            rest = np.flatnonzero(~here)
+            self.add({k: v[rest] for k, v in pooled.items()},
+                     None if logits is None else logits[rest],
+                     None if labels is None else np.asarray(labels)[rest], rows[rest])
 
     def flush(self) -> None:
         if self.rows == 0:
@@ -311,7 +342,8 @@ class _Chunker:
             blocks[k] = b
         cols = {}
         if self.has_labels:
-            cols["label"] = np.concatenate(self.labels)
+            pos = np.concatenate([p for p, _ in self.labels])
+            cols["label"] = np.concatenate([v for _, v in self.labels])[np.argsort(pos)]
         if self.has_preds:
             pred, conf, loss = scores(self.logits[:self.rows], cols.get("label"))
             missing = ~np.isfinite(conf)
@@ -336,12 +368,11 @@ class _Chunker:
 
 def _probe(model, src, layers: dict, pooling: str, run_on, amp):
     """One small batch through the model: output shapes, dims, and which meta columns exist."""
-    t = torch()
     if src.map_style:
         if src.rows == 0:
             raise InputError(f"data {src.description}: holds no instances")
         # One instance is enough to learn the output shapes.
-        first = next(iter(t.utils.data.DataLoader(src.data, batch_size=1)))
+        first = next(iter(src.loader(batch_size=1)))
     else:
         it = iter(src.data)
         try:
@@ -369,7 +400,9 @@ def _probe(model, src, layers: dict, pooling: str, run_on, amp):
     dims = {k: int(pooled[k].shape[1]) for k in layers}  # in the order asked for
     classes = None if logits is None else int(logits.shape[1])
     has_loss = classes is not None and y is not None and _labels_numpy(y, n).dtype.kind in "iu"
-    return dims, dict(cap.shapes), y is not None, classes, has_loss
+    pooled_how = {k: describe_pooling(pooling, cap.shapes[k], cap.masked.get(k, False),
+                                      layers[k]) for k in layers}
+    return dims, dict(cap.shapes), y is not None, classes, has_loss, pooled_how
 
 
 def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=256,
@@ -411,7 +444,12 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     if out is None:
         raise InputError("out is required (the dataset directory to write)")
     torch()  # the install hint when torch is missing, before anything is read
-    backend, run_on = EXTRACT_DEVICES.create(device if device == "auto" else f"torch-{device}")
+    try:
+        backend, run_on = EXTRACT_DEVICES.create(device if device == "auto" else
+                                                 f"torch-{device}")
+    except BackendUnavailable as e:  # name the device as it was passed, not the backend
+        raise BackendUnavailable(str(e).replace(f"device='torch-{device}'",
+                                                f"device={device!r}")) from None
     dev = run_on.device
     if amp_dtype == "float16" and run_on.slow_fp16:
         log.info("amp='fp16' on the CPU runs slowly in PyTorch; bf16 is the CPU choice")
@@ -419,11 +457,11 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     if data is None and model == "digits":
         data = "digits"
     mdl, mdesc = load_model(model, seed=model_seed)
-    src = load_data(_text_data(mdl, data, batch_size), n=n, seed=seed)
+    src = load_data(_text_data(mdl, data), n=n, seed=seed)
     mdl.eval().to(dev)
     layer_mods = resolve_layers(mdl, layers)
-    dims, shapes, has_labels, classes, has_loss = _probe(mdl, src, layer_mods, pooling, run_on,
-                                                           amp_dtype)
+    dims, shapes, has_labels, classes, has_loss, pooled_how = _probe(
+        mdl, src, layer_mods, pooling, run_on, amp_dtype)
     chunk_rows = _chunk_rows(dims, dtype, shard_rows)
     # The weights hash names the model (class and every tensor), however it was passed.
     identity = {"weights": _weights_hash(mdl), "data": src.fingerprint,
@@ -433,9 +471,15 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     provenance = {"source": "extract", "model": mdesc, "data": src.description,
                   "pooling": pooling, "amp": amp_dtype,
                   "output_shapes": {k: list(v[1:]) for k, v in shapes.items()}}
+    if src.lengths is not None:
+        provenance["batching"] = ("by length within each chunk (longest first), rows "
+                                  "restored to input order")
+    # Each space says how its vectors were pooled, and whether over real tokens only.
+    per_space = {k: {"pooled": pooled_how[k], "output_shape": list(shapes[k][1:])}
+                 for k in dims}
     store = ExtractStore(out, identity=identity, key=key, dims=dims, dtype=dtype,
                          chunk_rows=chunk_rows, total_rows=src.rows, provenance=provenance,
-                         overwrite=overwrite).open()
+                         space_provenance=per_space, overwrite=overwrite).open()
     result_kw = dict(path=Path(out), spaces=tuple(dims), dims=dims, dtype=dtype,
                      device=str(dev), backend=backend.name, batch_size=batch_size,
                      amp=amp_dtype)
@@ -445,7 +489,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
 
     resumed = store.done_rows
     if workers is None:
-        workers = run_on.default_workers
+        workers = run_on.default_workers if src.workers is None else src.workers
     if not src.map_style and batch_size != 256:
         log.info("batch_size is ignored: the data yields its own batches")
     writer = ChunkWriter(store, background=background_writer)
@@ -466,19 +510,22 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
         # Host copies were queued non-blocking; wait for the oldest only when it is needed,
         # so the device runs the next batch meanwhile.
         while len(pending) > keep:
-            event, n, pooled, logits, labels = pending.popleft()
+            event, rows, pooled, logits, labels = pending.popleft()
             if event is not None:
                 event.synchronize()
             host = {k: v.numpy() for k, v in pooled.items()}
-            chunker.add(host, None if logits is None else logits.numpy(), labels, n)
-            bar.update(n)
+            chunker.add(host, None if logits is None else logits.numpy(), labels, rows)
+            bar.update(len(rows))
 
     i = -1
     try:
         with cap:
-            for i, (row, x, y) in enumerate(batches):
+            for i, (rows, x, y) in enumerate(batches):
                 n_b = batch_rows(x)
-                where = f"batch {i} (rows {row}..{row + n_b - 1})"
+                if n_b != len(rows):
+                    raise ExtractError(f"data: batch {i} holds {n_b} instances where "
+                                       f"{len(rows)} were asked for")
+                where = f"batch {i} ({_where(rows)})"
                 ts = time.perf_counter()
                 try:
                     pooled, logits = runner.forward(x, y, where)
@@ -498,7 +545,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
                     logits = logits.to("cpu", non_blocking=nb)
                 event = run_on.event()
                 t_model += time.perf_counter() - ts
-                pending.append((event, n_b, pooled, logits, _labels_numpy(y, n_b)))
+                pending.append((event, rows, pooled, logits, _labels_numpy(y, n_b)))
                 computed += n_b
                 drain(1)
             drain(0)
@@ -524,13 +571,14 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     return _result(store, result_kw, t0, computed=computed, resumed=resumed, timings=timings)
 
 
-def _text_data(model, data, batch_size):
-    """For a text model, texts (a file or a list of strings) become tokenised batches."""
+def _text_data(model, data):
+    """For a text model, texts (a file or a list of strings) become a dataset of texts that
+    tokenises a batch at a time (see :class:`bigembed.extract.text.TextBatches`)."""
     from .text import TextBatches, is_text_model, read_texts
 
     if not is_text_model(model):
         return data
-    return TextBatches(read_texts(data), model, batch_size)
+    return TextBatches(read_texts(data), model)
 
 
 def _result(store, kw, t0, *, computed, resumed, cached=False, timings=None):
@@ -546,17 +594,21 @@ def inspect_layers(*, model, data=None, n: int | None = None, seed: int = 0,
                    model_seed: int = 0) -> list[dict]:
     """``[{name, type, output_shape}]`` for every named module, from one forward pass of the
     first (up to 2) instances of ``data``; without data, names and types only."""
-    t = torch()
+    torch()  # the install hint when torch is missing
     if data is None and model == "digits":
         data, n = "digits", n or 2
+    from .text import PROBE_TEXTS, is_text_model
+
     mdl, _ = load_model(model, seed=model_seed)
     mdl.eval()
+    if data is None and is_text_model(mdl):
+        data = list(PROBE_TEXTS)  # a text model needs no data to show its shapes
     if data is None:
         return [{"name": k, "type": type(m).__name__, "output_shape": None}
                 for k, m in mdl.named_modules() if k]
-    src = load_data(_text_data(mdl, data, 2), n=n, seed=seed)
+    src = load_data(_text_data(mdl, data), n=n, seed=seed)
     if src.map_style:
-        first = next(iter(t.utils.data.DataLoader(src.data, batch_size=min(2, src.rows))))
+        first = next(iter(src.loader(batch_size=min(2, src.rows))))
     else:
         first = next(iter(src.data))
     x, _ = split_batch(first, "data batch 0")

@@ -153,6 +153,19 @@ class Source:
             self.rows = int(data.num_rows)
         self.fingerprint = getattr(data, "fingerprint", None) or (
             f"{description}:rows={self.rows}")
+        #: optional hooks of the data: ``collate(items) -> batch`` (e.g. a tokenizer),
+        #: ``lengths() -> (N,)`` sizes to batch similar instances together, and ``workers``
+        #: (loader workers it wants; 0 where the batch is made in-process anyway)
+        self.collate = getattr(data, "collate", None)
+        self.lengths = getattr(data, "lengths", None)
+        self.workers = getattr(data, "workers", None)
+
+    def loader(self, **kw):
+        """A DataLoader over map-style data, with the data's own collate when it has one."""
+        t = torch()
+        if self.collate is not None:
+            kw.setdefault("collate_fn", self.collate)
+        return t.utils.data.DataLoader(self.data, **kw)
 
     def metadata(self, start: int, stop: int) -> dict:
         fn = getattr(self.data, "metadata", None)

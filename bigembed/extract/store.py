@@ -49,7 +49,7 @@ class ExtractStore:
 
     def __init__(self, out, *, identity: dict, key: str, dims: dict, dtype: str,
                  chunk_rows: int, total_rows: int | None, provenance: dict,
-                 overwrite: bool = False):
+                 space_provenance: dict | None = None, overwrite: bool = False):
         self.path = Path(out)
         self.identity = identity
         self.key = key
@@ -58,6 +58,8 @@ class ExtractStore:
         self.chunk_rows = int(chunk_rows)
         self.total_rows = total_rows
         self.provenance = provenance
+        #: per space: what only that space's provenance says (its pooling, say)
+        self.space_provenance = dict(space_provenance or {})
         self.overwrite = overwrite
         self.count = None if total_rows is None else max(1, -(-total_rows // self.chunk_rows))
         self._pads = {name: 0 for name in self.dims}
@@ -111,7 +113,8 @@ class ExtractStore:
         _atomic.remove_stale_temps(p)
         spaces = {
             name: {"dim": dim, "dtype": self.dtype, "rows": 0, "shards": [],
-                   "provenance": {**self.provenance, "layer": name}, "status": "partial",
+                   "provenance": {**self.provenance, **self.space_provenance.get(name, {}),
+                                  "layer": name}, "status": "partial",
                    "dir": f"spaces/{name}"}
             for name, dim in self.dims.items()
         }

@@ -5,7 +5,12 @@
 file (one instance per non-empty line) or a list of strings; texts are tokenised a batch at a
 time and stored in meta.parquet's ``text`` column. Layers: ``embedding`` (the model's sentence
 embedding, after its own pooling and normalisation) and any module under ``st.`` (see
-``--list-layers``); token-level layers are pooled over all positions, padding included.
+``--list-layers``); token-level layers are pooled over the real tokens only (the batch's
+attention mask), so a text's vector does not depend on the batch it was in.
+
+Like ``SentenceTransformer.encode``, extraction sorts the texts of each chunk by length and
+batches similar lengths together (little padding), truncates at the model's maximum sequence
+length, and writes every row back in input order.
 """
 
 from __future__ import annotations
@@ -95,25 +100,53 @@ def read_texts(data) -> list[str]:
     return texts
 
 
-class TextBatches:
-    """An iterable of tokenised batches over ``texts`` (``num_rows`` = len(texts))."""
+#: what ``--list-layers`` runs a text model on when no data is given
+PROBE_TEXTS = ("bigembed probes the layers of a text model with this sentence.", "a second one")
 
-    def __init__(self, texts: list[str], model, batch_size: int):
+
+def max_length(st_model) -> int | None:
+    """The model's maximum sequence length in tokens (texts are truncated there)."""
+    m = getattr(st_model, "max_seq_length", None)
+    return int(m) if m else None
+
+
+class TextBatches:
+    """Texts as a map-style dataset: ``__getitems__`` gives the texts of a batch, ``collate``
+    tokenises them (padding to the batch's longest, truncating at the model's maximum length)
+    and ``lengths()`` (characters, sentence-transformers' own proxy for tokens) lets the
+    extraction batch similar lengths together."""
+
+    #: tokenising runs in-process (the tokenizer is multi-threaded); no loader workers
+    workers = 0
+
+    def __init__(self, texts: list[str], model):
         self.texts = texts
         self.model = model
-        self.batch_size = int(batch_size)
         self.num_rows = len(texts)
+        self.max_length = max_length(model.st)
         h = xxhash.xxh3_64()
         for t in texts:
             h.update(t.encode("utf-8", "surrogatepass"))
             h.update(b"\0")
-        self.fingerprint = f"texts:{len(texts)}:{h.hexdigest()}:batch={self.batch_size}"
+        # No batch size here: with masked pooling, vectors do not depend on it.
+        self.fingerprint = f"texts:{len(texts)}:{h.hexdigest()}:max_length={self.max_length}"
 
-    def __iter__(self):
-        for s in range(0, len(self.texts), self.batch_size):
-            st = self.model.st
-            tok = getattr(st, "preprocess", None) or st.tokenize
-            yield dict(tok(self.texts[s:s + self.batch_size]))
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> str:
+        return self.texts[i]
+
+    def __getitems__(self, idx) -> list[str]:
+        return [self.texts[i] for i in idx]
+
+    def collate(self, texts: list[str]) -> dict:
+        st = self.model.st
+        tok = getattr(st, "preprocess", None) or st.tokenize
+        return dict(tok(list(texts)))
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(t) for t in self.texts), np.int64, len(self.texts))
 
     def metadata(self, start: int, stop: int) -> dict:
         return {"text": np.array(self.texts[start:stop], dtype=object)}

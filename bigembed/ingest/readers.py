@@ -189,7 +189,8 @@ def _is_list(t: pa.DataType) -> bool:
 class TableSource(Source):
     """Parquet, Arrow IPC or CSV: a vector column, or many numeric columns."""
 
-    def __init__(self, path: Path, *, column: str | None, key: str | None):
+    def __init__(self, path: Path, *, column: str | None, key: str | None,
+                 exclude: tuple = ()):
         super().__init__(path)
         self.key = key
         schema = self._schema()
@@ -213,7 +214,9 @@ class TableSource(Source):
                              f"with --column NAME")
         else:
             self.list_col = None
-            self.vec_cols = [n for n in names if n != key and n.lower() not in META_COLUMNS]
+            # ``exclude``: columns that are metadata whatever they hold (a layout's x, y)
+            self.vec_cols = [n for n in names if n != key and n not in exclude
+                             and n.lower() not in META_COLUMNS]
             if not self.vec_cols:
                 raise InputError(f"{path} has no vector columns (columns: {names})")
         if self.list_col is not None:
@@ -399,8 +402,9 @@ class CsvSource(TableSource):
 
 
 def open_source(path, *, column: str | None = None, array: str | None = None,
-                key: str | None = None) -> Source:
-    """Open a vector file by its suffix."""
+                key: str | None = None, exclude: tuple = ()) -> Source:
+    """Open a vector file by its suffix; ``exclude``: table columns never read as vector
+    components."""
     path = _check_file(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
@@ -411,7 +415,7 @@ def open_source(path, *, column: str | None = None, array: str | None = None,
     if kind == "npz":
         return NpzSource(path, array)
     cls = {"parquet": ParquetSource, "arrow": ArrowSource, "csv": CsvSource}[kind]
-    return cls(path, column=column, key=key)
+    return cls(path, column=column, key=key, exclude=tuple(exclude))
 
 
 def read_table(path) -> pa.Table:

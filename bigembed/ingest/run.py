@@ -43,6 +43,8 @@ class IngestResult:
     dropped: int = 0
     dropped_rows: list = field(default_factory=list)
     seconds: float = 0.0
+    #: the layout imported with ``layout=`` (a :class:`~bigembed.reduce.run.ReduceResult`)
+    layout: object = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,9 +76,15 @@ def _join_by_key(meta: pa.Table, keys: pa.Array, key: str, meta_path) -> pa.Tabl
 def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = None,
            column: str | None = None, array: str | None = None, dtype: str | None = None,
            drop_invalid: bool = False, overwrite: bool = False, batch_rows: int = 65536,
-           allow_duplicate_keys: bool = False, progress: bool | None = None) -> IngestResult:
+           allow_duplicate_keys: bool = False, layout=None,
+           progress: bool | None = None) -> IngestResult:
     """Write vectors from ``inputs`` (files, concatenated in order) as space ``space`` of the
     dataset at ``out`` (created if missing; otherwise the space is added to it).
+
+    ``layout``: two column names (``"x,y"`` or a pair) of the input table or of ``meta``
+    holding a 2-D layout computed elsewhere; it is stored as a layout of ``space`` like any
+    other (method ``"imported"``, keyed by its content) with its quality measured against the
+    vectors. The columns stay in the metadata too.
 
     Rows holding NaN or Inf are refused, naming how many and the first ids, unless
     ``drop_invalid`` (then they are left out and listed in the manifest). ``key`` must name a
@@ -92,7 +100,9 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
         raise InputError("ingest needs at least one INPUT file")
     if dtype is not None and dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    sources = [open_source(p, column=column, array=array, key=key) for p in inputs]
+    layout_cols = _layout_columns(layout)
+    sources = [open_source(p, column=column, array=array, key=key, exclude=layout_cols)
+               for p in inputs]
     dims = {s.dim for s in sources if s.dim is not None}
     if len(dims) > 1:
         a = sources[0]
@@ -118,6 +128,15 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
     meta_table = read_table(meta) if meta is not None else None
     if key is not None:
         _check_key_column(key, sources, meta_table, meta)
+    if layout_cols:  # before anything is written
+        have = set(meta_table.column_names if meta_table is not None else ())
+        for s in sources:
+            have |= set(getattr(s, "meta_cols", ()))
+        missing = [c for c in layout_cols if c not in have]
+        if missing:
+            raise InputError(f"layout: no column {missing[0]!r} in the input table"
+                             f"{' or --meta' if meta is not None else ''}; columns there: "
+                             f"{sorted(have)}")
 
     provenance = {"source": "ingest", "inputs": [str(Path(p).resolve()) for p in inputs]}
     invalid: list[int] = []
@@ -192,14 +211,48 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
                                    "reason": "NaN or Inf"})
         keep = np.concatenate(keep_masks) if keep_masks else np.ones(0, bool)
         table = _assemble_meta(meta_table, extras, keep, n_invalid, key, meta, row)
+        xy = _layout_xy(table, layout_cols) if layout_cols else None
         if table is not None:
             _check_unique_keys(table, key, inputs, meta, allow_duplicate_keys)
             dw.set_meta(table, key=key)
     ds = Dataset.open(out, verify="none")
+    lay = None
+    if xy is not None:
+        from ..reduce.run import import_layout
+
+        lay = import_layout(ds, xy, space=space, progress=progress,
+                            source={"columns": list(layout_cols),
+                                    "from": [str(Path(p)) for p in inputs] +
+                                    ([str(meta)] if meta is not None else [])})
     rec = ds.manifest["spaces"][space]
     return IngestResult(out, space, rec["rows"], rec["dim"], rec["dtype"], len(rec["shards"]),
                         sum(s["bytes"] for s in rec["shards"]), n_invalid, invalid,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, lay)
+
+
+def _layout_columns(layout) -> tuple:
+    if layout is None:
+        return ()
+    cols = [c.strip() for c in layout.split(",")] if isinstance(layout, str) else list(layout)
+    if len(cols) != 2 or not all(isinstance(c, str) and c for c in cols) or cols[0] == cols[1]:
+        raise InputError(f"layout must name two different columns, 'x,y', got {layout!r}")
+    return tuple(cols)
+
+
+def _layout_xy(table, cols) -> np.ndarray:
+    """The (N, 2) float64 coordinates from columns ``cols`` of the id-ordered metadata."""
+    out = []
+    for c in cols:
+        a = table.column(c)
+        if not (pa.types.is_floating(a.type) or pa.types.is_integer(a.type)):
+            raise InputError(f"layout: column {c!r} holds {a.type}, expected numbers")
+        v = a.to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            raise InputError(f"layout: column {c!r} has {len(bad)} missing or non-finite "
+                             f"values (first ids: {bad[:SHOW_IDS].tolist()})")
+        out.append(v)
+    return np.stack(out, axis=1)
 
 
 def _check_key_column(key, sources, meta_table, meta_path) -> None:

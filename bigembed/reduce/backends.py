@@ -20,72 +20,25 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import BackendUnavailable
+from ..jitcache import cache_uncached, enable_numba_cache, is_cached, numba_cache_dir
 from ..progress import progress_enabled
 from ..registry import cuda_check, declare
 
 log = logging.getLogger(__name__)
 
 
-# -- numba compilation cache ---------------------------------------------------------------
+# -- numba compilation cache (one place: bigembed.jitcache) ---------------------------------
 
-def numba_cache_dir() -> Path:
-    """Where compiled numba code is kept between processes."""
-    base = os.environ.get("BIGEMBED_CACHE")
-    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME",
-                                                        Path.home() / ".cache")) / "bigembed"
-    return root / "numba"
-
-
-_cache_ready = False
-
-
-def enable_numba_cache() -> None:
-    """Point numba's on-disk cache at a persistent user directory, before umap imports.
-
-    umap-learn's SGD kernels are compiled without ``cache=True``, so every new process paid
-    the JIT again (tens of seconds on a small machine); we switch caching on for the
-    module-level dispatchers umap uses, so a second process loads them from disk.
-    """
-    global _cache_ready
-    if _cache_ready:
-        return
-    if not os.environ.get("NUMBA_CACHE_DIR"):
-        d = numba_cache_dir()
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            os.environ["NUMBA_CACHE_DIR"] = str(d)
-        except OSError as e:  # read-only home: numba falls back to its own locations
-            log.warning("cannot create numba cache dir %s (%s); JIT will not be cached", d, e)
-    import numba
-
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        # numba read its config at import; if something imported it earlier, update it.
-        numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-    _cache_ready = True
-
-
-def _cache_dispatchers(*modules) -> int:
-    """Enable on-disk caching for uncached module-level numba dispatchers; returns how many."""
-    from numba.core.caching import NullCache
-    from numba.core.dispatcher import Dispatcher
-
-    n = 0
-    for mod in modules:
-        for obj in list(vars(mod).values()):
-            if isinstance(obj, Dispatcher) and isinstance(getattr(obj, "_cache", None),
-                                                          NullCache):
-                try:
-                    obj.enable_caching()
-                    n += 1
-                except Exception as e:  # e.g. source not locatable: stay uncached
-                    log.debug("numba caching not enabled for %s: %s", obj, e)
-    return n
+#: umap-learn's SGD epoch, serial (seeded, reproducible) and parallel: compiled on first use
+UMAP_SGD = ("umap_*/layouts._optimize_layout_euclidean_single_epoch-*.nbi",
+            "umap_*/layouts._optimize_layout_euclidean_single_epoch."
+            "_nb_optimize_layout_euclidean_single_epoch_parallel-*.nbi")
+_said_compiling = False
 
 
 def _import_umap():
@@ -96,8 +49,34 @@ def _import_umap():
         import umap.layouts
         import umap.spectral
         import umap.umap_
-    _cache_dispatchers(umap.layouts, umap.umap_, umap.spectral)
+    cache_uncached(umap.layouts, umap.umap_, umap.spectral)
     return umap
+
+
+def _say_if_compiling(parallel: bool) -> None:
+    """The first UMAP after an install compiles umap-learn's numba code (tens of seconds on a
+    small machine); say so once, so the wait is not mistaken for a hang."""
+    global _said_compiling
+    if _said_compiling or is_cached(UMAP_SGD[1 if parallel else 0]):
+        return
+    _said_compiling = True
+    log.info("compiling umap-learn's numba code: once after install (tens of seconds; later "
+             "runs load it from %s)", os.environ.get("NUMBA_CACHE_DIR") or numba_cache_dir())
+
+
+def warm_numba_cache(progress=None) -> None:
+    """Compile (or load) every numba function a layout uses, serial and parallel, on a few
+    points, so the first real UMAP after this starts at once (``make demo`` runs it)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, ind = NearestNeighbors(n_neighbors=6).fit(x).kneighbors(x)
+    ind, dist = ind[:, 1:], dist[:, 1:].astype(np.float32)
+    be = CpuLayouts()
+    for seed in (0, None):  # a seed runs the serial epoch, none the parallel one
+        be.umap(indices=ind, distances=dist, x=x, init=x[:, :2], n_neighbors=5, min_dist=0.1,
+                n_epochs=5, seed=seed, progress=progress)
 
 
 # -- the interface -------------------------------------------------------------------------
@@ -166,7 +145,8 @@ class CpuLayouts:
         # 2 busy cores: 1.7 s seeded vs 3.1 s parallel at 2k rows, equal at 20k), so small
         # layouts are reproducible; large ones use every core (the seed still fixes the
         # initial layout and the sample).
-        rs = seed if len(indices) < PARALLEL_ROWS else None
+        rs = seed if seed is not None and len(indices) < PARALLEL_ROWS else None
+        _say_if_compiling(parallel=rs is None)
         show = progress_enabled(progress)
         model = umap.UMAP(
             n_neighbors=n_neighbors, n_components=2, min_dist=min_dist, n_epochs=n_epochs,
@@ -328,4 +308,5 @@ LAYOUTS.register(
     description="umap-learn / openTSNE (FFT) / scikit-learn PCA on the CPU",
     methods={"umap": ("umap", "numba"), "tsne": ("openTSNE",), "pca": ()})
 
-__all__ = ["CpuLayouts", "CumlLayouts", "TorchLayouts", "enable_numba_cache", "numba_cache_dir"]
+__all__ = ["CpuLayouts", "CumlLayouts", "TorchLayouts", "enable_numba_cache", "numba_cache_dir",
+           "warm_numba_cache"]

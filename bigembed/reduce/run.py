@@ -336,6 +336,58 @@ def procrustes(xy: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, dict]:
                                     "rms": round(rms, 6)}
 
 
+def import_layout(ds, xy, *, space: str | None = None, source: dict | None = None,
+                  quality: bool = True, quality_k: int = 15, quality_sample: int = 2000,
+                  seed: int = 0, metric: str = "l2", progress: bool | None = None
+                  ) -> ReduceResult:
+    """Store coordinates computed elsewhere, ``xy`` of shape (N, 2) in id order, as a layout
+    of ``space`` (method ``"imported"``), keyed by their content, with the same quality
+    (kNN preservation per point, trustworthiness, continuity) as a computed layout when the
+    space's vectors are finite. ``source``: what the record says they came from."""
+    if not isinstance(ds, Dataset):
+        ds = Dataset.open(ds)
+    sp = ds.space(space)
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape != (ds.rows, 2):
+        raise InputError(f"xy must have shape ({ds.rows}, 2), got {xy.shape}")
+    if not np.isfinite(xy).all():
+        raise InputError(f"xy has {int((~np.isfinite(xy)).any(1).sum())} rows with non-finite "
+                         f"coordinates")
+    xy = xy.astype(np.float32)
+    import xxhash
+
+    params: dict = {"content": xxhash.xxh3_64(np.ascontiguousarray(xy).tobytes()).hexdigest()}
+    if quality:
+        params.update(quality_k=quality_k, quality_sample=quality_sample)
+    name = layout_key(sp, "imported", params)
+    rec = ds.manifest.get("layouts", {}).get(name)
+    if rec is not None:
+        log.info("layout %s is already stored", name)
+        return ReduceResult(name, sp.name, "imported", ds.rows, True, 0.0, "imported",
+                            rec.get("quality"))
+    t0 = time.perf_counter()
+    columns, qual = {}, None
+    if quality:
+        sp.ensure_verified()
+        if np.isfinite(sp.vectors).all():
+            per_point, qual = _quality(ds, sp, xy, None, quality_k, quality_sample, seed,
+                                       metric, progress)
+            if per_point is not None:
+                columns["knn_preservation"] = per_point
+        else:
+            log.warning("space %r has non-finite vectors: the imported layout's quality is "
+                        "not measured", sp.name)
+    secs = time.perf_counter() - t0
+    record = {"space": sp.name, "method": "imported", "params": params, "backend": "imported",
+              "seconds": round(secs, 3), "source": dict(source or {}),
+              "fit": {"rows": ds.rows, "sampled": False}}
+    if qual is not None:
+        record["quality"] = qual
+    save_layout(ds, name, xy, record, columns)
+    log.info("imported layout %s (%d points)", name, ds.rows)
+    return ReduceResult(name, sp.name, "imported", ds.rows, False, secs, "imported", qual)
+
+
 def _place_rest(sp, ids, xy_fit, pca_dims, seed, metric, n_neighbors, progress,
                 batch_rows: int = 65536) -> np.ndarray:
     """Full (N, 2) layout: fitted rows as fitted, the others placed by their neighbours."""
@@ -405,5 +457,5 @@ def _quality(ds, sp, xy, graph, k, sample, seed, metric, progress):
                           metric=metric)
 
 
-__all__ = ["reduce", "initial_layout", "place_by_neighbors", "ReduceResult", "METHODS",
-           "METRICS"]
+__all__ = ["reduce", "import_layout", "pca_layout", "initial_layout", "place_by_neighbors",
+           "procrustes", "ReduceResult", "METHODS", "METRICS"]
