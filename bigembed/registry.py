@@ -144,8 +144,10 @@ class Stage:
                         log.info("%s: using backend %r", self.name, b.name)
                     return b
                 skipped.append(f"{b.name}: {why}")
-            # the CPU backends' install hints first: what a user without a GPU needs
-            hints = [b.install for b in sorted(self._backends.values(), key=lambda b: b.gpu)
+            # first the hint of a backend auto would pick without a GPU (not a GPU one, nor
+            # a GPU path that runs on the CPU only by name): what a user without a GPU needs
+            hints = [b.install for b in sorted(self._backends.values(),
+                                               key=lambda b: (b.gpu, b.auto_check is not None))
                      if b.does(method) and b.install]
             raise BackendUnavailable(f"{self.name}: no backend is available"
                                      f"{f' for {method}' if method else ''} "
