@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ..dataset.reader import open_cached, verify_artifact
-from ..errors import DatasetError, InputError, check_choice, check_positive_int
+from ..dataset.reader import open_cached
+from ..dataset.tables import read_table_artifact, write_table_artifact
+from ..errors import InputError, check_choice, check_positive_int
 from ..search.exact import exact_neighbors, sample_ids
 from ..search.graph import knn_graph
 from .overlap import (
@@ -202,28 +203,13 @@ def _meta_stamp(ds) -> str | None:
 
 
 def _read_artifact(ds, name: str, rec: dict) -> dict:
-    verify_artifact(ds, "comparison", name, rec)
-    path = ds.path / rec["file"]
-    try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DatasetError(f"comparison {name!r}: {path} cannot be read: {e}; rerun with "
-                           f"force=True") from None
-    if table.num_rows != ds.rows:
-        raise DatasetError(f"comparison {name!r}: {path} has {table.num_rows} rows, the "
-                           f"dataset has {ds.rows}")
+    table = read_table_artifact(ds, "comparison", name, rec)
     return {c: table.column(c).to_numpy() for c in table.column_names}
 
 
 def _write_artifact(ds, name: str, columns: dict, record: dict) -> None:
-    table = pa.table(columns)
-
-    def write(tmp):
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
-
-    ds.write_artifact("comparisons", name, write, dict(record, rows=ds.rows,
-                                                        columns=list(columns)), ".arrow")
+    write_table_artifact(ds, "comparisons", name, pa.table(columns),
+                         dict(record, rows=ds.rows, columns=list(columns)))
 
 
 def _error_estimate(spa, spb, ia, ib, k: int, metric: str, sample: int, seed: int) -> dict:

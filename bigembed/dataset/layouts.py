@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ..errors import DatasetError, InputError
-from .reader import verify_artifact
+from ..errors import InputError
+from .tables import read_table_artifact, write_table_artifact
 
 LAYOUT_FORMAT = 1
 
@@ -72,14 +72,8 @@ def save_layout(ds, name: str, xy: np.ndarray, record: dict, columns: dict | Non
         if v.shape[0] != ds.rows:
             raise InputError(f"layout column {k!r} has {v.shape[0]} rows, expected {ds.rows}")
         cols[k] = v
-    table = pa.table(cols)
-
-    def write(tmp):
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
-
-    rec = dict(record, rows=ds.rows, columns=list(cols))
-    ds.write_artifact("layouts", name, write, rec, ".arrow")
+    write_table_artifact(ds, "layouts", name, pa.table(cols),
+                         dict(record, rows=ds.rows, columns=list(cols)))
     return name
 
 
@@ -120,15 +114,7 @@ def load_layout(ds, *, name: str | None = None, space: str | None = None,
     if rec is None:
         raise InputError(f"dataset {ds.path} has no layout {name!r}; it has "
                          f"{sorted(ds.manifest.get('layouts', {}))}")
-    path = ds.path / rec["file"]
-    verify_artifact(ds, "layout", name, rec)
-    try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DatasetError(f"layout {name!r}: {path} cannot be read: {e}") from None
-    if table.num_rows != ds.rows:
-        raise DatasetError(f"layout {name!r}: {path} has {table.num_rows} rows, the dataset "
-                           f"has {ds.rows}")
+    table = read_table_artifact(ds, "layout", name, rec)
     xy = np.empty((ds.rows, 2), np.float32)
     xy[:, 0] = table.column("x").to_numpy()
     xy[:, 1] = table.column("y").to_numpy()

@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ..dataset.reader import open_cached, verify_artifact
-from ..errors import DatasetError, InputError, check_choice
+from ..dataset.reader import open_cached
+from ..dataset.tables import read_table_artifact, write_table_artifact
+from ..errors import InputError, check_choice
 from .exact import drop_self, exact_knn, recall, sample_ids, to_user_distance
 from .index import METRICS, prepare_space
 
@@ -66,16 +67,8 @@ def _graph_key(sp, k: int, metric: str, method: str, target: float) -> str:
 
 
 def _read_graph(ds, name: str, rec: dict, k: int) -> KnnGraph:
-    path = ds.path / rec["file"]
-    verify_artifact(ds, "graph", name, rec)
-    try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DatasetError(f"graph {name!r}: {path} cannot be read: {e}") from None
+    table = read_table_artifact(ds, "graph", name, rec)
     kk = int(rec["k"])
-    if table.num_rows != ds.rows:
-        raise DatasetError(f"graph {name!r}: {path} has {table.num_rows} rows, the dataset "
-                           f"has {ds.rows}")
     ind = table.column("indices").combine_chunks().values.to_numpy().reshape(-1, kk)
     dist = table.column("distances").combine_chunks().values.to_numpy().reshape(-1, kk)
     return KnnGraph(rec["space"], k, rec["metric"], ind[:, :k], dist[:, :k],
@@ -193,16 +186,12 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
         "distances": pa.FixedSizeListArray.from_arrays(pa.array(dist.reshape(-1)), k),
     })
 
-    def write(tmp):
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
-
     record = {"space": sp.name, "k": k, "metric": metric, "method": method,
               "backend": be.name, "rows": n, "dim": sp.dim, "recall": round(measured, 4),
               "target_recall": target, "params": params, "seconds": round(seconds, 3),
               "underfilled_rows": short_rows, "zero_vectors": int(len(prep.zero_rows)),
               "space_fingerprint": sp.fingerprint, "format": GRAPH_FORMAT}
-    ds.write_artifact("graphs", name, write, record, ".arrow")
+    write_table_artifact(ds, "graphs", name, table, record)
     log.info("knn graph %s: %s k=%d over %d rows, recall %.3f, %.1fs", name, method, k, n,
              measured, seconds)
     return KnnGraph(sp.name, k, metric, ind, dist, dict(record, name=name))
