@@ -31,17 +31,17 @@ def write(path, spaces: dict, meta: dict | None = None):
 
 @pytest.fixture
 def clustered(rng):
-    """2,000 x 16 in 8 clusters, labels = clusters; B = A with 5% of rows moved to other
-    clusters (each moved row takes another moved row's place)."""
+    """2,000 x 16 in 8 clusters, labels = clusters; B = A with 5% of rows moved into other
+    clusters (each onto a point of another label)."""
     centres = rng.normal(0, 8, (8, 16))
     labels = rng.integers(0, 8, 2000)
     x = (centres[labels] + rng.standard_normal((2000, 16))).astype(np.float32)
     moved = np.sort(rng.choice(2000, 100, replace=False))
     y = x.copy()
-    perm = moved[np.roll(np.arange(100), 1)]
-    while (labels[perm] == labels[moved]).any():
-        perm = rng.permutation(moved)
-    y[moved] = x[perm] + 0.01 * rng.standard_normal((100, 16)).astype(np.float32)
+    shift = rng.integers(1, 8, 100)  # never 0: another label
+    partner = [rng.choice(np.flatnonzero(labels == (labels[i] + s) % 8))
+               for i, s in zip(moved, shift)]
+    y[moved] = x[partner] + 0.01 * rng.standard_normal((100, 16)).astype(np.float32)
     return x, y, labels, moved
 
 
