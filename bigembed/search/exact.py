@@ -79,18 +79,22 @@ def exact_knn(q: np.ndarray, x: np.ndarray, k: int, metric: str):
     return faiss.knn(np.ascontiguousarray(q, np.float32), x, int(k), metric=faiss_metric(metric))
 
 
-def recall(found_d: np.ndarray, found_i: np.ndarray, true_d: np.ndarray, metric: str) -> float:
-    """Recall@k, counting ties: a found id counts when it is as near as the true k-th.
-
-    found_*: arrays of shape (m, k) from the index; true_d: exact scores, shape (m, k).
-    """
+def per_query_recall(found_d, found_i, true_d, metric: str) -> np.ndarray:
+    """Recall@k of each query, counting ties: a found id counts when it is as near as the true
+    k-th. found_*: arrays of shape (m, k) from the index; true_d: exact scores, shape (m, k).
+    Returns an array of shape (m,)."""
     k = true_d.shape[1]
     kth = true_d[:, k - 1:k].astype(np.float64)
     fd = found_d[:, :k].astype(np.float64)
     tol = 1e-5 * np.maximum(1.0, np.abs(kth))
     ok = (fd <= kth + tol) if metric == "l2" else (fd >= kth - tol)
     ok &= found_i[:, :k] >= 0
-    return float(ok.sum() / true_d.size)
+    return ok.mean(axis=1)
+
+
+def recall(found_d: np.ndarray, found_i: np.ndarray, true_d: np.ndarray, metric: str) -> float:
+    """Mean recall@k over the queries, ties counted (:func:`per_query_recall`)."""
+    return float(per_query_recall(found_d, found_i, true_d, metric).mean())
 
 
 def drop_self(D: np.ndarray | None, I: np.ndarray, ids: np.ndarray, k: int):

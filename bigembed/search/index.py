@@ -30,7 +30,8 @@ from ..dataset.reader import Dataset
 from ..errors import DatasetError, InputError, check_choice
 from ..progress import progress_bar
 from .backends import SEARCH
-from .exact import check_finite, exact_knn, faiss_metric, normalise, recall, sample_ids
+from .exact import (check_finite, exact_knn, faiss_metric, normalise, per_query_recall,
+                    recall, sample_ids)
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +155,6 @@ def _sweep_values(index, kind: str, params: dict) -> tuple[str, list]:
     nlist = int(params["nlist"])
     return "nprobe", sorted({min(nlist, v) for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96,
                                                      128, 192, 256, 384, 512, nlist)})
-
-
-def per_query_recall(found_d, found_i, true_d, metric: str) -> np.ndarray:
-    """Recall@k of each query (ties counted as in :func:`~bigembed.search.exact.recall`):
-    array of shape (m,)."""
-    k = true_d.shape[1]
-    kth = true_d[:, k - 1:k].astype(np.float64)
-    fd = found_d[:, :k].astype(np.float64)
-    tol = 1e-5 * np.maximum(1.0, np.abs(kth))
-    ok = (fd <= kth + tol) if metric == "l2" else (fd >= kth - tol)
-    ok &= found_i[:, :k] >= 0
-    return ok.mean(axis=1)
 
 
 def tune(index, kind: str, queries: np.ndarray, true_d: np.ndarray, metric: str,
