@@ -18,7 +18,15 @@ def register(sub) -> None:
     p.add_argument("--data", help="data factory (default for --model digits: the digits)")
     p.add_argument("--n", type=int, help="instances to make, for built-in data")
     p.add_argument("--seed", type=int, default=0, help="seed of built-in data")
-    p.add_argument("--out", help="dataset directory to write")
+    p.add_argument("--out", help="dataset directory to write; an existing dataset gets the new "
+                   "spaces added when the data has its row count")
+    p.add_argument("--weights", metavar="A.pt,B.pt",
+                   help="state-dict files (checkpoints of one run) loaded into the model in "
+                   "turn; each layer becomes a space per checkpoint, LAYER@TAG, with "
+                   "prediction@TAG, confidence@TAG, loss@TAG, correct@TAG columns")
+    p.add_argument("--tag", metavar="A,B",
+                   help="names of the checkpoints (default: the --weights files' stems); "
+                   "without --weights, one name for this model's spaces and scores")
     p.add_argument("--layers", help="comma-separated layer names (see --list-layers)")
     p.add_argument("--list-layers", action="store_true",
                    help="print the model's layer names with their output shapes, then stop")
@@ -78,7 +86,7 @@ def run(args) -> int:
                 amp=None if args.amp == "none" else args.amp, dtype=args.dtype,
                 workers=args.workers, shard_rows=args.shard_rows,
                 background_writer=not args.no_background_writer, overwrite=args.overwrite,
-                n=args.n, seed=args.seed)
+                n=args.n, seed=args.seed, weights=args.weights, tag=args.tag)
     if args.json:
         emit_json(r.to_json())
         return 0

@@ -81,6 +81,7 @@ class DatasetWriter:
         self._meta_tmp: Path | None = None
         self._meta_rows: int | None = None
         self._dropped: dict | None = None
+        self._meta_merge: tuple | None = None
         self.rows: int | None = None
         if mode == "create":
             if self.path.exists() and not overwrite:
@@ -147,6 +148,71 @@ class DatasetWriter:
         self.rows = rec["rows"]
         self._spaces[name] = rec
         self._space_dirs[name] = tmpdir
+
+    def adopt_space(self, name: str, directory, rec: dict) -> None:
+        """Add space ``name`` from a finished space directory written elsewhere in the same
+        filesystem (an extraction staged under ``cache/``): the directory is moved, not copied,
+        and ``rec`` is its manifest entry (dim, dtype, rows, shards with checksums)."""
+        _check_name("space", name)
+        if name in self.base_manifest.get("spaces", {}) and not self.overwrite:
+            raise InputError(
+                f"space: dataset {self.path} already has a space {name!r}; pass --overwrite "
+                f"to replace it, or choose another name")
+        if name in self._spaces:
+            raise InputError(f"space {name!r} written twice in one command")
+        if self.rows is not None and int(rec["rows"]) != self.rows:
+            raise InputError(
+                f"space {name!r} has {rec['rows']} rows but dataset {self.path} has "
+                f"{self.rows}; every space holds one vector per instance")
+        tmpdir = _atomic.tmp_name(self.work / "spaces" / name)
+        tmpdir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(directory, tmpdir)
+        rec = {k: v for k, v in rec.items() if k != "dir"}
+        rec["status"] = "complete"
+        self.rows = int(rec["rows"])
+        self._spaces[name] = rec
+        self._space_dirs[name] = tmpdir
+
+    def merge_meta_columns(self, table: pa.Table, *, must_match=()) -> None:
+        """Add the columns of ``table`` (one row per instance, id order) that the dataset's
+        metadata lacks, at commit time and under the lock, so columns another command added
+        meanwhile are kept. Columns already there are left as they are, except that those
+        named in ``must_match`` must hold the same values (the same instances in the same
+        order), else nothing is stored."""
+        if self.mode != "append":
+            raise InputError("merge_meta_columns is for adding to an existing dataset")
+        self._meta_merge = (table, tuple(must_match))
+
+    def _merge_meta(self, current: dict) -> None:
+        import pyarrow.parquet as pq
+
+        table, must_match = self._meta_merge
+        rec = current.get("meta")
+        base = (pq.read_table(self.path / rec["file"]) if rec else
+                pa.table({"id": pa.array(np.arange(self.rows, dtype=np.int64))}))
+        if table.num_rows != base.num_rows:
+            raise InputError(f"meta: {table.num_rows} new metadata rows for a dataset of "
+                             f"{base.num_rows}; nothing was stored")
+        added = []
+        for c in table.column_names:
+            if c == "id":
+                continue
+            if c in base.column_names:
+                if c in must_match and not base.column(c).equals(
+                        table.column(c).cast(base.column(c).type)):
+                    a = base.column(c).to_numpy(zero_copy_only=False)
+                    b = table.column(c).to_numpy(zero_copy_only=False)
+                    first = int(np.flatnonzero(a != b)[0]) if len(a) == len(b) else 0
+                    raise InputError(
+                        f"meta: column {c!r} of {self.path} differs from the new data's at id "
+                        f"{first} ({a[first]!r} there, {b[first]!r} here): is it the same "
+                        f"data in the same order? Nothing was stored")
+                continue
+            base = base.append_column(c, table.column(c))
+            added.append(c)
+        self._meta_merge = None
+        if added:
+            self._write_meta_table(base)
 
     def set_dropped(self, space: str, info: dict) -> None:
         self._dropped = {"space": space, **info}
@@ -287,6 +353,8 @@ class DatasetWriter:
                     f"space: another command added a space {name!r} to {self.path} while "
                     f"this one was written; nothing was stored. Pass --overwrite to replace "
                     f"it, or choose another --space")
+        if self._meta_merge is not None:
+            self._merge_meta(current)
         created: list = []
         try:
             replaced = self._apply(current, created)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import xxhash
 
 from ..dataset import _mmap
-from ..dataset.format import DTYPES, shard_rows_for
+from ..dataset.format import DTYPES, MANIFEST, shard_rows_for
 from ..errors import BackendUnavailable, InputError, check_choice, check_positive_int
 from ..progress import progress_bar
 from .backends import DEVICES as EXTRACT_DEVICES
@@ -270,8 +270,10 @@ class _Chunker:
 
     def __init__(self, writer: ChunkWriter, src, dims: dict, *, chunk_rows: int, index: int,
                  start: int, has_labels: bool, classes: int | None, has_loss: bool,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", suffix: str = ""):
         self.writer, self.src, self.dims = writer, src, dict(dims)
+        #: appended to the score columns (``prediction@step10``) of a tagged checkpoint
+        self.suffix = suffix
         self.layers = list(dims)
         self.dtype = dtype
         self.chunk_rows, self.index, self.start = chunk_rows, index, start
@@ -353,6 +355,9 @@ class _Chunker:
                 cols["loss"] = loss
             if self.has_labels and cols["label"].dtype.kind in "iu":
                 cols["correct"] = cols["label"] == pred
+            if self.suffix:
+                cols = {(k if k in ("label",) else f"{k}{self.suffix}"): v
+                        for k, v in cols.items()}
         stop = self.start + self.rows
         for k, v in self.src.metadata(self.start, stop).items():
             cols[k] = np.asarray(v)
@@ -409,7 +414,8 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
             device: str = "auto", amp: str | None = None, dtype: str = "float32",
             workers: int | None = None, shard_rows: int | None = None,
             background_writer: bool = True, overwrite: bool = False, n: int | None = None,
-            seed: int = 0, model_seed: int = 0, progress: bool | None = None) -> ExtractResult:
+            seed: int = 0, model_seed: int = 0, weights=None, tag=None,
+            progress: bool | None = None) -> ExtractResult:
     """Run ``model`` over ``data`` once; write each of ``layers`` as a space of ``out``.
 
     model: an ``nn.Module``, ``"package.module:factory"``, a built-in name (``digits``,
@@ -419,8 +425,19 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     layers: module names (list or ``"a,b"``); each space holds an array of shape (N, d) where d
     is the pooled width. batch_size: int or ``"auto"`` (start at 1024, halve on OOM).
     amp: None, ``"bf16"`` or ``"fp16"`` autocast. dtype: storage ``float32`` or ``float16``.
-    Rerunning with the same arguments resumes a killed run (or returns at once when complete);
-    different settings refuse to mix with existing shards unless ``overwrite``.
+
+    weights: state-dict files (a list or ``"a.pt,b.pt"``), each loaded into the model in turn
+    and run over the same data: checkpoints of one run. Their spaces are ``layer@tag`` and
+    their scores ``prediction@tag``, ``confidence@tag``, ``loss@tag``, ``correct@tag``, where
+    the tags are ``tag`` (a list or ``"a,b"``) or the files' stems. Every file is checked
+    against the model before anything runs. Without ``weights``, ``tag`` (one name) names the
+    spaces and scores of this one model the same way.
+
+    ``out`` may already hold a dataset: the new spaces are then added to it when the data has
+    its row count (refused otherwise, before anything runs); nothing already there changes
+    except that new metadata columns are added. Rerunning with the same arguments resumes a
+    killed run (or returns at once when complete); an unfinished extraction with different
+    settings refuses to mix with its shards unless ``overwrite`` (which replaces the dataset).
     """
     t0 = time.perf_counter()
     check_choice("pooling", pooling, POOLINGS)
@@ -443,6 +460,8 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
         workers = check_positive_int("workers", workers, minimum=0)
     if out is None:
         raise InputError("out is required (the dataset directory to write)")
+    files = _weight_files(weights)
+    tags = _tags(tag, files)
     torch()  # the install hint when torch is missing, before anything is read
     try:
         backend, run_on = EXTRACT_DEVICES.create(device if device == "auto" else
@@ -450,44 +469,308 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     except BackendUnavailable as e:  # name the device as it was passed, not the backend
         raise BackendUnavailable(str(e).replace(f"device='torch-{device}'",
                                                 f"device={device!r}")) from None
-    dev = run_on.device
     if amp_dtype == "float16" and run_on.slow_fp16:
         log.info("amp='fp16' on the CPU runs slowly in PyTorch; bf16 is the CPU choice")
 
     if data is None and model == "digits":
         data = "digits"
     mdl, mdesc = load_model(model, seed=model_seed)
+    opts = dict(out=out, layers=layers, pooling=pooling, batch_size=batch_size,
+                auto_batch=auto_batch, backend=backend, run_on=run_on, amp_dtype=amp_dtype,
+                dtype=dtype, workers=workers, shard_rows=shard_rows,
+                background_writer=background_writer, overwrite=overwrite, n=n, seed=seed,
+                progress=progress, t0=t0)
+    if files is None:
+        return _extract_one(mdl, mdesc, data, tag=tags[0] if tags else None, **opts)
+    for f in files:  # every checkpoint must fit before the first one runs
+        load_checkpoint(mdl, f, check_only=True)
+    if len(files) > 1:
+        _check_rereadable(data)
+    results = []
+    for i, (f, t) in enumerate(zip(files, tags)):
+        load_checkpoint(mdl, f)
+        log.info("extract: checkpoint %d/%d %s as %s", i + 1, len(files), f, t)
+        results.append(_extract_one(mdl, f"{mdesc} with weights {f.resolve()}", data, tag=t,
+                                    **dict(opts, overwrite=overwrite and i == 0)))
+    return _combined(results, t0)
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+def _weight_files(weights) -> list | None:
+    if weights is None:
+        return None
+    if isinstance(weights, Path):
+        weights = [weights]
+    items = [w.strip() for w in weights.split(",")] if isinstance(weights, str) else \
+        [str(w) for w in weights]
+    if not items or any(not w for w in items):
+        raise InputError(f"weights must name one or more state-dict files, 'a.pt,b.pt', got "
+                         f"{weights!r}")
+    files = [Path(w) for w in items]
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"weights: {f} does not exist (or is not a file)")
+    if len({f.resolve() for f in files}) != len(files):
+        raise InputError(f"weights names a file more than once: {items}")
+    return files
+
+
+def _tags(tag, files) -> list | None:
+    if tag is None:
+        if files is None:
+            return None
+        tags = [f.stem for f in files]
+        if len(set(tags)) != len(tags):
+            raise InputError(f"weights: the files {[str(f) for f in files]} share a name "
+                             f"({tags}); pass --tag with one distinct name per file")
+    else:
+        tags = [t.strip() for t in tag.split(",")] if isinstance(tag, str) else list(tag)
+        want = 1 if files is None else len(files)
+        if len(tags) != want:
+            raise InputError(f"tag must give {want} name(s), one per "
+                             f"{'weights file' if files else 'model'}, got {tag!r}")
+        if len(set(tags)) != len(tags):
+            raise InputError(f"tag names a checkpoint more than once: {tags}")
+    for t in tags:
+        if not isinstance(t, str) or not t or any(c in t for c in "@,/\\\0") or \
+                t.startswith(".") or t != t.strip():
+            raise InputError(f"tag {t!r}: a tag is a non-empty name without '@', ',', '/' "
+                             f"or a leading '.'")
+    return tags
+
+
+def _state_dict(obj):
+    """The tensors of a checkpoint: a state dict, or one under a usual key of a dict."""
+    t = torch()
+    if isinstance(obj, dict):
+        for k in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(k), dict) and obj[k] and all(
+                    isinstance(v, t.Tensor) for v in obj[k].values()):
+                return obj[k]
+        if obj and all(isinstance(v, t.Tensor) for v in obj.values()):
+            return obj
+    return None
+
+
+def load_checkpoint(model, path, *, check_only: bool = False) -> None:
+    """Load the state dict in ``path`` into ``model`` (or only check that it fits).
+
+    The file holds a state dict, or a dict with one under ``state_dict``,
+    ``model_state_dict`` or ``model`` (the usual training checkpoints); a ``module.``
+    prefix left by DataParallel is removed. Raises InputError naming the file and what does
+    not fit: missing and unexpected tensors, shapes that differ.
+    """
+    t = torch()
+    path = Path(path)
+    try:
+        obj = t.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"weights: {path} is not a readable PyTorch state dict "
+                         f"({type(e).__name__}: {str(e)[:200]})") from None
+    sd = _state_dict(obj)
+    if sd is None:
+        raise InputError(f"weights: {path} holds {type(obj).__name__}, expected a state dict "
+                         f"(name -> tensor), or a checkpoint dict with one under "
+                         f"'state_dict' / 'model_state_dict' / 'model'")
+    want = model.state_dict()
+    if all(k.startswith("module.") for k in sd) and not any(k.startswith("module.")
+                                                           for k in want):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    shapes = [f"{k}: {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in want.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors missing ({missing[:5]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected ({extra[:5]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:3])})")
+        raise InputError(f"weights: {path} does not fit the model "
+                         f"{type(model).__name__}: {', '.join(parts)}; nothing was written")
+    if not check_only:
+        model.load_state_dict(sd, strict=True)
+
+
+def _check_rereadable(data) -> None:
+    if data is not None and not isinstance(data, (str, Path)) and not hasattr(
+            data, "__getitem__") and iter(data) is data:
+        raise InputError("data: a one-shot iterator can be read once, but several checkpoints "
+                         "each run over the data; pass a Dataset, a tensor or a "
+                         "'package.module:factory'")
+
+
+def _combined(results: list, t0: float) -> ExtractResult:
+    last = results[-1]
+    dims = {}
+    for r in results:
+        dims.update(r.dims)
+    return ExtractResult(
+        path=last.path, spaces=tuple(dims), rows=last.rows, dims=dims, dtype=last.dtype,
+        shards=last.shards, bytes=sum(r.bytes for r in results),
+        seconds=time.perf_counter() - t0,
+        rows_computed=sum(r.rows_computed for r in results),
+        rows_resumed=sum(r.rows_resumed for r in results), device=last.device,
+        backend=last.backend, batch_size=last.batch_size, amp=last.amp,
+        cached=all(r.cached for r in results),
+        timings={"checkpoints": [dict(r.timings, spaces=list(r.spaces), cached=r.cached)
+                                 for r in results]})
+
+
+# -- one model over the data ----------------------------------------------------------------
+
+SCORES = ("prediction", "confidence", "loss", "correct")
+
+
+def _complete_dataset(out) -> dict | None:
+    """The manifest at ``out`` when it is a finished dataset new spaces can be added to."""
+    f = Path(out) / MANIFEST
+    if not f.is_file():
+        return None
+    try:
+        m = json.loads(f.read_text())
+    except ValueError:
+        return None  # ExtractStore names the broken file
+    ext = m.get("extract") or {}
+    if ext and ext.get("status") != "complete":
+        return None  # an unfinished extraction: resumed, or refused, by ExtractStore
+    spaces = m.get("spaces") or {}
+    if not spaces or any(sp.get("status") == "partial" for sp in spaces.values()):
+        return None
+    return m
+
+
+def _extract_one(mdl, mdesc, data, *, tag, out, layers, pooling, batch_size, auto_batch,
+                 backend, run_on, amp_dtype, dtype, workers, shard_rows, background_writer,
+                 overwrite, n, seed, progress, t0) -> ExtractResult:
+    dev = run_on.device
     src = load_data(_text_data(mdl, data), n=n, seed=seed)
     mdl.eval().to(dev)
     layer_mods = resolve_layers(mdl, layers)
     dims, shapes, has_labels, classes, has_loss, pooled_how = _probe(
         mdl, src, layer_mods, pooling, run_on, amp_dtype)
     chunk_rows = _chunk_rows(dims, dtype, shard_rows)
+    names = {k: (f"{k}@{tag}" if tag else k) for k in dims}
     # The weights hash names the model (class and every tensor), however it was passed.
     identity = {"weights": _weights_hash(mdl), "data": src.fingerprint,
                 "layers": list(layer_mods), "pooling": pooling, "dtype": dtype,
                 "amp": amp_dtype, "chunk_rows": chunk_rows}
+    if tag:
+        identity["tag"] = tag
     key = xxhash.xxh3_64(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     provenance = {"source": "extract", "model": mdesc, "data": src.description,
                   "pooling": pooling, "amp": amp_dtype,
                   "output_shapes": {k: list(v[1:]) for k, v in shapes.items()}}
+    if tag:
+        provenance["tag"] = tag
     if src.lengths is not None:
         provenance["batching"] = ("by length within each chunk (longest first), rows "
                                   "restored to input order")
     # Each space says how its vectors were pooled, and whether over real tokens only.
     per_space = {k: {"pooled": pooled_how[k], "output_shape": list(shapes[k][1:])}
                  for k in dims}
-    store = ExtractStore(out, identity=identity, key=key, dims=dims, dtype=dtype,
-                         chunk_rows=chunk_rows, total_rows=src.rows, provenance=provenance,
-                         space_provenance=per_space, overwrite=overwrite).open()
-    result_kw = dict(path=Path(out), spaces=tuple(dims), dims=dims, dtype=dtype,
+    result_kw = dict(path=Path(out), spaces=tuple(names.values()),
+                     dims={names[k]: d for k, d in dims.items()}, dtype=dtype,
                      device=str(dev), backend=backend.name, batch_size=batch_size,
                      amp=amp_dtype)
-    if store.complete:
+    existing = None if overwrite else _complete_dataset(out)
+    adding = existing is not None and (existing.get("extract") or {}).get("key") != key
+    if adding:
+        have = existing.get("spaces", {})
+        if all(have.get(nm, {}).get("provenance", {}).get("extract_key") == key
+               for nm in names.values()):
+            log.info("extract: %s already holds these spaces; nothing to do", out)
+            return _result(Path(out), result_kw, t0, computed=0, resumed=0, cached=True)
+        _check_addable(out, existing, names, src, identity, tag, classes)
+        store_path = Path(out) / "cache" / f"extract-{key}"
+    else:
+        store_path = Path(out)
+    store = ExtractStore(store_path, identity=identity, key=key, dims=dims, dtype=dtype,
+                         chunk_rows=chunk_rows, total_rows=src.rows, provenance=provenance,
+                         space_provenance=per_space, overwrite=overwrite and not adding,
+                         names=names).open()
+    if store.complete and not adding:
         log.info("extract: %s already holds this extraction; nothing to do", out)
-        return _result(store, result_kw, t0, computed=0, resumed=store.done_rows, cached=True)
-
+        return _result(Path(out), result_kw, t0, computed=0, resumed=store.done_rows,
+                       cached=True)
     resumed = store.done_rows
+    computed, timings = 0, {}
+    if not store.complete:
+        computed, timings = _run(store, src, mdl, dims, run_on, amp_dtype, auto_batch,
+                                 batch_size, workers, has_labels, classes, has_loss, dtype,
+                                 chunk_rows, layer_mods, pooling, progress,
+                                 suffix=f"@{tag}" if tag else "", t0=t0,
+                                 background_writer=background_writer)
+    if adding:
+        _commit_added(Path(out), store, names, existing, provenance)
+    return _result(Path(out), result_kw, t0, computed=computed, resumed=resumed,
+                   timings=timings)
+
+
+def _check_addable(out, existing, names, src, identity, tag, classes) -> None:
+    """Refuse, before anything runs, to add spaces that cannot join the dataset at ``out``."""
+    have = existing.get("spaces", {})
+    clash = [nm for nm in names.values() if nm in have]
+    if clash:
+        layer = next(k for k, v in names.items() if v == clash[0])
+        raise InputError(
+            f"out: dataset {out} already has space(s) {clash} (made by another model or "
+            f"other settings); pass --tag NAME to add these as {layer}@NAME, or choose "
+            f"another --out. Nothing was written")
+    rows = int(existing.get("rows") or 0)
+    if src.rows is not None and src.rows != rows:
+        raise InputError(
+            f"data {src.description}: holds {src.rows} instances but dataset {out} has "
+            f"{rows}; a new space needs one vector per existing instance, in the same order. "
+            f"Nothing was written")
+    cols = set((existing.get("meta") or {}).get("columns") or ())
+    taken = [c for c in SCORES if c in cols]
+    same_model = (existing.get("extract") or {}).get("identity", {}).get(
+        "weights") == identity["weights"]
+    if classes is not None and not tag and taken and not same_model:
+        raise InputError(
+            f"out: dataset {out} already has {taken} from another model; pass --tag NAME so "
+            f"these spaces and scores are stored as LAYER@NAME and prediction@NAME. Nothing "
+            f"was written")
+
+
+def _commit_added(out: Path, store, names, existing, provenance) -> None:
+    """Move the staged spaces of ``store`` into the dataset at ``out`` and add the new
+    metadata columns (scores of this model); nothing already there changes."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from ..dataset.writer import DatasetWriter
+
+    staged = json.loads((store.path / MANIFEST).read_text())
+    rows = int(staged["rows"])
+    if rows != int(existing.get("rows") or 0):
+        shutil.rmtree(store.path, ignore_errors=True)
+        raise InputError(f"data: yielded {rows} instances but dataset {out} has "
+                         f"{existing.get('rows')}; a new space needs one vector per existing "
+                         f"instance. Nothing was added")
+    meta = pq.read_table(store.path / staged["meta"]["file"])
+    try:
+        with DatasetWriter(out, mode="append", provenance=provenance) as dw:
+            for nm in names.values():
+                rec = staged["spaces"][nm]
+                dw.adopt_space(nm, store.path / rec["dir"], rec)
+            dw.merge_meta_columns(meta, must_match=("label",))
+    finally:  # committed, or refused: either way the staged copy has no further use
+        shutil.rmtree(store.path, ignore_errors=True)
+    log.info("extract: added spaces %s to %s", list(names.values()), out)
+
+
+def _run(store, src, mdl, dims, run_on, amp_dtype, auto_batch, batch_size, workers,
+         has_labels, classes, has_loss, dtype, chunk_rows, layer_mods, pooling, progress, *,
+         suffix, t0, background_writer=True):
+    """The pass over the data: batches through the model, chunks to ``store``; finishes it."""
+    resumed = store.done_rows
+    dev = run_on.device
     if workers is None:
         workers = run_on.default_workers if src.workers is None else src.workers
     if not src.map_style and batch_size != 256:
@@ -495,7 +778,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     writer = ChunkWriter(store, background=background_writer)
     chunker = _Chunker(writer, src, dims, chunk_rows=chunk_rows, index=store.done_chunks,
                        start=resumed, has_labels=has_labels, classes=classes,
-                       has_loss=has_loss, dtype=dtype)
+                       has_loss=has_loss, dtype=dtype, suffix=suffix)
     batches = _Batches(src, start=resumed, chunk_rows=chunk_rows, batch_size=batch_size,
                        workers=workers, pin=run_on.pin_memory)
     cap = Capture(layer_mods, pooling)
@@ -568,7 +851,7 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     store.finish({"rows": total, "rows_computed": computed, "seconds": round(seconds, 3),
                   "items_per_s": round(computed / max(seconds, 1e-9), 1), "device": str(dev),
                   "batch_size": batches.batch_size, **timings})
-    return _result(store, result_kw, t0, computed=computed, resumed=resumed, timings=timings)
+    return computed, timings
 
 
 def _text_data(model, data):
@@ -581,8 +864,8 @@ def _text_data(model, data):
     return TextBatches(read_texts(data), model)
 
 
-def _result(store, kw, t0, *, computed, resumed, cached=False, timings=None):
-    m = json.loads((store.path / "manifest.json").read_text())
+def _result(path: Path, kw, t0, *, computed, resumed, cached=False, timings=None):
+    m = json.loads((Path(path) / MANIFEST).read_text())
     nbytes = sum(s["bytes"] for name in kw["spaces"] for s in m["spaces"][name]["shards"])
     shards = len(m["spaces"][kw["spaces"][0]]["shards"])
     return ExtractResult(rows=int(m["rows"]), shards=shards, bytes=nbytes,

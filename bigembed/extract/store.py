@@ -49,8 +49,11 @@ class ExtractStore:
 
     def __init__(self, out, *, identity: dict, key: str, dims: dict, dtype: str,
                  chunk_rows: int, total_rows: int | None, provenance: dict,
-                 space_provenance: dict | None = None, overwrite: bool = False):
+                 space_provenance: dict | None = None, overwrite: bool = False,
+                 names: dict | None = None):
         self.path = Path(out)
+        #: the space each layer is written as (``fc1@step10`` for a tagged checkpoint)
+        self.names = {k: k for k in dims} if names is None else dict(names)
         self.identity = identity
         self.key = key
         self.dims = dict(dims)
@@ -112,11 +115,12 @@ class ExtractStore:
         p.mkdir(parents=True, exist_ok=True)
         _atomic.remove_stale_temps(p)
         spaces = {
-            name: {"dim": dim, "dtype": self.dtype, "rows": 0, "shards": [],
-                   "provenance": {**self.provenance, **self.space_provenance.get(name, {}),
-                                  "layer": name}, "status": "partial",
-                   "dir": f"spaces/{name}"}
-            for name, dim in self.dims.items()
+            self.names[layer]: {
+                "dim": dim, "dtype": self.dtype, "rows": 0, "shards": [],
+                "provenance": {**self.provenance, **self.space_provenance.get(layer, {}),
+                               "layer": layer, "extract_key": self.key},
+                "status": "partial", "dir": f"spaces/{self.names[layer]}"}
+            for layer, dim in self.dims.items()
         }
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "rows": self.total_rows or 0,
@@ -146,7 +150,7 @@ class ExtractStore:
 
         def cut(m):
             m["extract"]["chunks"] = chunks
-            for name in self.dims:
+            for name in self.names.values():
                 sp = m["spaces"][name]
                 sp["shards"] = sp["shards"][:good]
                 sp["rows"] = sum(s["rows"] for s in sp["shards"])
@@ -161,7 +165,7 @@ class ExtractStore:
 
     def _chunk_ok(self, manifest, i, ch) -> bool:
         try:
-            for name in self.dims:
+            for name in self.names.values():
                 s = manifest["spaces"][name]["shards"][i]
                 f = self.path / manifest["spaces"][name]["dir"] / s["file"]
                 if not f.is_file() or f.stat().st_size != s["bytes"] or \
@@ -181,10 +185,11 @@ class ExtractStore:
         rows = meta.num_rows
         try:
             recs = {}
-            for name, block in blocks.items():
-                rec, self._pads[name] = write_shard(
+            for layer, block in blocks.items():
+                name = self.names[layer]
+                rec, self._pads[layer] = write_shard(
                     self.path / "spaces" / name, block, space=name, index=index, start=start,
-                    dtype=self.dtype, count=self.count, pad=self._pads[name])
+                    dtype=self.dtype, count=self.count, pad=self._pads[layer])
                 recs[name] = rec
             mdir = self.path / META_PARTS
             mdir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +254,7 @@ class ExtractStore:
         def done(m):
             m["rows"] = total
             m["meta"] = meta_rec
-            for name in self.dims:
+            for name in self.names.values():
                 m["spaces"][name]["status"] = "complete"
             m["extract"]["status"] = "complete"
             m["extract"]["summary"] = summary
