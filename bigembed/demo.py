@@ -4,7 +4,9 @@ A small CNN is trained on scikit-learn's handwritten digits (shipped with scikit
 download), augmented to ``n`` instances; the activations of two layers become two spaces.
 Each space gets a layout (UMAP for the penultimate layer, PCA for the convolutional one) with
 its quality measured, and a FAISS index; a PNG is rendered and a misclassified instance's true
-neighbours are looked up. ``bigembed demo`` then serves the explorer over it.
+neighbours are looked up. ``fc1`` is also captured at two checkpoints of the CNN's training
+(after the first epoch and at the end: spaces ``fc1@epoch1`` and ``fc1@final``, each with its
+own predictions) and the two are compared, with the early layout aligned to the final one. ``bigembed demo`` then serves the explorer over it.
 Every step is content-keyed or resumable, so running the demo again starts serving at once.
 """
 
@@ -20,8 +22,10 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
     """Run every stage on the digits demo under ``out``; returns what it made."""
     import numpy as np
 
+    from .compare import compare
     from .dataset.reader import Dataset
-    from .models.digits import add_digit_images, build_digits_dataset
+    from .extract.run import extract
+    from .models.digits import DigitsData, add_digit_images, build_digits_dataset, checkpoints
     from .reduce.run import reduce
     from .search.index import build_index
     from .search.lookup import neighbors
@@ -35,6 +39,11 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
         f"({how}) -> {ds_path}")
     if add_digit_images(ds_path):  # each digit as a small PNG: the map's hover shows it
         say("      added an image column: hovering a point shows its digit")
+    ck = checkpoints(seed=seed)
+    rc = extract(model="digits", data=DigitsData(n, seed=seed), out=ds_path, layers=["fc1"],
+                 weights=list(ck.values()), tag=list(ck), model_seed=seed)
+    say(f"      fc1 at two checkpoints of the training: spaces {list(rc.spaces)}"
+        f"{' (already extracted)' if rc.cached else ''}")
     ds = Dataset.open(ds_path)
     spaces = list(r.spaces)
     made = {}
@@ -46,6 +55,11 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
         say(f"[2/5] layout {lay.name}: {method} "
             f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'}"
             f"{f', kNN preservation {q:.2f}' if q is not None else ''})")
+    early, final = rc.spaces
+    lay = reduce(ds, space=early, method="umap", seed=seed, align_to=made[spaces[-1]])
+    made[early] = lay.name
+    say(f"[2/5] layout {lay.name}: umap aligned to {made[spaces[-1]]} "
+        f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'})")
     for sp in spaces:
         ix = build_index(ds, space=sp)
         say(f"[3/5] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
@@ -63,6 +77,12 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
     for item in nb.neighbors:
         say(f"      id {item['id']:>6}  distance {item['distance']:.3f}  label {item.get('label')}"
             f"  predicted {item.get('prediction')}")
+    ds = Dataset.open(ds_path)
+    cmp = compare(ds, a=early, b=final, k=15)
+    flips = cmp.summary.get("prediction_flips", {})
+    say(f"      compare {early} -> {final}: mean neighbourhood overlap {cmp.mean_overlap:.2f}; "
+        + ", ".join(f"{k} {v['n']}" for k, v in flips.items())
+        + f" (bigembed compare {ds_path} --a {early} --b {final})")
     try:  # the first UMAP of the user's own then starts at once (serial and parallel)
         from .reduce.backends import warm_numba_cache
 
@@ -70,5 +90,5 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
     except ImportError as e:  # umap-learn not installed: nothing to warm
         log.info("numba cache not warmed: %s", e)
     result = {"dataset": str(ds_path), "layouts": made, "png": str(png),
-              "neighbors": nb.to_json()}
+              "neighbors": nb.to_json(), "comparison": cmp.artifact}
     return result

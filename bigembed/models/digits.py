@@ -166,6 +166,10 @@ def _build_cnn():
     return DigitsCNN()
 
 
+#: the early checkpoint kept beside the final model (after this many epochs)
+EARLY_EPOCH = 1
+
+
 def _train(seed: int, *, epochs: int = 12) -> tuple[object, dict]:
     import torch
 
@@ -191,7 +195,8 @@ def _train_loop(seed: int, epochs: int, t0: float):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(seed + 1)
     counter = 0
-    for _ in range(epochs):
+    early = None
+    for epoch in range(epochs):
         order = rng.permutation(train)
         for s in range(0, len(order), 64):
             idx = order[s:s + 64]
@@ -204,12 +209,14 @@ def _train_loop(seed: int, epochs: int, t0: float):
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if epoch + 1 == EARLY_EPOCH:
+            early = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.eval()
     with torch.inference_mode():
         pred = model(torch.from_numpy(images[test][:, None])).argmax(1).numpy()
     info = {"version": VERSION, "seed": seed, "epochs": epochs,
             "test_accuracy": float((pred == labels[test]).mean()), "test_rows": len(test),
-            "train_seconds": round(time.perf_counter() - t0, 2)}
+            "train_seconds": round(time.perf_counter() - t0, 2), "early": early}
     return model, info
 
 
@@ -232,16 +239,33 @@ def load_model(*, seed: int = 0, retrain: bool = False):
         except Exception as e:  # a damaged cache file: retrain rather than fail
             log.warning("cached digits model %s unreadable (%s); retraining", path, e)
     model, info = _train(seed)
+    early = info.pop("early")
     log.info("trained the digits CNN in %.1fs (held-out accuracy %.3f); cached in %s",
              info["train_seconds"], info["test_accuracy"], path)
     try:
         d.mkdir(parents=True, exist_ok=True)
+        with _atomic.atomic_path(_early_path(seed)) as tmp:
+            torch.save(early, tmp)
         with _atomic.atomic_path(path) as tmp:
             torch.save(model.state_dict(), tmp)
         _atomic.write_json(path.with_suffix(".json"), info)
     except OSError as e:  # a read-only home still gets a working model
         log.warning("could not cache the digits model in %s: %s", d, e)
     return model
+
+
+def _early_path(seed: int) -> Path:
+    return cache_dir() / f"digits-cnn-v{VERSION}-seed{seed}-epoch{EARLY_EPOCH}.pt"
+
+
+def checkpoints(*, seed: int = 0) -> dict:
+    """State-dict files of the demo CNN during training: ``{"epoch1": early, "final": ...}``,
+    for ``extract --weights`` (trained and cached on first use, like :func:`load_model`)."""
+    final = cache_dir() / f"digits-cnn-v{VERSION}-seed{seed}.pt"
+    early = _early_path(seed)
+    if not (early.is_file() and final.is_file()):
+        load_model(seed=seed, retrain=final.is_file())  # training is seeded: same final
+    return {f"epoch{EARLY_EPOCH}": early, "final": final}
 
 
 def model_info(*, seed: int = 0) -> dict:
