@@ -93,6 +93,15 @@ def test_graph_overlap_is_checked_against_exact_search(tmp_path, rng):
     assert r.error_estimate["sample"] == 300 and r.error_estimate["mean_abs"] <= 0.02
     graphs = Dataset.open(path).artifacts("graphs")
     assert all(rec["method"] == "ivf" for rec in graphs.values())
+    # By default no search runs: the exact neighbours each graph was checked on at build
+    # time are reused, and they are exact search's own answer.
+    d = compare(path, a="a", b="b", k=10, graph_method="ivf")
+    e = d.error_estimate
+    assert e["how"] == "exact neighbours stored with the graphs" and e["mean_abs"] <= 0.02
+    rows = np.asarray(next(iter(graphs.values()))["exact_sample"]["rows"])
+    want = neighbour_overlap(exact_neighbors(x, rows, 10), exact_neighbors(y, rows, 10))
+    assert e["sample"] == len(rows) and e["exact_mean_overlap"] == round(float(want.mean()), 4)
+    np.testing.assert_array_equal(d.overlap, r.overlap)
 
 
 def test_gained_and_lost_are_the_set_differences_of_neighbour_lookups(tmp_path, clustered):

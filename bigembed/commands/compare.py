@@ -35,9 +35,10 @@ def _print_pair(r, top: int) -> None:
 
     e = r.error_estimate
     state = "stored" if r.cached else f"computed in {r.seconds:.1f}s"
+    check = (f"graphs vs exact on {e['sample']} rows: mean abs error {e['mean_abs']:.4f}"
+             if e.get("sample") else "exact kNN graphs")
     print(f"{r.a} -> {r.b}: {r.n} points, k={r.k}, mean overlap {r.mean_overlap:.3f} "
-          f"(graphs vs exact on {e['sample']} rows: mean abs error {e['mean_abs']:.4f}); "
-          f"{state} as {r.artifact}")
+          f"({check}); {state} as {r.artifact}")
     q = r.summary["overlap"]["quantiles"]
     print("overlap quantiles: " + ", ".join(f"{k} {v:.2f}" for k, v in q.items()))
     for key, title in (("by_label", "by label"), ("by_correct_in_a", f"by correctness in {r.a}"),

@@ -20,8 +20,12 @@ def neighbour_overlap(ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
     for s in range(0, n, BLOCK):
         a = ia[s:s + BLOCK]
         b = ib[s:s + BLOCK]
-        hit = (a[:, :, None] == b[:, None, :]).any(2) & (a >= 0)
-        out[s:s + BLOCK] = hit.sum(1) / k
+        # One pass per column of B: no (rows, k, k) temporary, about twice as fast.
+        hit = np.zeros(a.shape, bool)
+        for j in range(b.shape[1]):
+            hit |= a == b[:, j:j + 1]
+        hit &= a >= 0
+        out[s:s + BLOCK] = np.count_nonzero(hit, axis=1) / k
     return out
 
 
@@ -39,11 +43,13 @@ def neighbour_majority(indices: np.ndarray, codes: np.ndarray, n_codes: int) -> 
     missing."""
     n, k = indices.shape
     out = np.empty(n, np.int32)
+    width = n_codes + 1
     for s in range(0, n, BLOCK):
         c = codes[indices[s:s + BLOCK]]
         m = len(c)
-        counts = np.zeros((m, n_codes + 1), np.int32)
-        np.add.at(counts, (np.repeat(np.arange(m), k), np.where(c < 0, n_codes, c).ravel()), 1)
+        # One bincount over (row, code) pairs; missing codes count in a last column.
+        flat = (np.arange(m, dtype=np.int64)[:, None] * width + np.where(c < 0, n_codes, c))
+        counts = np.bincount(flat.ravel(), minlength=m * width).reshape(m, width)
         counts[:, n_codes] = 0  # missing codes never win
         best = counts.argmax(1).astype(np.int32)
         best[counts.max(1) == 0] = -1

@@ -174,7 +174,9 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
         # Recall of the stored graph (self excluded) against exact search, on a sample.
         qids = sample_ids(n, 200, seed=4)
         td, ti = exact_knn(x[qids], x, k + 1, fmetric)
-        td, _ = drop_self(td, ti, qids, k)
+        td, ti = drop_self(td, ti, qids, k)
+        # Kept with the graph: comparisons measure their error on these rows for free.
+        exact_sample = {"rows": qids.tolist(), "indices": ti.tolist()}
         fd = ind[qids]
         # Compare in user-distance space, where smaller is nearer for every metric.
         measured = recall(dist[qids], fd, to_user_distance(td, metric).astype(np.float32),
@@ -191,6 +193,8 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
               "target_recall": target, "params": params, "seconds": round(seconds, 3),
               "underfilled_rows": short_rows, "zero_vectors": int(len(prep.zero_rows)),
               "space_fingerprint": sp.fingerprint, "format": GRAPH_FORMAT}
+    if method != "exact":
+        record["exact_sample"] = exact_sample
     write_table_artifact(ds, "graphs", name, table, record)
     log.info("knn graph %s: %s k=%d over %d rows, recall %.3f, %.1fs", name, method, k, n,
              measured, seconds)
