@@ -11,7 +11,7 @@
 # then the GPU benchmarks (frames at 10M and 100M points, kNN graph + lookups over 1M x 384,
 # UMAP over 1M x 384 with quality against the CPU path on a sample, ViT-B/16 extraction in
 # bf16). Every step has its own time cap, and a failing or slow step is recorded and skipped.
-# Results: $OUT/{summary,frames,knn,umap,vit}.json, $OUT/pytest.log, $OUT/run.log; commit
+# Results: $OUT/{summary,frames,knn,umap,vit,compare}.json, $OUT/pytest.log, $OUT/run.log; commit
 # them under benchmarks/results/gpu/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -11,7 +11,10 @@ Steps (sizes on the GPU; ``--dry-run`` runs the same code at tiny sizes):
   re-rank), its recall against FAISS exact search on a sample, and single-query lookups;
 * ``umap``: UMAP of 1M x 384 on the torch layout backend (kNN graph, fuzzy graph, SGD) with
   its quality, and on a 10k sample torch and the CPU path (umap-learn) side by side;
-* ``vit``: extraction of a ViT-B/16-shaped model (``bigembed/models/vit.py``) in bf16, images/s.
+* ``vit``: extraction of a ViT-B/16-shaped model (``bigembed/models/vit.py``) in bf16, images/s;
+* ``compare``: two spaces of 1M x 384 over the same rows (B = A with noise, 1% of rows moved to
+  other clusters), end to end: both kNN graphs on the GPU backend, then ``compare`` (target
+  20 s), with the planted movers' recovery.
 
 Each step writes ``DIR/<step>.json`` as it goes (a step stopped at its cap keeps what it had
 measured); ``DIR/summary.json`` lists every step's status (ok, failed with the error,
@@ -33,20 +36,20 @@ from pathlib import Path
 
 import numpy as np
 
-STEPS = ("frames", "knn", "umap", "vit")
+STEPS = ("frames", "knn", "umap", "vit", "compare")
 #: seconds each step may run on the device (the kit's whole run fits in 8 minutes)
-CAPS = {"frames": 95, "knn": 75, "umap": 160, "vit": 60}
+CAPS = {"frames": 95, "knn": 75, "umap": 160, "vit": 60, "compare": 60}
 DRY_CAP = 60
 SIZES = {
     "gpu": {"frames": [10_000_000, 100_000_000], "frame": (800, 800), "knn": (1_000_000, 384),
             "queries": 200, "umap": (1_000_000, 384), "umap_sample": 10_000,
             "umap_epochs": None, "vit": 2048, "vit_batch": 256, "vit_image": 224,
-            "vit_amp": "bf16"},
+            "vit_amp": "bf16", "compare": (1_000_000, 384)},
     # the same code at sizes a 2-core CPU runs in seconds (a smaller image: 16 patches)
     # (fp32 there: bf16 matmuls are emulated, slowly, on most CPUs)
     "dry": {"frames": [20_000, 100_000], "frame": (160, 120), "knn": (4_000, 32),
             "queries": 50, "umap": (800, 16), "umap_sample": 300, "umap_epochs": 10,
-            "vit": 2, "vit_batch": 1, "vit_image": 64, "vit_amp": None},
+            "vit": 2, "vit_batch": 1, "vit_image": 64, "vit_amp": None, "compare": (3_000, 16)},
 }
 
 
@@ -232,7 +235,47 @@ def step_vit(sizes, device, work, save):
                if size == 224 else {})}
 
 
-FUNCS = {"frames": step_frames, "knn": step_knn, "umap": step_umap, "vit": step_vit}
+def step_compare(sizes, device, work, save):
+    from bigembed import DatasetWriter
+    from bigembed.compare import compare
+    from bigembed.search import knn_graph
+
+    n, d = sizes["compare"]
+    a, lab = _clustered(n, d, device=device, seed=5, clusters=100)
+    rng = np.random.default_rng(5)
+    moved = np.sort(rng.choice(n, n // 100, replace=False))
+    b = a + 0.2 * rng.standard_normal(a.shape, dtype=np.float32)
+    b[moved] = b[rng.permutation(moved)]  # each moved row takes another moved row's place
+    t = time.perf_counter()
+    path = work / "compare"
+    with DatasetWriter(path) as dw:
+        for name, x in (("a", a), ("b", b)):
+            with dw.space(name, dim=d, total_rows=n) as sw:
+                for s in range(0, n, 262144):
+                    sw.write(x[s:s + 262144])
+    out = {"rows": n, "dim": d, "moved": len(moved), "write_s": round(time.perf_counter() - t, 3)}
+    del a, b
+    save(out)
+    t = time.perf_counter()
+    graphs = [knn_graph(path, space=s, k=15, progress=False) for s in ("a", "b")]
+    out["graphs_s"] = round(time.perf_counter() - t, 3)
+    out["graph_backend"] = [g.record.get("backend") for g in graphs]
+    out["graph_method"] = [g.record.get("method") for g in graphs]
+    save(out)
+    t = time.perf_counter()
+    r = compare(path, a="a", b="b", k=15, progress=False)
+    out["compare_from_graphs_s"] = round(time.perf_counter() - t, 3)
+    out["end_to_end_s"] = round(out["graphs_s"] + out["compare_from_graphs_s"], 3)
+    out["target_s"] = 20
+    out["mean_overlap"] = r.mean_overlap
+    out["error_estimate"] = r.error_estimate
+    least = np.argsort(r.overlap, kind="stable")[:len(moved)]
+    out["movers_recovered"] = round(len(np.intersect1d(least, moved)) / max(1, len(moved)), 4)
+    return out
+
+
+FUNCS = {"frames": step_frames, "knn": step_knn, "umap": step_umap, "vit": step_vit,
+         "compare": step_compare}
 
 
 # -- the driver -------------------------------------------------------------------------------
