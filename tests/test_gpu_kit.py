@@ -24,7 +24,8 @@ def test_gpu_kit_dry_run_runs_every_step(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dry_run"] and set(summary["steps"]) == {"frames", "knn", "umap", "vit"}
+    assert summary["dry_run"] and set(summary["steps"]) == {"frames", "knn", "umap", "vit",
+                                                              "compare"}
     bad = {k: v for k, v in summary["steps"].items() if v["status"] != "ok"}
     assert not bad, bad
     # what the device tool brings back: at most 8 files, 2 folders deep, plain names
@@ -39,4 +40,6 @@ def test_gpu_kit_dry_run_runs_every_step(tmp_path):
     assert {"torch", "cpu"} <= set(umap["sample"]) and umap["torch_full"]["quality"]
     vit = json.loads((out / "vit.json").read_text())["results"]
     assert vit["images_per_s"] > 0
+    cmp = json.loads((out / "compare.json").read_text())["results"]
+    assert cmp["end_to_end_s"] > 0 and cmp["movers_recovered"] >= 0.9
     assert "skipped" in (out / "pytest.log").read_text()  # gpu tests: skipped without CUDA
