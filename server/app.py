@@ -298,6 +298,10 @@ class Session:
             const q = cb_obj.text;
             if (q) { window.history.replaceState(null, '', '?' + q); }
         """))
+        from .compare_view import compare_link
+
+        self.compare_div = Div(text=compare_link(explorer, self.layout) or "", width=320,
+                               name="compare_link")
 
         p.on_event(RangesUpdate, self.on_ranges)
         p.on_event(MouseMove, self.on_move)
@@ -307,7 +311,7 @@ class Session:
         self.layout_select.on_change("value", self.on_layout)
         self.search.on_change("value", self.on_search)
 
-        side = column(self.layout_select, self.color_select, self.legend, self.search,
+        side = column(self.compare_div, self.layout_select, self.color_select, self.legend, self.search,
                       *self.filters.values(), self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
                       self.state)
         doc.add_root(row(p, side))
@@ -666,7 +670,8 @@ def _app(make_doc):
 
 def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), secret=None,
                 backend="auto", workers=4, frame_workers=2, session_lifetime_s: float = 60.0,
-                media_root=None, warm: bool = True):
+                media_root=None, warm: bool = True, compare: str | None = None,
+                compare_path: str | None = None):
     """A started-on-demand Bokeh :class:`~bokeh.server.server.Server` for ``dataset``.
 
     Returns (server, explorer). Call ``server.start()`` and run ``server.io_loop``.
@@ -674,7 +679,9 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     sessions no browser holds are discarded after ``session_lifetime_s``; thumbnails read
     image paths only under ``media_root`` (default: the dataset directory). ``warm``: do the
     first visitor's work now (JIT, index, pyramid), then freeze the long-lived objects
-    against the garbage collector (see :class:`_PacedGC`).
+    against the garbage collector (see :class:`_PacedGC`). ``compare``: "A,B", the
+    comparison a page without ``cmp=`` shows (``compare_path``: its slider's spaces, in
+    order; see :mod:`bigembed.server.compare_view`).
     """
     from bokeh.server.server import Server
 
@@ -688,26 +695,34 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     hosts = allowed_hosts(address, port, allow_origin)
     check_port_free(address, port)  # before loading anything: a busy port fails at once
     explorer = Explorer(dataset, backend=backend, media_root=media_root)
+    from . import compare_api, compare_view
+
+    comps, default_cmp = compare_view.setup(explorer, compare, compare_path)  # bad: fails now
     pools = Pools.make(workers=workers, frame_workers=frame_workers)
     if warm:
         _warm_and_freeze(explorer, pools, secret)
+        compare_view.warm(comps, default_cmp)
     else:
         explorer.renderer()  # the default layout's spatial order, before the first visitor
     _pace_bokeh_gc()
-    app = _app(lambda doc: Session(doc, explorer, pools.work, secret))
+    app = _app(compare_view.page_factory(explorer, comps, pools.work, secret, default=default_cmp,
+                                         single=lambda doc: Session(doc, explorer, pools.work,
+                                                                    secret)))
     kw = {}
     if secret:
         kw.update(sign_sessions=True, secret_key=secret, generate_session_ids=True)
     check_ms = int(max(min(session_lifetime_s / 2, 30), 0.5) * 1000)
     try:
         server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
-                        extra_patterns=patterns(explorer, pools, secret), num_procs=1,
+                        extra_patterns=patterns(explorer, pools, secret)
+                        + compare_api.patterns(explorer, pools, comps, secret), num_procs=1,
                         unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
                         check_unused_sessions_milliseconds=check_ms, **kw)
     except OSError as e:  # taken between the check and now
         pools.shutdown()
         raise _listen_error(address, port, e) from None
     security.install(server._tornado, allowed=hosts)
+    compare_api.install(server, comps, default_cmp)
     server._bigembed_pools = pools
     from tornado.ioloop import PeriodicCallback
 
@@ -718,7 +733,8 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
 
 def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin=(),
           secret: str | None = None, show: bool = False, backend: str = "auto",
-          on_ready=None, media_root=None, session_lifetime_s: float = 60.0) -> None:
+          on_ready=None, media_root=None, session_lifetime_s: float = 60.0,
+          compare: str | None = None, compare_path: str | None = None) -> None:
     """Serve the map of ``dataset`` until interrupted (blocking).
 
     ``on_ready(url)`` is called once the server listens (the CLI prints the URL there).
@@ -727,7 +743,8 @@ def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin
     """
     server, explorer = make_server(dataset, port=port, address=address,
                                    allow_origin=allow_origin, secret=secret, backend=backend,
-                                   media_root=media_root, session_lifetime_s=session_lifetime_s)
+                                   media_root=media_root, session_lifetime_s=session_lifetime_s,
+                                   compare=compare, compare_path=compare_path)
     if not is_loopback(address):
         log.warning("serving on non-loopback address %s: reachable from other machines; "
                     "websocket origins allowed: %s", address, list(allow_origin))
