@@ -25,9 +25,9 @@ from urllib.parse import quote, urlencode
 import numpy as np
 
 from ..errors import InputError
-from .app import (HOVER_PX, TAP_PX, _arg, _colour_options, _legend_html, _meta_html, _shown,
+from .widgets import (HOVER_PX, TAP_PX, _arg, _colour_options, _legend_html, _meta_html, _shown,
                   selection_outline, selection_query)
-from .compare_state import CHANGES, CORRECT_FILTERS, FLIP_FILTERS, Comparisons, Pair
+from .compare_state import CORRECT_FILTERS, FLIP_FILTERS, Comparisons, Pair
 
 log = logging.getLogger(__name__)
 

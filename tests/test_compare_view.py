@@ -210,9 +210,9 @@ def test_pairs_are_validated_with_the_parameter_named(cmp_data):
 # -- the page ----------------------------------------------------------------------------------
 
 @pytest.mark.browser
-def test_box_selection_in_a_counts_the_same_in_b_and_the_url_reopens_it(browser, served):
+def test_a_selection_in_a_marks_b_and_the_url_reopens_it_for_the_slider(browser, served):
     url, path, _, (l0, l1, l2) = served
-    page, got = open_page(browser, url + "/")
+    page, got = open_page(browser, url + "/")  # serve --compare A,B: the page compares
     try:
         assert A in title(page, "map_a") and B in title(page, "map_b")
         page.locator(".bk-tool-icon-box-select").first.click()  # map A's toolbar comes first
@@ -220,8 +220,8 @@ def test_box_selection_in_a_counts_the_same_in_b_and_the_url_reopens_it(browser,
         cx, cy = f["left"] + f["width"] / 2, f["top"] + f["height"] / 2
         page.mouse.move(cx - 200, cy - 200)
         page.mouse.down()
-        page.mouse.move(cx, cy, steps=4)
-        page.mouse.move(cx + 60, cy + 50, steps=4)
+        page.mouse.move(cx, cy, steps=3)
+        page.mouse.move(cx + 60, cy + 50, steps=3)
         page.mouse.up()
         ca = wait_for(lambda: sel_count(page, "a"), 30, page, "map A's statistics")
         cb = wait_for(lambda: sel_count(page, "b"), 30, page, "map B's statistics")
@@ -231,42 +231,35 @@ def test_box_selection_in_a_counts_the_same_in_b_and_the_url_reopens_it(browser,
         ov = frames_of(got, l2, "overlay.png")[-1]
         assert ov.headers["x-overlay-rows"].split(":")[0] == str(ca[0])
         wait_for(lambda: "box=" in page.url, 20, page, "the selection in the URL")
-        shared = page.url
-        q = parse_qs(urlparse(shared).query)
-        assert q["cmp"] == [f"{A},{B}"] and q["sel"] == ["a"]
+        q = parse_qs(urlparse(page.url).query)
+        assert q["cmp"] == [f"{A},{B}"] and q["sel"] == ["a"] and q["step"] == ["2"]
         sel = get_json(f"{url}/api/select?layout={quote(l1)}&box={quote(q['box'][0])}")
         assert sel["count"] == ca[0]
     finally:
         page.close()
-    page2, got2 = open_page(browser, shared)
+    # the shared URL (B coloured by trajectory depth, pan/zoom linked) reopens both maps
+    q.update(cb=["change:depth"], link=["1"])
+    shared = url + "/?" + "&".join(f"{k}={quote(v[0])}" for k, v in q.items())
+    page, got = open_page(browser, shared)
     try:
-        assert wait_for(lambda: sel_count(page2, "b"), 30, page2, "restored statistics") == ca
-        assert frames_of(got2, l1) and frames_of(got2, l2)
-    finally:
-        page2.close()
-
-
-@pytest.mark.browser
-def test_a_cmp_url_reopens_both_maps_and_the_slider_brings_the_next_space(browser, served):
-    url, _, _, (l0, l1, l2) = served
-    page, got = open_page(browser, f"{url}/?cmp=fc%40s0,{quote(A)}&cb=change%3Adepth&link=1")
-    try:
-        assert "fc@s0" in title(page, "map_a")
-        assert "change:depth" in {q["color"][0] for r in frames_of(got, l1)
-                                  for q in [parse_qs(urlparse(r.url).query)]}
+        assert wait_for(lambda: sel_count(page, "b"), 30, page, "restored statistics") == ca
+        assert A in title(page, "map_a") and B in title(page, "map_b")
+        assert "change:depth" in {p["color"][0] for r in frames_of(got, l2)
+                                  for p in [parse_qs(urlparse(r.url).query)]}
         assert "trajectory depth" in model_attr(page, "legend_b")
         assert model_attr(page, "link", "active") is True
-        wait_for(lambda: model_attr(page, "curves_position", "location") == 1, 30, page,
+        wait_for(lambda: model_attr(page, "curves_position", "location") == 2, 30, page,
                  "the agreement curves at the slider's position")
-        n = len(frames_of(got, l2))
+        # the slider to the first space of the path: its frame, the selection still drawn
         page.evaluate("() => { const s = Bokeh.documents[0].get_model_by_name('slider'); "
-                      "s.value = 2; s.value_throttled = 2; }")
-        wait_for(lambda: len(frames_of(got, l2)) > n, 30, page, "a frame of the next space")
-        wait_for(lambda: model_attr(page, "curves_position", "location") == 2, 20, page,
+                      "s.value = 0; s.value_throttled = 0; }")
+        wait_for(lambda: frames_of(got, l0), 30, page, "a frame of the slider's space")
+        wait_for(lambda: frames_of(got, l0, "overlay.png"), 30, page, "the selection on it")
+        wait_for(lambda: model_attr(page, "curves_position", "location") == 0, 20, page,
                  "the curves' position mark")
-        assert B in title(page, "map_b")
-        wait_for(lambda: "step=2" in page.url and quote(B) in page.url, 20, page,
-                 "the slider position in the URL")
+        assert "fc@s0" in title(page, "map_b")
+        wait_for(lambda: "step=0" in page.url and "cmp=fc%40s1%2Cfc%40s0" in page.url, 20,
+                 page, "the slider position in the URL")
         # linked pan/zoom (the layouts are aligned): a zoom in A moves B's view too
         f = page.evaluate(FRAME_JS, "map_a")
         page.mouse.move(f["left"] + f["width"] / 2, f["top"] + f["height"] / 2)
