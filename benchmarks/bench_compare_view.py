@@ -10,7 +10,7 @@ each a :class:`~bigembed.view.frames.FrameRenderer` with a per-point neighbourho
 registered as a change colouring (:meth:`add_column`, a mean per pixel). A box on A holding
 ``--selection`` rows is the selection. Per map and per view (the full extent and zooms 4x ..
 4096x on data, several positions): the frame (overlap colouring) plus the overlay of the
-selected rows (:func:`bigembed.view.overlay.overlay_image` + PNG) — what the page asks the
+selected rows (:func:`bigembed.view.overlay.overlay_mask` + its 1-bit PNG) — what the page asks the
 server for after a pan or zoom; p95 over all views. The linked highlight is what the server
 does between the box arriving from map A and map B's overlay being ready: the box query on
 A's spatial index, the rows' places in B, the overlay PNG. The user's alternative,
@@ -84,8 +84,7 @@ def run(n: int, selection: int, positions: int, repeat: int, seed: int = 0) -> d
     import pandas as pd
 
     from bigembed.view.frames import FrameRenderer
-    from bigembed.view.overlay import overlay_image
-    from bigembed.view.shade import png_rgba
+    from bigembed.view.overlay import overlay_mask, overlay_png
 
     xa, ya, _ = make_layout(n, seed)
     xb, yb, overlap = moved_layout(xa, ya, seed + 1)
@@ -108,8 +107,8 @@ def run(n: int, selection: int, positions: int, repeat: int, seed: int = 0) -> d
 
     def overlay(r, ids, xr_, yr_):
         xy = r.xy(ids)
-        img, _ = overlay_image(xy[:, 0], xy[:, 1], x_range=xr_, y_range=yr_, width=W, height=W)
-        return png_rgba(img)
+        mask, _ = overlay_mask(xy[:, 0], xy[:, 1], x_range=xr_, y_range=yr_, width=W, height=W)
+        return overlay_png(mask)
 
     (fx0, fx1), (fy0, fy1) = ra.default_range()
     views = [(1, (fx0, fx1), (fy0, fy1))]
@@ -123,19 +122,38 @@ def run(n: int, selection: int, positions: int, repeat: int, seed: int = 0) -> d
             views.append((z, (cx - hw, cx + hw), (cy - hh, cy + hh)))
     out = {"n": n, "selection_rows": int(len(ids)), "build_two_renderers_s": build, "maps": {}}
     for side, r in maps.items():
-        per = {}
+        per, frame_t, over_t, dens_t = {}, [], [], []
         for z, xr_, yr_ in views:
-            def both():
+            def frame():
                 r.render(x_range=xr_, y_range=yr_, width=W, height=W, color_by="change:overlap")
+
+            def over():
                 overlay(r, ids, xr_, yr_)
-            t = measure(both, repeat=repeat, warmup=1)
-            per.setdefault(z, []).extend(t.times)
+
+            def density():  # the single map's frame of the same view, for reference
+                r.render(x_range=xr_, y_range=yr_, width=W, height=W)
+
+            frame()
+            over()
+            density()
+            for _ in range(repeat):  # interleaved, so load spikes hit all three alike
+                tf_, to_, td_ = (measure(f, repeat=1, warmup=0).times[0]
+                                 for f in (frame, over, density))
+                frame_t.append(tf_)
+                over_t.append(to_)
+                dens_t.append(td_)
+                per.setdefault(z, []).append(tf_ + to_)
         times = [t for v in per.values() for t in v]
         out["maps"][side] = {"p95_frame_plus_overlay_s": p95(times),
                              "max_s": float(max(times)),
+                             "p95_frame_change_colouring_s": p95(frame_t),
+                             "p95_overlay_s": p95(over_t),
+                             "p95_density_frame_same_views_s": p95(dens_t),
                              "p95_per_zoom_s": {str(z): p95(v) for z, v in per.items()}}
-        log.info("map %s: frame + overlay p95 %.1f ms (max %.1f ms) over %d frames", side,
-                 1e3 * p95(times), 1e3 * max(times), len(times))
+        log.info("map %s: frame + overlay p95 %.1f ms (max %.1f ms) over %d frames; frame alone "
+                 "%.1f ms, overlay alone %.1f ms, density frame of the same views %.1f ms", side,
+                 1e3 * p95(times), 1e3 * max(times), len(times), 1e3 * p95(frame_t),
+                 1e3 * p95(over_t), 1e3 * p95(dens_t))
     rb = maps["b"]
 
     def linked():

@@ -35,6 +35,8 @@ DEFAULT_K = 15
 #: selections kept as row ids (per source layout and geometry), most recent first
 SELECTION_CACHE = 8
 MOVERS_TOP = 100
+#: change colourings kept registered on the renderers (each holds N float64), oldest dropped
+MAX_CHANGE_COLOURINGS = 12
 CORRECT_FILTERS = ("any", "right in A", "wrong in A", "right in B", "wrong in B")
 FLIP_FILTERS = ("any", "flipped", "not flipped")
 
@@ -74,7 +76,7 @@ class Comparisons:
         self._lock = threading.Lock()
         self._traj: dict = {}
         self._selections: OrderedDict = OrderedDict()
-        self._registered: set = set()
+        self._registered: OrderedDict = OrderedDict()
 
     # -- spaces and layouts ----------------------------------------------------------------
     def _layout_records(self) -> dict:
@@ -249,11 +251,15 @@ class Comparisons:
         r = self.ex.renderer(layout)
         with self._lock:
             if (layout, name) in self._registered:
+                self._registered.move_to_end((layout, name))
                 return name
         kw = self._values(pair, kind, space)
         r.add_column(name, kw.pop("values"), **kw)
         with self._lock:
-            self._registered.add((layout, name))
+            self._registered[(layout, name)] = True
+            while len(self._registered) > MAX_CHANGE_COLOURINGS:
+                (old_layout, old_name), _ = self._registered.popitem(last=False)
+                self.ex.renderer(old_layout).remove_column(old_name)
         return name
 
     def _values(self, pair: Pair, kind: str, space: str) -> dict:
@@ -307,13 +313,12 @@ class Comparisons:
 
     def overlay_png(self, layout: str, ids: np.ndarray, *, x_range, y_range, width, height):
         """PNG of the rows ``ids`` drawn over ``layout``'s view; returns (png, points in view)."""
-        from ..view.overlay import overlay_image
-        from ..view.shade import png_rgba
+        from ..view.overlay import overlay_mask, overlay_png
 
         xy = self.ex.renderer(layout).xy(ids)
-        img, n = overlay_image(xy[:, 0], xy[:, 1], x_range=x_range, y_range=y_range,
+        mask, n = overlay_mask(xy[:, 0], xy[:, 1], x_range=x_range, y_range=y_range,
                                width=width, height=height)
-        return png_rgba(img), n
+        return overlay_png(mask), n
 
     def group(self, pair: Pair, ids: np.ndarray, space: str) -> dict:
         """Statistics of the rows ``ids`` in ``space``: count, label mix, error rate there,

@@ -151,18 +151,27 @@ def get_json(url):
 # -- pieces under the page (no server) ---------------------------------------------------------
 
 def test_overlay_marks_exactly_the_pixels_of_the_points(rng):
-    from bigembed.view.overlay import OVERLAY_RGB, overlay_image
+    import io
+
+    from PIL import Image
+
+    from bigembed.view.overlay import OVERLAY_ALPHA, OVERLAY_RGB, overlay_mask, overlay_png
 
     x, y = rng.uniform(0, 10, 500), rng.uniform(0, 10, 500)
-    img, n = overlay_image(x, y, x_range=(2, 8), y_range=(0, 5), width=60, height=50, spread=0)
+    mask, n = overlay_mask(x, y, x_range=(2, 8), y_range=(0, 5), width=60, height=50, spread=0)
     inside = (x >= 2) & (x < 8) & (y >= 0) & (y < 5)
     hist, _, _ = np.histogram2d(y[inside], x[inside], bins=(50, 60), range=((0, 5), (2, 8)))
     assert n == int(inside.sum())
-    np.testing.assert_array_equal(img != 0, hist > 0)
-    r, g, b = OVERLAY_RGB
-    assert set(np.unique(img[img != 0]) & 0xFFFFFF) == {r | g << 8 | b << 16}
+    np.testing.assert_array_equal(mask, hist > 0)
+    grown, _ = overlay_mask(x, y, x_range=(2, 8), y_range=(0, 5), width=60, height=50)
+    assert (grown >= mask).all() and grown.sum() > mask.sum()
+    # the PNG: the colour where marked, transparent elsewhere, row 0 at the bottom
+    img = np.asarray(Image.open(io.BytesIO(overlay_png(mask))).convert("RGBA"))[::-1]
+    assert img.shape == (50, 60, 4)
+    np.testing.assert_array_equal(img[..., 3] > 0, mask)
+    assert (img[mask][:, :3] == OVERLAY_RGB).all() and (img[mask][:, 3] == OVERLAY_ALPHA).all()
     with pytest.raises(InputError, match="x_range"):
-        overlay_image(x, y, x_range=(3, 3), y_range=(0, 1), width=4, height=4)
+        overlay_mask(x, y, x_range=(3, 3), y_range=(0, 1), width=4, height=4)
 
 
 def test_added_column_is_a_per_pixel_mean_colouring(rng):
@@ -183,6 +192,10 @@ def test_added_column_is_a_per_pixel_mean_colouring(rng):
     assert r.legend("agr")["kind"] == "categorical"
     with pytest.raises(InputError, match="shape"):
         r.add_column("bad", v[:10])
+    r.remove_column("agr")
+    assert not r.has_column("agr")
+    with pytest.raises(InputError, match="agr"):
+        r.colouring("agr")
 
 
 def test_pairs_are_validated_with_the_parameter_named(cmp_data):

@@ -200,6 +200,11 @@ class FrameRenderer:
                              None if categories is None else tuple(map(str, categories)))
         self._colourings.pop(name, None)
 
+    def remove_column(self, name: str) -> None:
+        """Forget a column added with :meth:`add_column` and its colouring (frees memory)."""
+        self._added.pop(name, None)
+        self._colourings.pop(name, None)
+
     def has_column(self, name: str) -> bool:
         """Whether ``name`` can be a ``color_by`` (listed or added with :meth:`add_column`)."""
         return name in self._added or name in self.columns()
