@@ -104,7 +104,6 @@ def model_attr(page, name, attr="text"):
 def wait_for(pred, timeout, page, what):
     import time
 
-    print(f"{time.monotonic():.2f} waiting for {what}", flush=True)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
