@@ -34,18 +34,14 @@ from ..errors import InputError
 from .security import (allowed_hosts, check_address, is_loopback, normalise_origin,  # noqa: F401
                        websocket_origins)
 from .state import MAX_K, Explorer
+from .widgets import (HOVER_PX, TAP_PX, URL_POLY_MAX, _arg, _colour_options,  # noqa: F401
+                      _legend_html, _meta_html, _shown, selection_outline, selection_query)
 
 log = logging.getLogger(__name__)
 
 FRAME_W = 800
 FRAME_H = 800
-HOVER_PX = 8
 FILTER_COLUMNS = ("label", "prediction", "correct")
-TAP_PX = 10
-#: a lasso kept in the page URL has at most this many vertices (evenly thinned), so a shared
-#: link stays a few kilobytes (Bokeh carries the URL's arguments in the session token); the
-#: live selection counts the same thinned polygon, so the shared view shows the same numbers
-URL_POLY_MAX = 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,102 +80,6 @@ def _listen_error(address, port, e: OSError) -> InputError:
 # --------------------------------------------------------------------------------------------
 # The document
 # --------------------------------------------------------------------------------------------
-
-
-def _arg(args, name, cast=str, default=None):
-    v = args.get(name)
-    if not v:
-        return default
-    try:
-        x = cast(v[0].decode("utf-8", "replace"))
-    except (TypeError, ValueError):
-        return default
-    if isinstance(x, float) and not math.isfinite(x):
-        return default
-    return x
-
-
-def _coord(v) -> str:
-    # 9 significant digits keep float32 layout coordinates exact enough; the selection is
-    # counted from these parsed-back numbers, so the URL and the live view always agree.
-    return f"{float(v):.9g}"
-
-
-def selection_query(geometry: dict) -> dict | None:
-    """A Bokeh ``SelectionGeometry`` (rect or poly) -> the URL parameter that encodes it:
-    ``{"box": "x0,x1,y0,y1"}`` or ``{"poly": "x,y,x,y,..."}`` (what ``/api/select`` takes),
-    or None when the geometry is not a usable box or lasso."""
-    g = geometry or {}
-    try:
-        if g.get("type") == "rect":
-            vals = [float(g[k]) for k in ("x0", "x1", "y0", "y1")]
-            if not all(math.isfinite(v) for v in vals):
-                return None
-            xs, ys = sorted(vals[:2]), sorted(vals[2:])
-            return {"box": ",".join(_coord(v) for v in (*xs, *ys))}
-        if g.get("type") == "poly":
-            px, py = [float(v) for v in g["x"]], [float(v) for v in g["y"]]
-            if len(px) != len(py) or len(px) < 3 or not all(map(math.isfinite, px + py)):
-                return None
-            if len(px) > URL_POLY_MAX:
-                keep = np.unique(np.linspace(0, len(px) - 1, URL_POLY_MAX).round().astype(int))
-                px, py = [px[i] for i in keep], [py[i] for i in keep]
-            return {"poly": ",".join(f"{_coord(a)},{_coord(b)}" for a, b in zip(px, py))}
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None
-
-
-def selection_outline(geom: dict) -> tuple[list, list]:
-    """The outline (xs, ys) of parsed selection keywords (``box`` or ``polygon``)."""
-    if "box" in geom:
-        (x0, x1), (y0, y1) = geom["box"]
-        return [x0, x1, x1, x0], [y0, y0, y1, y1]
-    px, py = geom["polygon"]
-    return list(px), list(py)
-
-
-def _colour_options(r) -> list[str]:
-    # image bytes or paths are not something to colour by
-    return [c for c in r.columns() if c != "image"]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
-
-
-def _shown(meta: dict) -> dict:
-    """Metadata to list as text: the image column is shown as a thumbnail instead."""
-    return {k: v for k, v in meta.items() if k != "image"}
-
-
-def _meta_html(meta: dict) -> str:
-    rows = "".join(f"<tr><th style='text-align:left;padding-right:8px'>{html.escape(str(k))}</th>"
-                   f"<td>{_fmt(v)}</td></tr>" for k, v in meta.items())
-    return f"<table>{rows}</table>"
-
-
-def _legend_html(leg: dict) -> str:
-    if leg["kind"] == "categorical":
-        items = "".join(
-            f"<span style='display:inline-block;margin:1px 6px 1px 0'><span style='display:"
-            f"inline-block;width:10px;height:10px;background:{it['color']}'></span> "
-            f"{html.escape(it['name'])}</span>" for it in leg["items"])
-        return f"<b>{html.escape(leg['column'])}</b><br>{items}"
-    import colorcet as cc
-
-    cmap = getattr(cc, leg["cmap"])
-    stops = ",".join(cmap[i] for i in np.linspace(0, len(cmap) - 1, 8).astype(int))
-    if leg["kind"] == "density":
-        return (f"<b>density</b> (histogram-equalised)<div style='height:10px;width:220px;"
-                f"background:linear-gradient(to right,{stops})'></div>")
-    lo, hi = leg["span"]
-    title = "error rate" if leg["column"] == "correct" else f"mean {leg['column']}"
-    return (f"<b>{html.escape(title)}</b><div style='height:10px;width:220px;background:"
-            f"linear-gradient(to right,{stops})'></div><span>{lo:.3g}</span>"
-            f"<span style='float:right;margin-right:40px'>{hi:.3g}</span>")
 
 
 class Session:
@@ -298,6 +198,10 @@ class Session:
             const q = cb_obj.text;
             if (q) { window.history.replaceState(null, '', '?' + q); }
         """))
+        from .compare_view import compare_link
+
+        self.compare_div = Div(text=compare_link(explorer, self.layout) or "", width=320,
+                               name="compare_link")
 
         p.on_event(RangesUpdate, self.on_ranges)
         p.on_event(MouseMove, self.on_move)
@@ -307,7 +211,7 @@ class Session:
         self.layout_select.on_change("value", self.on_layout)
         self.search.on_change("value", self.on_search)
 
-        side = column(self.layout_select, self.color_select, self.legend, self.search,
+        side = column(self.compare_div, self.layout_select, self.color_select, self.legend, self.search,
                       *self.filters.values(), self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
                       self.state)
         doc.add_root(row(p, side))
@@ -666,7 +570,8 @@ def _app(make_doc):
 
 def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), secret=None,
                 backend="auto", workers=4, frame_workers=2, session_lifetime_s: float = 60.0,
-                media_root=None, warm: bool = True):
+                media_root=None, warm: bool = True, compare: str | None = None,
+                compare_path: str | None = None):
     """A started-on-demand Bokeh :class:`~bokeh.server.server.Server` for ``dataset``.
 
     Returns (server, explorer). Call ``server.start()`` and run ``server.io_loop``.
@@ -674,7 +579,9 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     sessions no browser holds are discarded after ``session_lifetime_s``; thumbnails read
     image paths only under ``media_root`` (default: the dataset directory). ``warm``: do the
     first visitor's work now (JIT, index, pyramid), then freeze the long-lived objects
-    against the garbage collector (see :class:`_PacedGC`).
+    against the garbage collector (see :class:`_PacedGC`). ``compare``: "A,B", the
+    comparison a page without ``cmp=`` shows (``compare_path``: its slider's spaces, in
+    order; see :mod:`bigembed.server.compare_view`).
     """
     from bokeh.server.server import Server
 
@@ -688,26 +595,34 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     hosts = allowed_hosts(address, port, allow_origin)
     check_port_free(address, port)  # before loading anything: a busy port fails at once
     explorer = Explorer(dataset, backend=backend, media_root=media_root)
+    from . import compare_api, compare_view
+
+    comps, default_cmp = compare_view.setup(explorer, compare, compare_path)  # bad: fails now
     pools = Pools.make(workers=workers, frame_workers=frame_workers)
     if warm:
         _warm_and_freeze(explorer, pools, secret)
+        compare_view.warm(comps, default_cmp)
     else:
         explorer.renderer()  # the default layout's spatial order, before the first visitor
     _pace_bokeh_gc()
-    app = _app(lambda doc: Session(doc, explorer, pools.work, secret))
+    app = _app(compare_view.page_factory(explorer, comps, pools.work, secret, default=default_cmp,
+                                         single=lambda doc: Session(doc, explorer, pools.work,
+                                                                    secret)))
     kw = {}
     if secret:
         kw.update(sign_sessions=True, secret_key=secret, generate_session_ids=True)
     check_ms = int(max(min(session_lifetime_s / 2, 30), 0.5) * 1000)
     try:
         server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
-                        extra_patterns=patterns(explorer, pools, secret), num_procs=1,
+                        extra_patterns=patterns(explorer, pools, secret)
+                        + compare_api.patterns(explorer, pools, comps, secret), num_procs=1,
                         unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
                         check_unused_sessions_milliseconds=check_ms, **kw)
     except OSError as e:  # taken between the check and now
         pools.shutdown()
         raise _listen_error(address, port, e) from None
     security.install(server._tornado, allowed=hosts)
+    compare_api.install(server, comps, default_cmp)
     server._bigembed_pools = pools
     from tornado.ioloop import PeriodicCallback
 
@@ -718,7 +633,8 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
 
 def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin=(),
           secret: str | None = None, show: bool = False, backend: str = "auto",
-          on_ready=None, media_root=None, session_lifetime_s: float = 60.0) -> None:
+          on_ready=None, media_root=None, session_lifetime_s: float = 60.0,
+          compare: str | None = None, compare_path: str | None = None) -> None:
     """Serve the map of ``dataset`` until interrupted (blocking).
 
     ``on_ready(url)`` is called once the server listens (the CLI prints the URL there).
@@ -727,7 +643,8 @@ def serve(dataset, *, port: int = 5006, address: str = "127.0.0.1", allow_origin
     """
     server, explorer = make_server(dataset, port=port, address=address,
                                    allow_origin=allow_origin, secret=secret, backend=backend,
-                                   media_root=media_root, session_lifetime_s=session_lifetime_s)
+                                   media_root=media_root, session_lifetime_s=session_lifetime_s,
+                                   compare=compare, compare_path=compare_path)
     if not is_loopback(address):
         log.warning("serving on non-loopback address %s: reachable from other machines; "
                     "websocket origins allowed: %s", address, list(allow_origin))

@@ -1,5 +1,5 @@
 """bigembed serve DATASET [--port 5006] [--address 127.0.0.1] [--allow-origin O] [--secret S]
-[--media-root DIR] [--session-lifetime SECONDS]"""
+[--media-root DIR] [--session-lifetime SECONDS] [--compare A,B [--compare-path S1,S2,...]]"""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def register(sub) -> None:
                    "dataset directory); no file outside it is opened")
     p.add_argument("--session-lifetime", type=float, default=60.0, metavar="SECONDS",
                    help="discard a session no browser holds after this long (default 60)")
+    p.add_argument("--compare", default=None, metavar="A,B",
+                   help="open on two spaces side by side (linked maps, colour by change, "
+                   "movers); any page URL can ask for one with ?cmp=A,B")
+    p.add_argument("--compare-path", default=None, metavar="S1,S2,...",
+                   help="the ordered spaces the comparison's slider walks through (default: "
+                   "every space with a layout, in the dataset's order)")
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=run)
 
@@ -48,7 +54,8 @@ def run(args) -> int:
         serve(args.dataset, port=args.port, address=args.address,
               allow_origin=tuple(args.allow_origin), secret=args.secret, show=args.show,
               backend=args.backend, on_ready=ready, media_root=args.media_root,
-              session_lifetime_s=args.session_lifetime)
+              session_lifetime_s=args.session_lifetime, compare=args.compare,
+              compare_path=args.compare_path)
     except KeyboardInterrupt:
         return 0
     return 0

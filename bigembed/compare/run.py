@@ -142,6 +142,11 @@ class CompareResult:
         i = self._check_id(id)
         return gained_lost(self._ia[i], self._ib[i])[1]
 
+    def neighbours(self, id: int) -> tuple[list[int], list[int]]:
+        """Point ``id``'s k neighbours in A and in B (nearest first), as the overlap saw them."""
+        i = self._check_id(id)
+        return ([int(j) for j in self._ia[i] if j >= 0], [int(j) for j in self._ib[i] if j >= 0])
+
     def point(self, id: int) -> dict:
         """``{"id", "overlap", "gained", "lost", ...meta}`` for one point (``/api/compare``)."""
         from ..search.lookup import meta_rows

@@ -173,6 +173,7 @@ class FrameRenderer:
         self.exact_budget = int(exact_budget if exact_budget is not None else
                                 self.raster.exact_budget)
         self._extra_columns = columns
+        self._added: dict[str, tuple] = {}
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
         log.info("frames: %d points in Z-order, raster backend %r", self.n,
@@ -186,8 +187,32 @@ class FrameRenderer:
             names += [c for c in self.ds.meta.columns if c not in ("id",)]
         return ["density"] + [c for c in dict.fromkeys(names) if c not in ("key",)]
 
+    def add_column(self, name: str, values, *, span=None, categories=None) -> None:
+        """Make ``values`` (id order, shape (n,)) usable as ``color_by=name`` without listing
+        it in :meth:`columns`: a colouring a page computes, such as a comparison's
+        neighbourhood overlap. ``span``: the fixed (lo, hi) of a numeric colouring (mean per
+        pixel); ``categories``: names of the integer codes 0..C-1 of a categorical one.
+        Registering the same name again with other values replaces its colouring."""
+        v = np.asarray(values)
+        if v.shape != (self.n,):
+            raise InputError(f"column {name!r} must have shape ({self.n},), got {v.shape}")
+        self._added[name] = (v, None if span is None else (float(span[0]), float(span[1])),
+                             None if categories is None else tuple(map(str, categories)))
+        self._colourings.pop(name, None)
+
+    def remove_column(self, name: str) -> None:
+        """Forget a column added with :meth:`add_column` and its colouring (frees memory)."""
+        self._added.pop(name, None)
+        self._colourings.pop(name, None)
+
+    def has_column(self, name: str) -> bool:
+        """Whether ``name`` can be a ``color_by`` (listed or added with :meth:`add_column`)."""
+        return name in self._added or name in self.columns()
+
     def column(self, name: str) -> np.ndarray:
         """A per-point column in id order: a layout column or a metadata column."""
+        if name in self._added:
+            return self._added[name][0]
         if name in self._extra_columns:
             return np.asarray(self._extra_columns[name])
         if self.ds is not None and name in self.ds.meta.columns:
@@ -209,6 +234,14 @@ class FrameRenderer:
             return Colouring("density", "density")
         col = self.column(name)
         ids = self.index.ids
+        if name in self._added:
+            _, span, cats = self._added[name]
+            if cats is not None:
+                return Colouring(name, "categorical", np.asarray(col, np.int64)[ids], cats,
+                                 _palette(len(cats)))
+            if span is not None:
+                return Colouring(name, "mean", np.asarray(col, np.float64)[ids], span=span,
+                                 cmap=MEAN_CMAP)
         if name == "correct":
             err = 1.0 - np.asarray(col, np.float64)
             return Colouring(name, "mean", err[ids], span=(0.0, 1.0), cmap=ERROR_CMAP)

@@ -78,12 +78,29 @@ def eq_hist_levels(d: np.ndarray, *, as_float: bool = False):
 
 
 def _ramp(t: np.ndarray, span, cmap) -> np.ndarray:
-    """Colour of values ``t`` on ``cmap`` over ``span``; uint8 array of shape (n, 3)."""
+    """Colour of values ``t`` on ``cmap`` over ``span``; uint8 array of shape (n, 3).
+
+    ``np.interp(t, xs, channel, left=255)`` per channel, with the interval search done once
+    for the three channels (the same arithmetic, so the same bytes, at a third of the cost:
+    a mean frame shades every non-empty pixel)."""
     cols = _rgb(cmap)
     xs = np.linspace(span[0], span[1], len(cmap))
+    t = np.asarray(t, np.float64)
     out = np.empty((len(t), 3), np.uint8)
+    if len(xs) < 2 or len(t) < 4096:  # small: the plain calls
+        for ch in range(3):
+            out[:, ch] = np.nan_to_num(np.interp(t, xs, cols[:, ch], left=255)).astype(np.uint8)
+        return out
+    j = np.clip(np.searchsorted(xs, t, side="right") - 1, 0, len(xs) - 2)
+    dx = t - xs[j]
+    slopes = (cols[1:] - cols[:-1]) / (xs[1:] - xs[:-1])[:, None]
+    below, top = t < xs[0], t >= xs[-1]
     for ch in range(3):
-        out[:, ch] = np.nan_to_num(np.interp(t, xs, cols[:, ch], left=255)).astype(np.uint8)
+        v = slopes[j, ch] * dx + cols[j, ch]
+        v[top] = cols[-1, ch]
+        v[below] = 255
+        v[np.isnan(t)] = 0  # np.interp gives NaN there; nan_to_num made it 0
+        out[:, ch] = v.astype(np.uint8)
     return out
 
 

@@ -1,0 +1,83 @@
+"""Take the README's screenshot of the comparison page on the demo's two spaces: serve the
+demo dataset with ``--compare conv2,fc1`` on 127.0.0.1, open it in Debian's headless
+Chromium with map B coloured by neighbourhood overlap, tap the point that moved most (its
+neighbours in A and B are listed, gained and lost marked) and box-select a group in map A
+(drawn over map B by the server), then save a PNG.
+
+    .venv/bin/bigembed demo --no-serve          # builds demo-data/ once
+    .venv/bin/bigembed reduce demo-data/dataset --space conv2 --method pca \\
+        --align-to <fc1's layout>                # conv2's map in fc1's coordinates
+    .venv/bin/python docs/compare_screenshot.py [--data demo-data/dataset] \\
+        [--out docs/compare.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from screenshot import _free_port, _wait  # noqa: E402
+from test_browser import ARGS  # noqa: E402
+
+
+def main(argv=None):
+    from playwright.sync_api import sync_playwright
+
+    from bigembed.compare import compare
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="demo-data/dataset")
+    ap.add_argument("--a", default="conv2")
+    ap.add_argument("--b", default="fc1")
+    ap.add_argument("--out", default="docs/compare.png")
+    a = ap.parse_args(argv)
+    tap = compare(a.data, a=a.a, b=a.b, k=15).movers(1)[0]["id"]
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "bigembed", "-q", "serve", a.data,
+                            "--port", str(port), "--compare", f"{a.a},{a.b}"])
+    url = f"http://127.0.0.1:{port}/?cb=change%3Aoverlap&ca=label&id={tap}"
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait(up, 300, "the server")
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
+            page = b.new_page(viewport={"width": 1240, "height": 1560})
+            page.goto(url, timeout=120_000)
+            page.wait_for_function("() => typeof Bokeh !== 'undefined' && Bokeh.index && "
+                                   "[...Bokeh.index].length > 0", timeout=120_000)
+            page.wait_for_timeout(4000)
+            page.locator(".bk-tool-icon-box-select").first.click()
+            box = page.evaluate("""() => { function walk(v) { if (v.model.name == 'map_a')
+                return v; for (const c of (v.child_views || [])) { const r = walk(c);
+                if (r) return r; } return null; }
+              for (const root of Bokeh.index) { const v = walk(root); if (v) {
+                const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
+                return {left: r.left + bb.left, top: r.top + bb.top, width: bb.width,
+                        height: bb.height}; } } }""")
+            x, y = box["left"] + box["width"] * 0.2, box["top"] + box["height"] * 0.2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + box["width"] * 0.25, y + box["height"] * 0.25, steps=4)
+            page.mouse.up()
+            page.wait_for_timeout(5000)
+            page.screenshot(path=a.out, full_page=True)
+            b.close()
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
