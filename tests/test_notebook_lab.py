@@ -27,7 +27,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
 
 # The root view of the map (the plot named 'map') among the page's Bokeh views.
-MAP_JS = """(box) => {
+MAP_JS = """(opts) => {
   if (typeof Bokeh === 'undefined' || !Bokeh.index) return null;
   function walk(v) { if (v.model.name == 'map') return v;
     for (const c of (v.child_views || [])) { const r = walk(c); if (r) return r; } return null; }
@@ -35,9 +35,11 @@ MAP_JS = """(box) => {
   for (const root of Bokeh.index) { const v = walk(root);
     if (v && v.canvas_view.el.getBoundingClientRect().width > 0) found = v; }
   { const v = found; if (v) {
-    if (box) {  // make the box-select tool this map's active drag tool
+    if (opts && opts.scroll) v.canvas_view.el.scrollIntoView({block: 'center'});
+    if (opts && opts.box) {  // make the box-select tool this map's active drag tool
       const tb = v.model.toolbar;
-      tb.active_drag = tb.tools.find((t) => t.type == 'BoxSelectTool'); }
+      const t = tb.tools.find((t) => t.type == 'BoxSelectTool');
+      tb.active_drag = t; t.active = true; }
     const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
     const doc = v.model.document;
     const src = doc.get_model_by_name('frame').data_source;
@@ -190,6 +192,17 @@ def _map_png(page, m) -> bytes:
                                  "height": m["height"]})
 
 
+def _magenta(png: bytes) -> int:
+    """Pixels of the highlight markers' colour (#ff00ff)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int(((a[..., 0] > 200) & (a[..., 1] < 80) & (a[..., 2] > 200)).sum())
+
+
 def _coloured_pixels(png: bytes) -> int:
     import io
 
@@ -213,7 +226,7 @@ def test_show_select_highlight_and_errors_in_jupyterlab(page):
     assert _coloured_pixels(before) > 2000, "the frame shows no points"
 
     # a box selection with the mouse, in the cell
-    page.evaluate(MAP_JS, True)
+    page.evaluate(MAP_JS, {"box": True})
     cx, cy = m["left"] + m["width"] / 2, m["top"] + m["height"] / 2
     page.mouse.move(cx - 200, cy - 200)
     page.mouse.down()
@@ -236,9 +249,10 @@ def test_show_select_highlight_and_errors_in_jupyterlab(page):
     assert n_hl == 400, out  # every 5th of the 2,000 rows
     wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("highlighted") == n_hl, 30, page,
              "the highlighted points in the cell")
+    page.evaluate(MAP_JS, {"scroll": True})
     page.wait_for_timeout(300)
-    after = _map_png(page, page.evaluate(MAP_JS))
-    assert after != before
+    after = _map_png(page, _map(page))
+    assert _magenta(before) == 0 and _magenta(after) > 200, (_magenta(before), _magenta(after))
 
     # bad input: one clear line in the cell's output, no traceback
     for i, words in ((3, ("does not exist", "/no/such/dataset")),
