@@ -214,7 +214,9 @@ def _coloured_pixels(png: bytes) -> int:
 
 
 def test_show_select_highlight_and_errors_in_jupyterlab(page):
-    _run_cell(page, 0)
+    # a fresh kernel imports bigembed, Bokeh and numba and builds the map's spatial index:
+    # seconds on a quiet machine, minutes on a loaded one
+    _run_cell(page, 0, timeout=300)
     m = _map(page)
     # the frame is the server-rendered PNG, carried in the document
     wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("url", "").startswith(
