@@ -312,10 +312,9 @@ class Map:
         return (f"<bigembed map of {s.ex.ds.path.name!r}: {s.ex.ds.rows} points, layout "
                 f"{s.layout!r}, colour {s.color!r}, {len(self.selected_ids)} selected>")
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    # No _ipython_display_: show() has displayed the widget already, and a cell ending in
+    # ``bigembed.show(ds)`` would otherwise show the map twice. ``display(m.widget)`` shows
+    # another view of the same live map.
 
     # -- read ------------------------------------------------------------------------------
     @property
@@ -537,7 +536,7 @@ def show(ds_or_path, layout: str | None = None, color: str | None = None, compar
     ``density`` (default), a metadata column or layout quality. ``compare``: a pair of space
     names ``(a, b)``; tapping a point then lists the neighbours it gains and loses from ``a``
     to ``b`` (see :func:`bigembed.compare.compare`). ``display``: show it in the cell now
-    (otherwise display the returned map, or its ``.widget``, yourself).
+    (otherwise ``IPython.display.display(m.widget)`` yourself).
 
     Raises :class:`~bigembed.errors.InputError` / :class:`~bigembed.errors.DatasetError`
     naming the parameter and what it allows; in a notebook they print as one line.
