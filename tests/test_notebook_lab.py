@@ -152,10 +152,9 @@ def page(lab):
             p = b.new_page(viewport={"width": 1500, "height": 1100})
             p.goto(url, timeout=90_000)
             p.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            # the kernel is up when the toolbar's status says idle
-            wait_for(lambda: p.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                     .count() or p.evaluate("() => document.title.length > 0"), 60, p,
-                     "the notebook")
+            # a cell run before the kernel is connected is skipped: wait for the status bar
+            wait_for(lambda: p.evaluate("() => /\\| Idle/.test(document.body.innerText)"),
+                     120, p, "the notebook's kernel to be idle")
             yield p
         finally:
             b.close()
@@ -213,7 +212,17 @@ def _coloured_pixels(png: bytes) -> int:
     return int((np.abs(a - 255).sum(axis=2) > 60).sum())
 
 
-def test_show_select_highlight_and_errors_in_jupyterlab(page):
+def test_show_select_highlight_and_errors_in_jupyterlab(page, lab):
+    root = lab[1].parent
+    try:
+        _scenario(page)
+    except AssertionError as e:  # keep what the page showed, and the server's log
+        page.screenshot(path=str(root / "failure.png"))
+        log = (root / "lab.log").read_text()[-4000:]
+        raise AssertionError(f"{e}\n(screenshot: {root / 'failure.png'})\nlab log:\n{log}") from None
+
+
+def _scenario(page):
     # a fresh kernel imports bigembed, Bokeh and numba and builds the map's spatial index:
     # seconds on a quiet machine, minutes on a loaded one
     _run_cell(page, 0, timeout=300)
