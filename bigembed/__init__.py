@@ -16,5 +16,15 @@ from .dataset.reader import Dataset, open_dataset  # noqa: E402
 from .dataset.writer import DatasetWriter  # noqa: E402
 from .errors import BackendUnavailable, BigembedError, DatasetError, InputError  # noqa: E402
 
-__all__ = ["Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
+
+
+def show(ds_or_path, layout=None, color=None, compare=None, **kw):
+    """The explorer in a notebook cell, live in both directions; see
+    :func:`bigembed.notebook.show` (needs ``pip install 'bigembed[notebook]'``)."""
+    from .notebook import show as _show
+
+    return _show(ds_or_path, layout=layout, color=color, compare=compare, **kw)
+
+
+__all__ = ["show", "Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
            "InputError", "BackendUnavailable", "__version__"]

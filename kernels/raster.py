@@ -125,7 +125,7 @@ def _kernels():
     # The inlined helpers are module globals, not closure variables: numba keys a cached
     # function by the pickled contents of its closure, which differ in every process, so a
     # kernel that closed over a helper was compiled again by each new process.
-    global _pixel, _has_neighbour
+    global _pixel, _has_neighbour, _over
 
     @numba.njit(inline="always")
     def _pixel(x, y, x0, x1, y0, y1, sx, tx, sy, ty, width, height):
@@ -266,6 +266,49 @@ def _kernels():
                 return False
         return has > need
 
+    @numba.njit(inline="always")
+    def _over(src, dst):
+        # Datashader's composite ``over`` of two RGBA uint32 pixels, same float64 steps
+        sr, sg, sb, sa = (src & 255) / 255, ((src >> 8) & 255) / 255, \
+            ((src >> 16) & 255) / 255, ((src >> 24) & 255) / 255
+        dr, dg, db, da = (dst & 255) / 255, ((dst >> 8) & 255) / 255, \
+            ((dst >> 16) & 255) / 255, ((dst >> 24) & 255) / 255
+        factor = 1 - sa
+        a = sa + da * factor
+        if a == 0:
+            return np.uint32(0)
+        r = (sr * sa + dr * da * factor) / a
+        g = (sg * sa + dg * da * factor) / a
+        b = (sb * sa + db * da * factor) / a
+        r2 = min(255, np.uint32(r * 255))
+        g2 = min(255, np.uint32(g * 255))
+        b2 = min(255, np.uint32(b * 255))
+        a2 = min(255, np.uint32(a * 255))
+        return np.uint32((a2 << 24) | (b2 << 16) | (g2 << 8) | r2)
+
+    globals()["_over"] = _over
+
+    @numba.njit(cache=True, nogil=True)
+    def spread_over(img, mask, out):
+        # Datashader's ``spread`` kernel of an Image (``over``), compiled once and cached on
+        # disk (Datashader builds its kernel and compositing ufuncs in every new process,
+        # seconds that a notebook kernel's first sparse frame would wait for).
+        m, n = img.shape
+        w = mask.shape[0]
+        for y in range(m):
+            for x in range(n):
+                el = img[y, x]
+                if (el >> 24) & 255:
+                    for i in range(w):
+                        for j in range(w):
+                            if mask[i, j]:
+                                d = out[i + y, j + x]
+                                if d == 0:
+                                    out[i + y, j + x] = el
+                                else:
+                                    out[i + y, j + x] = _over(el, d)
+
+    _NUMBA["spread_over"] = spread_over
     _NUMBA["spreads"] = spreads
     _NUMBA["nonzero_counts"] = nonzero_counts
     _NUMBA["bin_runs"] = bin_runs
@@ -347,3 +390,22 @@ def spreads(img: np.ndarray, nz: np.ndarray, radius: int, threshold: float) -> b
     return bool(_kernels()["spreads"](np.ascontiguousarray(img, np.uint32),
                                       np.ascontiguousarray(nz, np.int64), int(radius),
                                       float(threshold)))
+
+
+def circle_mask(px: int) -> np.ndarray:
+    """Datashader's circular spread mask: bool (2 px + 1, 2 px + 1)."""
+    x = np.arange(-px, px + 1, dtype="i4")
+    return np.sqrt(x ** 2 + x[:, None] ** 2) <= px + 0.5
+
+
+def spread_image(img: np.ndarray, px: int) -> np.ndarray:
+    """Datashader's ``tf.spread(img, px, shape="circle")`` of an RGBA uint32 image (H, W):
+    every pixel with alpha is composited ``over`` its circle of radius ``px``."""
+    img = np.ascontiguousarray(img, np.uint32)
+    if px <= 0:
+        return img
+    mask = circle_mask(int(px))
+    m, n = img.shape
+    buf = np.zeros((m + 2 * px, n + 2 * px), np.uint32)
+    _kernels()["spread_over"](img, mask, buf)
+    return buf[px:-px, px:-px].copy()

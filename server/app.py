@@ -85,7 +85,7 @@ def _listen_error(address, port, e: OSError) -> InputError:
 class Session:
     """One browser session's document: widgets, callbacks and state."""
 
-    def __init__(self, doc, explorer: Explorer, executor, secret=None):
+    def __init__(self, doc, explorer: Explorer, executor, secret=None, args=None):
         from bokeh.events import MouseMove, RangesUpdate, SelectionGeometry, Tap
         from bokeh.layouts import column, row
         from bokeh.models import (
@@ -107,7 +107,9 @@ class Session:
         ctx = self._ctx = doc.session_context
         self.session_id = ctx.id if ctx is not None else ""
         self.secret = secret
-        args = (ctx.request.arguments if ctx is not None and ctx.request is not None else {}) or {}
+        if args is None:  # the page URL's view state (a notebook passes its own)
+            args = (ctx.request.arguments if ctx is not None and ctx.request is not None
+                    else {}) or {}
 
         layout = _arg(args, "layout")
         self.layout = layout if layout in explorer.layouts else explorer.layouts[0]
@@ -404,13 +406,17 @@ class Session:
         pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         num = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         mix = ", ".join(f"{html.escape(k)}: {v}" for k, v in st.label_mix.items())
-        link = lambda fmt: html.escape("/api/select?" + urlencode(dict(q, format=fmt)))  # noqa: E731
         self.sel_div.text = (
             f"<b class='sel-count'>{st.count}</b> of {st.total} selected<br>"
             f"labels: {mix or '–'}<br>error rate {pct(st.error_rate)} (all {pct(st.error_rate_all)})"
             f"<br>mean confidence {num(st.mean_confidence)} (all {num(st.mean_confidence_all)})"
-            f"<br>export ids: <a href='{link('csv')}' download>CSV</a> · "
-            f"<a href='{link('parquet')}' download>Parquet</a>")
+            f"<br>{self._export_html(q)}")
+
+    def _export_html(self, q: dict) -> str:
+        """Where the selected ids can be taken: links to ``/api/select`` as CSV or Parquet."""
+        link = lambda fmt: html.escape("/api/select?" + urlencode(dict(q, format=fmt)))  # noqa: E731
+        return (f"export ids: <a href='{link('csv')}' download>CSV</a> · "
+                f"<a href='{link('parquet')}' download>Parquet</a>")
 
     def on_filter(self, col, attr, old, new):
         where = dict(self.where)

@@ -15,8 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: top-level source folders and the package they install as
 SOURCES = {"bigembed": "bigembed", "kernels": "bigembed.kernels", "server": "bigembed.server"}
-#: the only library modules allowed to start the web server (CLI entry points)
-SERVER_STARTERS = ("bigembed.commands.",)
+#: the only library modules allowed to start the web server (CLI entry points, and the
+#: notebook's show(), which embeds the same page in a cell)
+SERVER_STARTERS = ("bigembed.commands.", "bigembed.notebook")
 
 
 def _modules() -> dict[str, Path]:

@@ -19,7 +19,7 @@ of a space map into one contiguous N x d array without copying (see :mod:`bigemb
 
 Modules: :mod:`.format` (names, dtypes, checksums), :mod:`.shards` (one shard file),
 :mod:`.reader` (:class:`Dataset`, :class:`Space`), :mod:`.writer` (:class:`DatasetWriter`),
-:mod:`.layouts` (layout artifacts).
+:mod:`.layouts` (layout artifacts), :mod:`.arrays` (``Dataset.from_arrays``, ``to_pandas``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ from .format import DTYPES, FORMAT, FORMAT_VERSION, MANIFEST, META, file_checksu
 from .layouts import Layout, find_layouts, load_layout, save_layout
 from .reader import Dataset, Space, open_cached, open_dataset
 from .writer import DatasetWriter
+
+from . import arrays as _arrays  # noqa: E402
+
+# Notebook conveniences on the class users hold; they live in .arrays because they use the
+# writer and layouts, which import .reader (so .reader cannot import them).
+Dataset.from_arrays = classmethod(_arrays.from_arrays_classmethod)
+Dataset.to_pandas = _arrays.to_pandas
 
 __all__ = ["Dataset", "DatasetWriter", "Space", "Layout", "open_dataset", "open_cached",
            "find_layouts", "load_layout", "save_layout", "file_checksum", "DTYPES", "FORMAT",

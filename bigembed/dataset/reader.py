@@ -185,6 +185,9 @@ class Dataset:
     """An opened dataset directory. Use :meth:`open`.
 
     Attributes: ``path``, ``manifest`` (dict), ``rows`` (N), ``spaces`` (name -> Space).
+    ``Dataset.from_arrays(path, vectors, meta=None, space="default")`` and
+    ``ds.to_pandas(space=None)`` come from :mod:`bigembed.dataset.arrays` (attached by the
+    package, since they write and read layouts, which sit above this module).
     """
 
     def __init__(self, path: Path, manifest: dict):

@@ -474,11 +474,9 @@ class FrameRenderer:
 
         px = sh.spread_px(img, threshold=SPREAD_THRESHOLD, max_px=SPREAD_MAX_PX, nz=nz)
         if px:
-            import datashader.transfer_functions as tf
+            from ..kernels.raster import spread_image  # Datashader's spread, cached kernel
 
-            img = tf.spread(tf.Image(img, coords={"y": _centres(view.y_range, view.height),
-                                                  "x": _centres(view.x_range, view.width)},
-                                     dims=("y", "x")), px, shape="circle")
+            img = spread_image(np.asarray(getattr(img, "data", img)), px)
         return img
 
     def shade_reference(self, agg, color_by=None):

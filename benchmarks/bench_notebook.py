@@ -1,0 +1,246 @@
+"""``bigembed.show()`` in a notebook kernel against ``bigembed serve``, in the same run.
+
+    python -m benchmarks.bench_notebook [--n 1000000] [--repeat 3] [--out benchmarks/results/notebook.json]
+
+One dataset of ``n`` points (synthetic, 16-d, a PCA layout; built once under ``--data``).
+
+- **first frame**: a real IPython kernel (``jupyter_client``, the one a notebook runs) opens the
+  dataset (untimed: "after the dataset is open"), then runs ``m = bigembed.show(ds)``; timed
+  from sending the cell to the client receiving the widget's display message, whose document
+  carries the first frame (kernel-side figures beside it: the renderer build, the frame). Each
+  repeat is a fresh kernel (``cold``: imports, Z-order sort, pyramid and JIT loads included);
+  ``again`` is a second ``show`` of the same dataset in the same kernel (renderers reused).
+  ``--prewarm`` also reports a kernel that imported ``bigembed.notebook`` and Bokeh before.
+- **pan/zoom frames**: the same sequence of views (the full map, zooms 2-64x, pans) at
+  800 x 800. Notebook: ``m.set_view(...)`` in the kernel, timed from sending the cell to the
+  client receiving the comm message with the new frame (render on the pool, PNG, base64,
+  document patch, comm). Serve: ``GET /frame.png`` of ``bigembed serve`` on 127.0.0.1 for the
+  same views, timed to the last byte. Colouring: ``label``. Medians per view and overall.
+
+The browser's own PNG decode and paint are outside both timings (the same work in both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bigembed.bench.harness import results_doc, write_results
+
+log = logging.getLogger("bench_notebook")
+
+W = H = 800
+
+
+def make_dataset(path: Path, n: int) -> Path:
+    from bigembed.dataset.reader import Dataset
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
+
+    if (path / "manifest.json").exists() and Dataset.open(path, verify="none").rows == n \
+            and Dataset.open(path, verify="none").manifest.get("layouts"):
+        return path
+    synth(path, n=n, dim=16, clusters=10, seed=0, overwrite=True, progress=False)
+    reduce(path, method="pca", progress=False)
+    return path
+
+
+def views(full):
+    (x0, x1), (y0, y1) = full
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    out = [("full", (x0, x1, y0, y1))]
+    for z in (2, 4, 16, 64):
+        hw, hh = (x1 - x0) / z / 2, (y1 - y0) / z / 2
+        out.append((f"zoom{z}", (cx - hw, cx + hw, cy - hh, cy + hh)))
+        out.append((f"zoom{z}-pan", (cx - hw + hw / 2, cx + hw + hw / 2, cy - hh, cy + hh)))
+    return out
+
+
+class Kernel:
+    """A real IPython kernel and a blocking client (as a notebook server holds)."""
+
+    def __init__(self):
+        from jupyter_client.manager import start_new_kernel
+
+        env = dict(os.environ, BIGEMBED_NO_PROGRESS="1")
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env=env)
+
+    def run(self, code: str, *, until=None, timeout: float = 600.0):
+        """Execute ``code``; return (seconds until ``until(msg)`` is true for an iopub message,
+        or until the cell is idle, stdout text)."""
+        t0 = time.perf_counter()
+        mid = self.kc.execute(code)
+        out, hit, idle = [], None, False
+        deadline = t0 + timeout
+        while time.perf_counter() < deadline and not (idle and (until is None or hit)):
+            try:
+                msg = self.kc.get_iopub_msg(timeout=max(0.05, deadline - time.perf_counter()))
+            except Exception:
+                break
+            t = time.perf_counter()
+            if until is not None and hit is None and until(msg):
+                hit = t - t0
+            if msg["parent_header"].get("msg_id") != mid:
+                continue
+            kind, c = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.append(c["text"])
+            elif kind == "error":
+                raise RuntimeError(f"kernel error: {c['ename']}: {c['evalue']}")
+            elif kind == "status" and c["execution_state"] == "idle":
+                idle = True
+                if until is None:
+                    hit = t - t0
+        if hit is None:
+            raise TimeoutError(f"no answer in {timeout}s to {code[:60]!r}")
+        return hit, "".join(out)
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def _is_widget(msg) -> bool:
+    return (msg["msg_type"] == "display_data"
+            and "application/vnd.jupyter.widget-view+json" in msg["content"]["data"])
+
+
+def _is_frame(msg) -> bool:
+    return (msg["msg_type"] == "comm_msg"
+            and "data:image/png;base64" in json.dumps(msg["content"]["data"]))
+
+
+def first_frames(data: Path, repeat: int, prewarm: bool) -> dict:
+    cold, again, kernel_side, warm_imports = [], [], [], []
+    for _ in range(repeat):
+        k = Kernel()
+        try:
+            k.run("import bigembed, time\nds = bigembed.Dataset.open(%r)" % str(data))
+            if prewarm:
+                k.run("import bigembed.notebook, bokeh.models, jupyter_bokeh.widgets")
+            t, _ = k.run("t0 = time.perf_counter(); m = bigembed.show(ds, color='label'); "
+                         "t1 = time.perf_counter()", until=_is_widget)
+            (warm_imports if prewarm else cold).append(t)
+            _, out = k.run("import json; print(json.dumps({'show': t1 - t0, 'frame': "
+                           "m._s.last_frame.seconds, 'mode': m._s.last_frame.mode}))")
+            kernel_side.append(json.loads(out))
+            t2, _ = k.run("m2 = bigembed.show(ds, color='label')", until=_is_widget)
+            again.append(t2)
+        finally:
+            k.close()
+    key = "with_imports_done" if prewarm else "cold_kernel"
+    return {key: {"median_s": statistics.median(warm_imports or cold),
+                  "all_s": warm_imports or cold},
+            "again_same_kernel": {"median_s": statistics.median(again), "all_s": again},
+            "kernel_side": kernel_side}
+
+
+def notebook_frames(data: Path, vs, repeat: int) -> dict:
+    k = Kernel()
+    try:
+        k.run("import bigembed\nm = bigembed.show(%r, color='label')" % str(data),
+              until=_is_widget)
+        def away_and_back(v):
+            # a view the map does not show first, so the timed call renders a new frame
+            k.run("m.set_view(%r, %r, %r, %r)" % (v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1),
+                  until=_is_frame, timeout=120)
+            return k.run("m.set_view(%r, %r, %r, %r)" % v, until=_is_frame, timeout=120)[0]
+
+        for _, v in vs:  # the warm-up pass: each view once (pyramid levels, JIT)
+            away_and_back(v)
+        return {name: [away_and_back(v) for _ in range(repeat)] for name, v in vs}
+    finally:
+        k.close()
+
+
+def serve_frames(data: Path, vs, repeat: int) -> dict:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(data), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        for line in proc.stdout:
+            if "serving" in line or time.monotonic() > deadline:
+                break
+        base = f"http://127.0.0.1:{port}/frame.png?layout=&color=label&w={W}&h={H}"
+
+        def get(v):
+            q = "&x0=%r&x1=%r&y0=%r&y1=%r" % v
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(base + q, timeout=120) as r:
+                r.read()
+            return time.perf_counter() - t0
+
+        for _, v in vs:
+            get(v)
+        return {name: [get(v) for _ in range(repeat)] for name, v in vs}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--data", default=None, help="where the dataset is built (kept)")
+    ap.add_argument("--prewarm", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/notebook.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    data = Path(args.data or Path(tempfile.gettempdir()) / f"bigembed-bench-notebook-{args.n}")
+    make_dataset(data, args.n)
+    from bigembed.dataset.reader import Dataset
+    from bigembed.view.frames import FrameRenderer
+
+    r = FrameRenderer(Dataset.open(data))
+    vs = views(r.default_range())
+    del r
+    res = {"n": args.n, "views": {name: v for name, v in vs}}
+    log.info("first frame in a notebook kernel ...")
+    res["first_frame"] = first_frames(data, args.repeat, False)
+    if args.prewarm:
+        res["first_frame"].update(first_frames(data, args.repeat, True))
+    log.info("pan/zoom frames: notebook ...")
+    nb = notebook_frames(data, vs, args.repeat)
+    log.info("pan/zoom frames: bigembed serve ...")
+    sv = serve_frames(data, vs, args.repeat)
+    per = {}
+    for name in nb:
+        a, b = statistics.median(nb[name]), statistics.median(sv[name])
+        per[name] = {"notebook_s": a, "serve_s": b, "ratio": a / b}
+    all_nb = [t for v in nb.values() for t in v]
+    all_sv = [t for v in sv.values() for t in v]
+    res["frames"] = {"per_view": per, "notebook_median_s": statistics.median(all_nb),
+                     "serve_median_s": statistics.median(all_sv),
+                     "ratio_median": statistics.median(all_nb) / statistics.median(all_sv),
+                     "notebook_all_s": nb, "serve_all_s": sv}
+    path = write_results(args.out, results_doc("notebook", res, params=vars(args)))
+    print(json.dumps({"first_frame": {k: v.get("median_s") if isinstance(v, dict) else None
+                                      for k, v in res["first_frame"].items()},
+                      "frames": {k: v for k, v in res["frames"].items() if "all" not in k
+                                 and k != "per_view"}}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

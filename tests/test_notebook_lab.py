@@ -1,0 +1,274 @@
+"""``bigembed.show()`` in a real JupyterLab on 127.0.0.1 (token set, no browser of its own),
+driven by Debian's headless Chromium through Playwright.
+
+One lab server and one page for the module. A notebook that calls ``bigembed.show(...)`` runs;
+the map's frame appears in the cell; a box selection made with the mouse in the cell makes
+``len(m.selection)`` in the kernel equal the count the page shows; ``m.highlight(ids)`` run in
+the kernel changes the map; a dataset path that does not exist and a layout that does not
+exist print one clear line in the cell, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import _free_port, chromium_path
+
+pytestmark = pytest.mark.browser  # skipped by conftest where Chromium is absent
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+# The root view of the map (the plot named 'map') among the page's Bokeh views.
+MAP_JS = """(opts) => {
+  if (typeof Bokeh === 'undefined' || !Bokeh.index) return null;
+  function walk(v) { if (v.model.name == 'map') return v;
+    for (const c of (v.child_views || [])) { const r = walk(c); if (r) return r; } return null; }
+  let found = null;  // the last map laid out on the page (an output replaced may linger)
+  for (const root of Bokeh.index) { const v = walk(root);
+    if (v && v.canvas_view.el.getBoundingClientRect().width > 0) found = v; }
+  { const v = found; if (v) {
+    if (opts && opts.scroll) v.canvas_view.el.scrollIntoView({block: 'center'});
+    if (opts && opts.box) {  // make the box-select tool this map's active drag tool
+      const tb = v.model.toolbar;
+      const t = tb.tools.find((t) => t.type == 'BoxSelectTool');
+      tb.active_drag = t; t.active = true; }
+    const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
+    const doc = v.model.document;
+    const src = doc.get_model_by_name('frame').data_source;
+    const hl = doc.get_model_by_name('highlight');
+    const sel = doc.get_model_by_name('selection');
+    return {left: r.left + bb.left, top: r.top + bb.top, width: bb.width, height: bb.height,
+            url: String(src.data.get ? src.data.get('url')[0] : src.data.url[0]).slice(0, 40),
+            highlighted: hl ? (hl.data_source.data.get ? hl.data_source.data.get('x').length
+                                                       : hl.data_source.data.x.length) : -1,
+            selection: sel ? sel.text : ''}; } }
+  return null; }"""
+
+
+def wait_for(pred, timeout, page, what):
+    """Poll ``pred()`` until truthy, at most ``timeout`` seconds (bounded wait)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        page.wait_for_timeout(150)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _notebook(path, data: str) -> None:
+    import nbformat as nbf
+
+    nb = nbf.v4.new_notebook()
+    nb.cells = [
+        nbf.v4.new_code_cell(f"import bigembed\nm = bigembed.show({data!r}, color='label')"),
+        nbf.v4.new_code_cell("print('SELECTED', len(m.selection), 'ROWS', m.selection.shape)"),
+        nbf.v4.new_code_cell("m.highlight(list(range(0, m.dataset.rows, 5)))\n"
+                             "print('HIGHLIGHTED', len(m.highlighted))"),
+        nbf.v4.new_code_cell("bigembed.show('/no/such/dataset')"),
+        nbf.v4.new_code_cell(f"bigembed.show({data!r}, layout='no-such-layout')"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbf.write(nb, str(path))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab on a free loopback port with a token, serving a folder holding a small
+    dataset and the notebook; yields (url of the notebook with its token, dataset path)."""
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
+
+    root = tmp_path_factory.mktemp("lab")
+    data = root / "ds"
+    synth(data, n=2000, dim=16, clusters=5, error_rate=0.1, seed=7)
+    reduce(data, method="pca")
+    _notebook(root / "show.ipynb", str(data))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", JUPYTER_CONFIG_DIR=str(root / ".cfg"),
+               JUPYTER_RUNTIME_DIR=str(root / ".run"),
+               JUPYTERLAB_WORKSPACES_DIR=str(root / ".ws"),
+               JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"), JUPYTER_PLATFORM_DIRS="1")
+    log = open(root / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+         f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--ServerApp.shutdown_no_activity_timeout=600", "--allow-root",
+         # server extensions this test does not use (Panel's takes seconds to import)
+         "--ServerApp.jpserver_extensions={'panel.io.jupyter_server_extension': False, "
+         "'jupyter_lsp': False, 'jupyter_server_terminals': False}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise AssertionError("jupyter lab did not start:\n"
+                                     + (root / "lab.log").read_text()[-3000:])
+            time.sleep(0.3)
+        # the token is required: without it the API refuses
+        try:
+            urllib.request.urlopen(f"{base}/api/contents", timeout=5)
+            raise AssertionError("jupyter lab answered without its token")
+        except urllib.error.HTTPError as e:
+            assert e.code == 403
+        yield f"{base}/lab/tree/show.ipynb?token={token}", data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = lab
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
+        try:
+            p = b.new_page(viewport={"width": 1500, "height": 1100})
+            p.goto(url, timeout=90_000)
+            p.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            # a cell run before the kernel is connected is skipped: wait for the status bar
+            wait_for(lambda: p.evaluate("() => /\\| Idle/.test(document.body.innerText)"),
+                     120, p, "the notebook's kernel to be idle")
+            yield p
+        finally:
+            b.close()
+
+
+def _run_cell(page, i: int, expect: str | None = None, timeout: float = 90) -> str:
+    """Run cell ``i`` (click into it, Shift+Enter); wait until its output shows (and holds
+    ``expect``); returns the output's text."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(i)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+    def done():
+        n = cell.locator(".jp-InputArea-prompt").inner_text()
+        if not re.search(r"\[\d+\]", n):  # '[*]' while it runs, '[ ]' before
+            return None
+        out = cell.locator(".jp-OutputArea").first.inner_text()
+        return [out] if expect is None or expect in out else None  # [""] is truthy
+
+    return wait_for(done, timeout, page, f"cell {i} to finish" +
+                    (f" with {expect!r}" if expect else ""))[0]
+
+
+def _map(page, timeout=60):
+    def laid_out():
+        m = page.evaluate(MAP_JS)
+        return m if m and m["width"] > 0 and m["height"] > 0 else None
+
+    return wait_for(laid_out, timeout, page, "the map in the cell")
+
+
+def _map_png(page, m) -> bytes:
+    return page.screenshot(clip={"x": m["left"], "y": m["top"], "width": m["width"],
+                                 "height": m["height"]})
+
+
+def _magenta(png: bytes) -> int:
+    """Pixels of the highlight markers' colour (#ff00ff)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int(((a[..., 0] > 200) & (a[..., 1] < 80) & (a[..., 2] > 200)).sum())
+
+
+def _coloured_pixels(png: bytes) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(a - 255).sum(axis=2) > 60).sum())
+
+
+def test_show_select_highlight_and_errors_in_jupyterlab(page, lab):
+    root = lab[1].parent
+    try:
+        _scenario(page)
+    except AssertionError as e:  # keep what the page showed, and the server's log
+        page.screenshot(path=str(root / "failure.png"))
+        log = (root / "lab.log").read_text()[-4000:]
+        raise AssertionError(f"{e}\n(screenshot: {root / 'failure.png'})\nlab log:\n{log}") from None
+
+
+def _scenario(page):
+    # a fresh kernel imports bigembed, Bokeh and numba and builds the map's spatial index:
+    # seconds on a quiet machine, minutes on a loaded one
+    _run_cell(page, 0, timeout=300)
+    m = _map(page)
+    # the frame is the server-rendered PNG, carried in the document
+    wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("url", "").startswith(
+        "data:image/png;base64,"), 30, page, "the frame")
+    m = _map(page)
+    page.mouse.move(m["left"] + 5, m["top"] + 5)
+    page.wait_for_timeout(300)
+    before = _map_png(page, m)
+    assert _coloured_pixels(before) > 2000, "the frame shows no points"
+
+    # a box selection with the mouse, in the cell
+    page.evaluate(MAP_JS, {"box": True})
+    cx, cy = m["left"] + m["width"] / 2, m["top"] + m["height"] / 2
+    page.mouse.move(cx - 200, cy - 200)
+    page.mouse.down()
+    page.mouse.move(cx, cy, steps=5)
+    page.mouse.move(cx + 120, cy + 150, steps=5)
+    page.mouse.up()
+    text = wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("selection", "")
+                    if "sel-count" in (page.evaluate(MAP_JS) or {}).get("selection", "")
+                    else None, 60, page, "the selection's statistics in the cell")
+    shown = int(re.search(r"class='sel-count'>(\d+)<", text).group(1))
+    assert 0 < shown < 2000, text
+    out = _run_cell(page, 1, expect="SELECTED")
+    got = re.search(r"SELECTED (\d+) ROWS \((\d+), (\d+)\)", out)
+    assert got, out
+    assert int(got.group(1)) == shown and int(got.group(2)) == shown
+
+    # highlight from the kernel: the markers arrive and the map changes
+    out = _run_cell(page, 2, expect="HIGHLIGHTED")
+    n_hl = int(re.search(r"HIGHLIGHTED (\d+)", out).group(1))
+    assert n_hl == 400, out  # every 5th of the 2,000 rows
+    wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("highlighted") == n_hl, 30, page,
+             "the highlighted points in the cell")
+    page.evaluate(MAP_JS, {"scroll": True})
+    page.wait_for_timeout(300)
+    after = _map_png(page, _map(page))
+    assert _magenta(before) == 0 and _magenta(after) > 200, (_magenta(before), _magenta(after))
+
+    # bad input: one clear line in the cell's output, no traceback
+    for i, words in ((3, ("does not exist", "/no/such/dataset")),
+                     (4, ("layout must be one of", "no-such-layout"))):
+        out = _run_cell(page, i, expect="Error")
+        assert all(w in out for w in words), out
+        assert "Traceback" not in out and "File " not in out, out
+        assert len(out.strip().splitlines()) <= 2, out
