@@ -16,5 +16,16 @@ from .dataset.reader import Dataset, open_dataset  # noqa: E402
 from .dataset.writer import DatasetWriter  # noqa: E402
 from .errors import BackendUnavailable, BigembedError, DatasetError, InputError  # noqa: E402
 
-__all__ = ["Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
+
+
+def use_cluster(client):
+    """Run the heavy stages on the Dask cluster of ``client`` (a ``distributed.Client``), or
+    in this process again with ``None``; see :mod:`bigembed.distributed`. The dataset
+    directory must be visible to every worker at the same path."""
+    from .distributed.api import use_cluster as _use
+
+    return _use(client)
+
+
+__all__ = ["use_cluster", "Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
            "InputError", "BackendUnavailable", "__version__"]

@@ -28,6 +28,7 @@ import xxhash
 
 from ..dataset import _mmap
 from ..dataset.format import DTYPES, shard_rows_for
+from ..distributed.session import implementation as cluster_implementation
 from ..errors import BackendUnavailable, InputError, check_choice, check_positive_int
 from ..progress import progress_bar
 from .backends import DEVICES as EXTRACT_DEVICES
@@ -477,6 +478,9 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
     # Each space says how its vectors were pooled, and whether over real tokens only.
     per_space = {k: {"pooled": pooled_how[k], "output_shape": list(shapes[k][1:])}
                  for k in dims}
+    cluster = cluster_implementation("extract")
+    if cluster is not None:  # chunks on the workers (bigembed.distributed); nothing written yet
+        cluster.check(out=out, src=src)
     store = ExtractStore(out, identity=identity, key=key, dims=dims, dtype=dtype,
                          chunk_rows=chunk_rows, total_rows=src.rows, provenance=provenance,
                          space_provenance=per_space, overwrite=overwrite).open()
@@ -488,6 +492,14 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
         return _result(store, result_kw, t0, computed=0, resumed=store.done_rows, cached=True)
 
     resumed = store.done_rows
+    if cluster is not None:
+        return cluster.run(store=store, src=src, model=model, data=data, n=n, seed=seed,
+                           model_seed=model_seed, layers=list(layer_mods), pooling=pooling,
+                           amp=amp_dtype, dtype=dtype, device=device, batch_size=batch_size,
+                           auto_batch=auto_batch, dims=dims, chunk_rows=chunk_rows,
+                           has_labels=has_labels, classes=classes, has_loss=has_loss,
+                           identity=identity, model_desc=mdesc, result_kw=result_kw, t0=t0,
+                           progress=progress)
     if workers is None:
         workers = run_on.default_workers if src.workers is None else src.workers
     if not src.map_style and batch_size != 256:
