@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, run_cli
 
 pytest.importorskip("distributed")
 torch = pytest.importorskip("torch")
@@ -262,7 +261,6 @@ def two_spaces(tmp_path_factory, reference):
 
 def test_knn_graph_and_compare_on_the_cluster(two_spaces, client):
     from bigembed.compare.run import compare
-    from bigembed.search.exact import exact_neighbors  # noqa: F401
     from bigembed.search.graph import knn_graph
 
     one = knn_graph(two_spaces, space="embed", k=10, method="exact")
@@ -326,25 +324,33 @@ def test_a_path_the_workers_cannot_see_is_refused_before_writing(tmp_path, on_cl
         os.close(hidden)
 
 
-def test_cli_cluster_errors_and_no_dask_without_it(tmp_path, small_ds):
+def test_no_dask_without_a_cluster_and_a_clear_cli_error_for_a_dead_scheduler(small_ds):
+    """One fresh process: a stage without --cluster imports no Dask; then the CLI with a
+    scheduler address nobody answers at exits 2 with one line, having written nothing."""
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = run_cli("index", small_ds, "--graph", "5", "--cluster", f"tcp://127.0.0.1:{port}",
-                env={"BIGEMBED_CLUSTER_TIMEOUT": "2"})
-    assert_clean_error(p, f"--cluster tcp://127.0.0.1:{port}", "no Dask scheduler answered",
-                       "Nothing was written")
-    assert p.returncode == 2
+    code = textwrap.dedent(f"""
+        import sys, bigembed
+        from bigembed.search.graph import knn_graph
+        from bigembed.commands.cli import main
+        knn_graph({str(small_ds)!r}, k=5)
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))
+        rc = main(["index", {str(small_ds)!r}, "--graph", "5", "--cluster",
+                   "tcp://127.0.0.1:{port}"])
+        rc2 = main(["reduce", {str(small_ds)!r}, "--cluster", "local:x"])
+        print(rc, rc2)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=180, env=dict(os.environ, BIGEMBED_NO_PROGRESS="1",
+                                             BIGEMBED_CLUSTER_TIMEOUT="2"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:2] == ["[]", "2 2"]
+    assert "Traceback" not in p.stderr, p.stderr
+    for line in (f"bigembed index: error: --cluster tcp://127.0.0.1:{port}: no Dask scheduler "
+                 f"answered", "Nothing was written",
+                 "bigembed reduce: error: --cluster local:x: local:N needs N"):
+        assert line in p.stderr, p.stderr
     assert not Dataset.open(small_ds).artifacts("indexes")
-    p = run_cli("reduce", small_ds, "--cluster", "local:x")
-    assert_clean_error(p, "--cluster local:x", "local:N")
-    # Without --cluster nothing imports Dask.
-    code = ("import sys, bigembed; from bigembed.search.graph import knn_graph; "
-            f"knn_graph({str(small_ds)!r}, k=5); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, BIGEMBED_NO_PROGRESS="1"))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
