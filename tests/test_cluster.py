@@ -76,6 +76,22 @@ USER_MODULE = textwrap.dedent('''
         return Data()
 ''')
 
+STATS_MODULE = textwrap.dedent('''
+    """A group statistic's per-shard map and its reduction (numpy only: cheap on a worker)."""
+    import numpy as np
+
+
+    def label_sums(block, ids, *, labels, n_labels):
+        lab = labels[ids]
+        sums = np.zeros((n_labels, block.shape[1]))
+        np.add.at(sums, lab, block.astype(np.float64))
+        return sums, np.bincount(lab, minlength=n_labels)
+
+
+    def add(a, b):
+        return a[0] + b[0], a[1] + b[1]
+''')
+
 EXTRACT = dict(model="cx_user:net", data="cx_user:data", layers="embed,hidden",
                shard_rows=256, batch_size=64)
 
@@ -84,6 +100,7 @@ EXTRACT = dict(model="cx_user:net", data="cx_user:data", layers="embed,hidden",
 def user_mod(tmp_path_factory):
     d = tmp_path_factory.mktemp("cxmods")
     (d / "cx_user.py").write_text(USER_MODULE)
+    (d / "cx_stats.py").write_text(STATS_MODULE)
     sys.path.insert(0, str(d))  # before the workers start: they inherit the path
     yield d
     sys.path.remove(str(d))
@@ -354,3 +371,21 @@ def test_no_dask_without_a_cluster_and_a_clear_cli_error_for_a_dead_scheduler(sm
                  "bigembed reduce: error: --cluster local:x: local:N needs N"):
         assert line in p.stderr, p.stderr
     assert not Dataset.open(small_ds).artifacts("indexes")
+
+
+def test_map_shards_reduces_on_the_client_as_here(two_spaces, client):
+    from cx_stats import add, label_sums
+
+    from bigembed.distributed.shards import map_shards
+
+    ds = Dataset.open(two_spaces)
+    labels = ds.meta["label"].to_numpy().astype(np.int64)
+    kw = dict(space="embed", fn=label_sums, combine=add, labels=labels, n_labels=3)
+    here = map_shards(two_spaces, **kw)
+    with bigembed.use_cluster(client):
+        there = map_shards(two_spaces, **kw)
+    x = ds.space("embed").vectors.astype(np.float64)
+    want = np.stack([x[labels == c].sum(0) for c in range(3)])
+    assert len(ds.manifest["spaces"]["embed"]["shards"]) == 8
+    np.testing.assert_allclose(here[0], want, rtol=1e-12)
+    assert np.array_equal(there[0], here[0]) and np.array_equal(there[1], np.bincount(labels))
