@@ -2,7 +2,8 @@
 
 ``--cluster ADDRESS`` connects to a running ``dask.distributed`` scheduler; ``--cluster
 local:N`` starts a ``LocalCluster`` of N worker processes on 127.0.0.1 (one thread each, with
-the machine's cores shared out as their BLAS/OpenMP threads). :func:`~bigembed.distributed.api.use_cluster` hands the
+the machine's cores shared out as their BLAS/OpenMP threads), or, where dask-cuda is installed
+and sees GPUs, a ``LocalCUDACluster`` with one worker per GPU. :func:`~bigembed.distributed.api.use_cluster` hands the
 heavy stages to a client (see :mod:`bigembed.distributed.api`); :func:`map_blocks` and :func:`map_reduce` are the one way stage code
 sends work there: tasks named after the stage (so the dashboard says what runs), a progress bar
 that follows the tasks as they finish, and a clean cancel on error.
@@ -73,6 +74,9 @@ def start_local(n_workers: int, *, threads: int | None = None):
     import dask
     from distributed import LocalCluster
 
+    cuda = _local_cuda(n_workers)
+    if cuda is not None:
+        return cuda
     cores = os.cpu_count() or 1
     threads = threads or max(1, cores // n_workers)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -83,6 +87,30 @@ def start_local(n_workers: int, *, threads: int | None = None):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             host="127.0.0.1", dashboard_address="127.0.0.1:0",
                             silence_logs=logging.ERROR)
+
+
+def _local_cuda(n_workers: int):
+    """A ``LocalCUDACluster`` (one worker per GPU, up to ``n_workers``) where dask-cuda is
+    installed and sees GPUs; else None (CPU worker processes)."""
+    try:
+        from dask_cuda import LocalCUDACluster
+        from dask_cuda.utils import get_n_gpus
+    except ImportError:
+        return None
+    try:
+        gpus = get_n_gpus()
+    except Exception:  # no driver: the CPU cluster
+        return None
+    if gpus < 1:
+        return None
+    n = min(n_workers, gpus)
+    if n < n_workers:
+        log.warning("local:%d: %d GPUs here, so %d dask-cuda workers (one per GPU)",
+                    n_workers, gpus, n)
+    log.info("local:%d: dask-cuda LocalCUDACluster, one worker per GPU", n_workers)
+    return LocalCUDACluster(n_workers=n, threads_per_worker=1, host="127.0.0.1",
+                            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                            CUDA_VISIBLE_DEVICES=list(range(n)))
 
 
 def connect(spec: str, *, timeout: float | None = None):
