@@ -81,8 +81,12 @@ def start_local(n_workers: int, *, threads: int | None = None):
     threads = threads or max(1, cores // n_workers)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads), "BIGEMBED_NO_PROGRESS": "1"}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ":
-                          {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env},
+    pre = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}
+    # Dask sets MALLOC_TRIM_THRESHOLD_ for its workers; setting it also turns off glibc's
+    # dynamic mmap threshold (mallopt(3)), so every batch-sized tensor above 128 kB becomes
+    # an mmap + page faults. Workers here allocate like the single process.
+    pre.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre,
                           "distributed.worker.daemon": False}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             host="127.0.0.1", dashboard_address="127.0.0.1:0",
