@@ -111,9 +111,16 @@ def client(user_mod):
     """The module's one LocalCluster (starting one costs seconds)."""
     from bigembed.distributed.cluster import connect
 
+    import importlib
+
     c, local = connect("local:2")
+    # The workers import torch and the extraction code while this process makes the
+    # reference extraction (the first task would otherwise wait for it).
+    warm = [c.submit(importlib.import_module, "bigembed.extract.run", workers=[w], pure=False)
+            for w in c.scheduler_info()["workers"]]
     try:
         yield c
+        del warm
     finally:
         c.close()
         local.close()
@@ -130,7 +137,7 @@ def vectors(path, space):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, user_mod):
+def reference(tmp_path_factory, user_mod, client):
     """The single-process extraction every cluster run is compared with."""
     from bigembed.extract.run import extract
 
