@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 # torch is installed first and pinned: letting another package pull it in downloads a CUDA build.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= layout,test,text
+EXTRAS ?= layout,test,text,cluster
 
 .PHONY: install demo test test-fast browser bench clean
 

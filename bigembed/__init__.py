@@ -26,5 +26,14 @@ def show(ds_or_path, layout=None, color=None, compare=None, **kw):
     return _show(ds_or_path, layout=layout, color=color, compare=compare, **kw)
 
 
-__all__ = ["show", "Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
+def use_cluster(client):
+    """Run the heavy stages on the Dask cluster of ``client`` (a ``distributed.Client``), or
+    in this process again with ``None``; see :mod:`bigembed.distributed`. The dataset
+    directory must be visible to every worker at the same path."""
+    from .distributed.api import use_cluster as _use
+
+    return _use(client)
+
+
+__all__ = ["show", "use_cluster", "Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
            "InputError", "BackendUnavailable", "__version__"]

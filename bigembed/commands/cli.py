@@ -18,6 +18,8 @@ from ..errors import BigembedError
 #: subcommand modules under bigembed.commands, in --help order
 COMMANDS = ["demo", "synth", "ingest", "extract", "info", "gc", "reduce", "index", "neighbors",
             "compare", "render", "serve", "bench"]
+#: commands whose heavy stages can run on a Dask cluster (``--cluster``)
+CLUSTER_COMMANDS = ["extract", "ingest", "index", "reduce", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"bigembed.commands.{name}").register(sub)
+    for name in CLUSTER_COMMANDS:
+        sub.choices[name].add_argument(
+            "--cluster", metavar="ADDRESS|local:N",
+            help="run the heavy part on a Dask cluster: a scheduler address "
+            "(tcp://HOST:PORT) or local:N worker processes on this machine; the dataset must "
+            "be on storage every worker sees at the same path")
     p.set_defaults(_commands=sub.choices)
     return p
 
@@ -81,7 +89,13 @@ def main(argv=None) -> int:
 
         set_progress(False)
     try:
-        rc = args.func(args)
+        if getattr(args, "cluster", None):
+            from ..distributed.api import cluster
+
+            with cluster(args.cluster):
+                rc = args.func(args)
+        else:
+            rc = args.func(args)
     except BigembedError as e:
         msg = cli_message(str(e), args._commands[args.command])
         print(f"bigembed {args.command}: error: {msg}", file=sys.stderr)

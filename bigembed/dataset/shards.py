@@ -229,6 +229,22 @@ class SpaceWriter:
             if self._fill == self.rows_per_shard:
                 self._flush()
 
+    def adopt(self, shards: list) -> None:
+        """Take ``shards`` (records in row order, as :func:`write_shard` returns them) that
+        other processes (cluster workers) wrote into this writer's directory under their
+        final names, as if this writer had written them."""
+        if self.shards or self._fill:
+            raise InputError(f"space {self.name!r}: shards can be adopted only by an empty "
+                             f"writer")
+        start = 0
+        for s in shards:
+            if s["start"] != start:
+                raise InputError(f"space {self.name!r}: adopted shard {s['file']} starts at "
+                                 f"{s['start']}, expected {start}")
+            start += s["rows"]
+        self.shards = [dict(s) for s in shards]
+        self.rows = start
+
     def _shard_name(self, index: int, count: int | None) -> str:
         if count is None:
             return f".part-{index:05d}.arrow.partial"

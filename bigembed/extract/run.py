@@ -28,6 +28,7 @@ import xxhash
 
 from ..dataset import _mmap
 from ..dataset.format import DTYPES, MANIFEST, shard_rows_for
+from ..distributed.session import implementation as cluster_implementation
 from ..errors import BackendUnavailable, InputError, check_choice, check_positive_int
 from ..progress import progress_bar
 from .backends import DEVICES as EXTRACT_DEVICES
@@ -479,7 +480,8 @@ def extract(*, model, data=None, out, layers, pooling: str = "mean", batch_size=
                 auto_batch=auto_batch, backend=backend, run_on=run_on, amp_dtype=amp_dtype,
                 dtype=dtype, workers=workers, shard_rows=shard_rows,
                 background_writer=background_writer, overwrite=overwrite, n=n, seed=seed,
-                progress=progress, t0=t0)
+                progress=progress, t0=t0, model_spec=model, model_seed=model_seed,
+                device=device)
     if files is None:
         return _extract_one(mdl, mdesc, data, tag=tags[0] if tags else None, **opts)
     for f in files:  # every checkpoint must fit before the first one runs
@@ -645,7 +647,8 @@ def _complete_dataset(out) -> dict | None:
 
 def _extract_one(mdl, mdesc, data, *, tag, out, layers, pooling, batch_size, auto_batch,
                  backend, run_on, amp_dtype, dtype, workers, shard_rows, background_writer,
-                 overwrite, n, seed, progress, t0) -> ExtractResult:
+                 overwrite, n, seed, progress, t0, model_spec, model_seed,
+                 device) -> ExtractResult:
     dev = run_on.device
     src = load_data(_text_data(mdl, data), n=n, seed=seed)
     mdl.eval().to(dev)
@@ -672,6 +675,7 @@ def _extract_one(mdl, mdesc, data, *, tag, out, layers, pooling, batch_size, aut
     # Each space says how its vectors were pooled, and whether over real tokens only.
     per_space = {k: {"pooled": pooled_how[k], "output_shape": list(shapes[k][1:])}
                  for k in dims}
+    cluster = cluster_implementation("extract")
     result_kw = dict(path=Path(out), spaces=tuple(names.values()),
                      dims={names[k]: d for k, d in dims.items()}, dtype=dtype,
                      device=str(dev), backend=backend.name, batch_size=batch_size,
@@ -688,6 +692,13 @@ def _extract_one(mdl, mdesc, data, *, tag, out, layers, pooling, batch_size, aut
         store_path = Path(out) / "cache" / f"extract-{key}"
     else:
         store_path = Path(out)
+    if cluster is not None:  # chunks on the workers (bigembed.distributed); nothing written yet
+        if tag or adding:
+            raise InputError(
+                "cluster: tagged checkpoints (--weights / --tag) and spaces added to an "
+                "existing dataset are extracted in one process for now; run this without "
+                "--cluster")
+        cluster.check(out=out, src=src)
     store = ExtractStore(store_path, identity=identity, key=key, dims=dims, dtype=dtype,
                          chunk_rows=chunk_rows, total_rows=src.rows, provenance=provenance,
                          space_provenance=per_space, overwrite=overwrite and not adding,
@@ -697,6 +708,14 @@ def _extract_one(mdl, mdesc, data, *, tag, out, layers, pooling, batch_size, aut
         return _result(Path(out), result_kw, t0, computed=0, resumed=store.done_rows,
                        cached=True)
     resumed = store.done_rows
+    if cluster is not None and not store.complete:
+        return cluster.run(store=store, src=src, model=model_spec, data=data, n=n, seed=seed,
+                           model_seed=model_seed, layers=list(layer_mods), pooling=pooling,
+                           amp=amp_dtype, dtype=dtype, device=device, batch_size=batch_size,
+                           auto_batch=auto_batch, dims=dims, chunk_rows=chunk_rows,
+                           has_labels=has_labels, classes=classes, has_loss=has_loss,
+                           identity=identity, model_desc=mdesc, result_kw=result_kw, t0=t0,
+                           progress=progress)
     computed, timings = 0, {}
     if not store.complete:
         computed, timings = _run(store, src, mdl, dims, run_on, amp_dtype, auto_batch,

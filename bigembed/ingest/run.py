@@ -19,6 +19,7 @@ import pyarrow as pa
 from ..dataset.format import DTYPES
 from ..dataset.reader import Dataset
 from ..dataset.writer import DatasetWriter
+from ..distributed.session import implementation as cluster_implementation
 from ..errors import InputError
 from ..progress import progress_bar
 from .readers import open_source, read_table
@@ -138,6 +139,9 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
                              f"{' or --meta' if meta is not None else ''}; columns there: "
                              f"{sorted(have)}")
 
+    cluster = cluster_implementation("ingest")
+    if cluster is not None:  # shards written by the workers (bigembed.distributed)
+        cluster.check(out=out, appending=appending)
     provenance = {"source": "ingest", "inputs": [str(Path(p).resolve()) for p in inputs]}
     invalid: list[int] = []
     n_invalid = 0
@@ -150,8 +154,15 @@ def ingest(inputs, *, out, space: str = "default", meta=None, key: str | None = 
         bar = progress_bar(total=total, desc=f"ingest {space}", unit="rows", enabled=progress)
         sw_cm = None
         sw = None
+        done = None if cluster is None or total is None else cluster.write(
+            dw=dw, sources=sources, space=space, dtype=store, total=total, open_kw=dict(
+                column=column, array=array, key=key, exclude=layout_cols),
+            provenance=provenance, drop_invalid=drop_invalid, extras=extras,
+            keep_masks=keep_masks, progress=progress)
+        if done is not None:
+            sw_cm, sw, row = done
         try:
-            for src in sources:
+            for src in (sources if done is None else ()):
                 for vec, extra in src.batches(batch_rows):
                     if sw is None:
                         dim = vec.shape[1]

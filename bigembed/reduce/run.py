@@ -21,6 +21,7 @@ import numpy as np
 
 from ..dataset.layouts import layout_key, load_layout, save_layout
 from ..dataset.reader import Dataset
+from ..distributed.session import implementation as cluster_implementation
 from ..errors import BigembedError, InputError
 from ..progress import progress_bar
 from ..search.exact import (check_finite, drop_self, exact_knn, normalise, sample_ids,
@@ -404,17 +405,30 @@ def _place_rest(sp, ids, xy_fit, pca_dims, seed, metric, n_neighbors, progress,
         proj = PCA(n_components=pca_dims, svd_solver="randomized", random_state=seed).fit(base)
         base = proj.transform(base).astype(np.float32)
     k = min(n_neighbors, m)
+    cluster = cluster_implementation("place_rows")
+    if cluster is not None:  # blocks of rows placed by the workers (bigembed.distributed)
+        cluster(sp=sp, rest=rest, base=base, proj=proj, xy_fit=xy_fit, k=k, metric=metric,
+                xy=xy, batch_rows=batch_rows, progress=progress)
+        return xy
     bar = progress_bar(total=len(rest), desc="place rows", unit="rows", enabled=progress)
     for s in range(0, len(rest), batch_rows):
         rid = rest[s:s + batch_rows]
-        q = np.asarray(sp.vectors[rid], dtype=np.float32)
-        if proj is not None:
-            q = proj.transform(q).astype(np.float32)
-        ind, dist = _knn_search(base, q, k, metric)
-        xy[rid] = place_by_neighbors(xy_fit, ind, dist)
+        xy[rid] = place_rows(sp.vectors, rid, base, proj, xy_fit, k, metric)
         bar.update(len(rid))
     bar.close()
     return xy
+
+
+def place_rows(vectors, rid: np.ndarray, base: np.ndarray, proj, xy_fit: np.ndarray, k: int,
+               metric: str) -> np.ndarray:
+    """Layout (b, 2) of rows ``rid`` of ``vectors``, placed by their ``k`` nearest rows of
+    ``base`` (the fitted sample, in the space it was fitted in: ``proj`` maps to it). One copy
+    of this code places every block, in this process or on a cluster worker."""
+    q = np.asarray(vectors[rid], dtype=np.float32)
+    if proj is not None:
+        q = proj.transform(q).astype(np.float32)
+    ind, dist = _knn_search(base, q, k, metric)
+    return place_by_neighbors(xy_fit, ind, dist)
 
 
 #: past this many rows a PCA layout without a stored kNN graph gets its quality from a sample

@@ -19,6 +19,7 @@ import xxhash
 
 from ..dataset.reader import open_cached
 from ..dataset.tables import read_table_artifact, write_table_artifact
+from ..distributed.session import implementation as cluster_implementation
 from ..errors import InputError, check_choice
 from .exact import drop_self, exact_knn, recall, sample_ids, to_user_distance
 from .index import METRICS, prepare_space
@@ -93,6 +94,21 @@ def find_graph(ds, *, space: str, k: int, metric: str, min_recall: float = 0.0):
     return best[0], best[1]
 
 
+def answer_rows(searcher, x: np.ndarray, start: int, stop: int, *, k: int, metric: str):
+    """The graph rows ``start..stop``: (indices (b, k) int64, distances (b, k) float32, how
+    many rows an IVF probe underfilled and were answered exactly). ``x``: the prepared (N, d)
+    vectors; ``searcher``: FAISS's ``search(q, k)`` over all of them. One copy of this code
+    answers every block, in this process or on a cluster worker."""
+    fmetric = "l2" if metric == "l2" else "ip"
+    q = np.ascontiguousarray(x[start:stop])
+    D, I = searcher.search(q, k + 1)
+    short = (I < 0).any(1)
+    if short.any():  # an IVF probe found too few: answer those rows exactly
+        D[short], I[short] = exact_knn(q[short], x, k + 1, fmetric)
+    D, I = drop_self(D, I, np.arange(start, stop), k)
+    return I, to_user_distance(D, metric), int(short.sum())
+
+
 def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
               method: str = "auto", target_recall: float = 0.95, backend: str = "auto",
               force: bool = False, batch_rows: int = 16384,
@@ -155,21 +171,22 @@ def knn_graph(ds, *, space: str | None = None, k: int = 15, metric: str = "l2",
         searcher = index
     ind = np.empty((n, k), np.int64)
     dist = np.empty((n, k), np.float32)
-    bar = progress_bar(total=n, desc=f"knn graph k={k} ({method})", unit="rows",
-                       enabled=progress)
-    short_rows = 0
-    for s in range(0, n, batch_rows):
-        q = np.ascontiguousarray(x[s:s + batch_rows])
-        D, I = searcher.search(q, k + 1)
-        short = (I < 0).any(1)
-        if short.any():  # an IVF probe found too few: answer those rows exactly
-            short_rows += int(short.sum())
-            D[short], I[short] = exact_knn(q[short], x, k + 1, fmetric)
-        D, I = drop_self(D, I, np.arange(s, s + len(q)), k)
-        ind[s:s + len(q)] = I
-        dist[s:s + len(q)] = to_user_distance(D, metric)
-        bar.update(len(q))
-    bar.close()
+    cluster = cluster_implementation("knn_graph_blocks")
+    if cluster is not None:  # row blocks answered by the workers (bigembed.distributed)
+        short_rows = cluster(ds=ds, sp=sp, k=k, metric=metric, method=method,
+                             backend=be.name, index=None if method == "exact" else searcher,
+                             params=params, ind=ind, dist=dist, batch_rows=batch_rows,
+                             progress=progress)
+    else:
+        bar = progress_bar(total=n, desc=f"knn graph k={k} ({method})", unit="rows",
+                           enabled=progress)
+        short_rows = 0
+        for s in range(0, n, batch_rows):
+            e = min(n, s + batch_rows)
+            ind[s:e], dist[s:e], short = answer_rows(searcher, x, s, e, k=k, metric=metric)
+            short_rows += short
+            bar.update(e - s)
+        bar.close()
     if method != "exact":
         # Recall of the stored graph (self excluded) against exact search, on a sample.
         qids = sample_ids(n, 200, seed=4)
