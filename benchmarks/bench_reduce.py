@@ -141,6 +141,94 @@ def bench_torch(ds, *, note):
     return out
 
 
+def _layout_inputs(ds, k=15):
+    """(x, indices, distances, init) the reduce stage hands a layout backend: the neighbour
+    stage's kNN graph (self excluded) and the PCA initial layout."""
+    from bigembed.reduce.run import _knn_full, initial_layout
+
+    sp = ds.space()
+    x = np.asarray(sp.vectors, dtype=np.float32)
+    ind, dist = _knn_full(ds, sp, k - 1, "l2", False)
+    return x, ind, dist, initial_layout(x, seed=0)
+
+
+def _layout_quality(ind, xy, x):
+    from bigembed.reduce.quality import layout_quality
+
+    _, q = layout_quality(ind, xy, x, k=ind.shape[1], sample=2000, seed=0)
+    return q
+
+
+def bench_optimiser(ds, *, rounds=2, note=""):
+    """The layout stage alone (fuzzy graph + SGD) on the same kNN graph and initial layout:
+    bigembed's optimiser (backend ``numba``) against umap-learn's (backend ``cpu``: umap-learn
+    with the graph precomputed), interleaved (ours, theirs, ours, theirs) so load on a shared
+    machine hits both alike; both warm (compiled code loaded before timing)."""
+    from bigembed.reduce.backends import CpuLayouts, NumbaLayouts, warm_numba_cache
+
+    warm_numba_cache()
+    x, ind, dist, init = _layout_inputs(ds)
+    backends = {"bigembed": NumbaLayouts(), "umap_learn": CpuLayouts()}
+    times = {k: [] for k in backends}
+    xy = {}
+    for r in range(rounds):
+        for name, be in backends.items():
+            t = time.perf_counter()
+            xy[name] = be.umap(indices=ind, distances=dist, x=x, init=init, n_neighbors=15,
+                               min_dist=0.1, n_epochs=None, seed=0, progress=False)
+            times[name].append(round(time.perf_counter() - t, 3))
+            print(f"[{note}] round {r}: {name} {times[name][-1]:.1f}s", flush=True)
+    ratios = [round(b / a, 3) for a, b in zip(times["bigembed"], times["umap_learn"])]
+    q = {name: _layout_quality(ind, v, x) for name, v in xy.items()}
+    out = {"rows": len(x), "dim": x.shape[1], "seconds": times, "ratios": ratios,
+           "speedup_median": float(np.median(ratios)), "quality": q,
+           "quality_delta": {m: round(q["bigembed"][m] - q["umap_learn"][m], 5)
+                             for m in ("knn_preservation", "trustworthiness", "continuity")
+                             if q["bigembed"].get(m) is not None}}
+    print(f"[{note}] speedup {ratios} quality delta {out['quality_delta']}", flush=True)
+    return out
+
+
+_COLD = """
+import sys, time, numpy as np
+t0 = time.perf_counter()
+from bigembed.reduce.backends import CpuLayouts, NumbaLayouts
+d = np.load(sys.argv[2])
+be = NumbaLayouts() if sys.argv[1] == "bigembed" else CpuLayouts()
+t = time.perf_counter()
+be.umap(indices=d["ind"], distances=d["dist"], x=d["x"], init=d["init"], n_neighbors=15,
+        min_dist=0.1, n_epochs=None, seed=0, progress=False)
+print(time.perf_counter() - t, time.perf_counter() - t0)
+"""
+
+
+def bench_optimiser_cold(ds, work, *, rounds=1, note=""):
+    """The same layout stage in a fresh process with an empty numba cache (compilation
+    included), ours and umap-learn's interleaved: seconds of the layout call and of the whole
+    process after start-up (imports included)."""
+    x, ind, dist, init = _layout_inputs(ds)
+    inputs = Path(work) / "layout-inputs.npz"
+    np.savez(inputs, x=x, ind=ind, dist=dist, init=init)
+    times = {"bigembed": [], "umap_learn": []}
+    for r in range(rounds):
+        for name in times:
+            cache = Path(tempfile.mkdtemp(prefix="bigembed-cold-"))
+            env = dict(os.environ, BIGEMBED_CACHE=str(cache), BIGEMBED_NO_PROGRESS="1")
+            env.pop("NUMBA_CACHE_DIR", None)
+            p = subprocess.run([sys.executable, "-c", _COLD, name, str(inputs)], check=True,
+                               env=env, capture_output=True, text=True)
+            call, whole = map(float, p.stdout.split()[-2:])
+            times[name].append({"layout_s": round(call, 3), "process_s": round(whole, 3)})
+            shutil.rmtree(cache, ignore_errors=True)
+            print(f"[{note}] cold round {r}: {name} {call:.1f}s (process {whole:.1f}s)",
+                  flush=True)
+    ratios = [round(b["layout_s"] / a["layout_s"], 3)
+              for a, b in zip(times["bigembed"], times["umap_learn"])]
+    print(f"[{note}] cold speedup {ratios}", flush=True)
+    return {"rows": len(x), "seconds": times, "ratios": ratios,
+            "speedup_median": float(np.median(ratios))}
+
+
 def bench_numba_cache(ds_path, *, n):
     """Wall time of `bigembed reduce --method umap` in a first and a second process."""
     cache = Path(tempfile.mkdtemp(prefix="bigembed-numba-"))
@@ -177,6 +265,12 @@ def main(argv=None):
                    help="also t-SNE of this many rows by bigembed alone (0: skip)")
     p.add_argument("--torch-n", type=int, default=0,
                    help="also UMAP by the torch backend vs the cpu backend at this size")
+    p.add_argument("--opt-n", default="",
+                   help="comma-separated sizes: the layout stage alone, bigembed's optimiser "
+                        "vs umap-learn's on the same graph and init, warm and interleaved")
+    p.add_argument("--opt-rounds", type=int, default=2)
+    p.add_argument("--cold-n", type=int, default=0,
+                   help="the same in fresh processes with empty numba caches (0: skip)")
     p.add_argument("--merge", action="store_true",
                    help="keep the sections of --out this run does not measure")
     p.add_argument("--out", default=str(RESULTS))
@@ -193,11 +287,24 @@ def main(argv=None):
         for sec in results.values():
             if isinstance(sec, dict):
                 sec.setdefault("command", old.get("params", {}).get("command"))
-    params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
+    params = {"opt_n": a.opt_n, "cold_n": a.cold_n, "n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
               "scale_n": a.scale_n, "torch_n": a.torch_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
               "data": "bigembed.ingest.synth clusters=10 error_rate=0.05 seed=0",
               "command": command}
     try:
+        for n_opt in [int(v) for v in a.opt_n.split(",") if v]:
+            synth(work / "opt", n=n_opt, dim=a.dim, clusters=10, seed=0)
+            results[f"optimiser_{n_opt}"] = dict(command=command, **bench_optimiser(
+                Dataset.open(work / "opt"), rounds=a.opt_rounds, note=f"optimiser {n_opt}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
+            shutil.rmtree(work / "opt", ignore_errors=True)
+        if a.cold_n:
+            synth(work / "cold", n=a.cold_n, dim=a.dim, clusters=10, seed=0)
+            results["optimiser_cold"] = dict(command=command, **bench_optimiser_cold(
+                Dataset.open(work / "cold"), work, rounds=a.opt_rounds,
+                note=f"cold {a.cold_n}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
+            shutil.rmtree(work / "cold", ignore_errors=True)
         if a.cache_n:
             synth(work / "cache", n=a.cache_n, dim=a.dim, clusters=10, seed=1)
             results["numba_cache"] = bench_numba_cache(work / "cache", n=a.cache_n)
