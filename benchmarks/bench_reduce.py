@@ -229,6 +229,98 @@ def bench_optimiser_cold(ds, work, *, rounds=1, note=""):
             "speedup_median": float(np.median(ratios))}
 
 
+_ATLAS = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np, pandas as pd
+from embedding_atlas.projection import compute_projection
+v = np.load(sys.argv[1])
+df = pd.DataFrame({"vec": list(v)})
+t1 = time.perf_counter()
+out = compute_projection(df, inputs="vec", modality="vector", x="x", y="y", neighbors=None,
+                         cache_root=sys.argv[3])
+t2 = time.perf_counter()
+np.save(sys.argv[2], np.c_[out["x"].to_numpy(), out["y"].to_numpy()].astype(np.float32))
+print(t2 - t1, t2 - t0)
+"""
+
+_OURS_E2E = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from bigembed.ingest.run import ingest
+from bigembed.reduce.run import reduce
+from bigembed.dataset.layouts import load_layout
+from bigembed.dataset.reader import Dataset
+from bigembed.view.frames import FrameRenderer
+ingest(sys.argv[1], out=sys.argv[3], progress=False)
+r = reduce(sys.argv[3], method="umap", progress=False)
+xy = load_layout(Dataset.open(sys.argv[3]), name=r.name).xy
+fr = FrameRenderer.from_arrays(xy[:, 0].copy(), xy[:, 1].copy())
+(x0, x1), (y0, y1) = fr.default_range()
+fr.aggregate(x_range=(x0, x1), y_range=(y0, y1), width=800, height=600)
+t2 = time.perf_counter()
+np.save(sys.argv[2], xy)
+print(t2 - t0, t2 - t0, r.backend)
+"""
+
+
+def bench_atlas_e2e(work, *, n, dim, clusters=50, rounds=1, atlas_python, note=""):
+    """Vectors on disk to a first frame: bigembed (ingest the .npy, kNN graph, PCA init, UMAP
+    by the default backend, quality, a first 800x600 frame aggregated on the server) against
+    Embedding Atlas's ``--vector`` path (``compute_projection(modality="vector")``: NNDescent
+    kNN + umap-learn, its defaults; the browser's drawing is not counted for it), each in a
+    fresh process with warm compiled caches, interleaved; layout quality of both by the same
+    measure (the exact l2 kNN graph, k = 15)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
+    x = (centres[rng.integers(0, clusters, n)]
+         + rng.standard_normal((n, dim)).astype(np.float32))
+    vec = Path(work) / "vectors.npy"
+    np.save(vec, x)
+    times = {"bigembed": [], "embedding_atlas": []}
+    xy = {}
+    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1")
+    for r in range(rounds):
+        for name in times:
+            out = Path(work) / f"{name}-xy.npy"
+            if name == "bigembed":
+                ds = Path(work) / f"ds-{r}"
+                cmd = [sys.executable, "-c", _OURS_E2E, str(vec), str(out), str(ds)]
+            else:
+                cmd = [atlas_python, "-c", _ATLAS, str(vec), str(out),
+                       tempfile.mkdtemp(prefix="atlas-cache-")]
+            t = time.perf_counter()
+            p = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            fields = p.stdout.split()[-3:] if name == "bigembed" else p.stdout.split()[-2:]
+            times[name].append({"wall_s": round(wall, 3), "work_s": round(float(fields[0]), 3)})
+            xy[name] = np.load(out)
+            if name == "bigembed":
+                times[name][-1]["backend"] = fields[2]
+                shutil.rmtree(ds, ignore_errors=True)
+            print(f"[{note}] e2e round {r}: {name} {wall:.1f}s", flush=True)
+    from bigembed.search.exact import drop_self, exact_knn
+
+    sample = np.random.default_rng(1).choice(n, min(n, 5000), replace=False)
+    _, ind = exact_knn(x[sample], x, 16, "l2")
+    ind = np.stack([row[row != s][:15] for row, s in zip(ind, sample)])
+    from bigembed.reduce.quality import low_knn, trustworthiness_continuity
+
+    q = {}
+    for name, v in xy.items():
+        low = low_knn(v, 15)[sample]
+        pres = float(np.mean([len(set(a) & set(b)) / 15 for a, b in zip(ind, low)]))
+        tc = trustworthiness_continuity(x, v, k=15, sample=2000, seed=0)
+        q[name] = {"knn_preservation_sample": round(pres, 5),
+                   "trustworthiness": tc["trustworthiness"], "continuity": tc["continuity"]}
+    ratios = [round(b["wall_s"] / a["wall_s"], 3)
+              for a, b in zip(times["bigembed"], times["embedding_atlas"])]
+    print(f"[{note}] e2e speedup {ratios} quality {q}", flush=True)
+    return {"rows": n, "dim": dim, "clusters": clusters, "seconds": times, "ratios": ratios,
+            "speedup_median": float(np.median(ratios)), "quality": q}
+
+
 def bench_numba_cache(ds_path, *, n):
     """Wall time of `bigembed reduce --method umap` in a first and a second process."""
     cache = Path(tempfile.mkdtemp(prefix="bigembed-numba-"))
@@ -271,6 +363,10 @@ def main(argv=None):
     p.add_argument("--opt-rounds", type=int, default=2)
     p.add_argument("--cold-n", type=int, default=0,
                    help="the same in fresh processes with empty numba caches (0: skip)")
+    p.add_argument("--atlas-n", type=int, default=0,
+                   help="vectors -> first frame vs Embedding Atlas's --vector path (0: skip)")
+    p.add_argument("--atlas-python", default="/work/atlas-venv/bin/python",
+                   help="the python of a venv with `pip install embedding-atlas torch==2.13.0`")
     p.add_argument("--merge", action="store_true",
                    help="keep the sections of --out this run does not measure")
     p.add_argument("--out", default=str(RESULTS))
@@ -298,6 +394,12 @@ def main(argv=None):
                 Dataset.open(work / "opt"), rounds=a.opt_rounds, note=f"optimiser {n_opt}"))
             write_results(a.out, results_doc("reduce", results, params=params))
             shutil.rmtree(work / "opt", ignore_errors=True)
+        if a.atlas_n:
+            (work / "atlas").mkdir()
+            results["end_to_end_vs_atlas"] = dict(command=command, **bench_atlas_e2e(
+                work / "atlas", n=a.atlas_n, dim=a.dim, rounds=a.opt_rounds,
+                atlas_python=a.atlas_python, note=f"atlas {a.atlas_n}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
         if a.cold_n:
             synth(work / "cold", n=a.cold_n, dim=a.dim, clusters=10, seed=0)
             results["optimiser_cold"] = dict(command=command, **bench_optimiser_cold(
