@@ -258,11 +258,11 @@ class NumbaLayouts:
         bar.close()
         return xy
 
-    def tsne(self, *, indices, distances, x, init, perplexity, n_iter, seed, progress=False):
+    def tsne(self, **kwargs):
         raise BackendUnavailable("the numba backend has UMAP only: use backend 'cpu' "
                                  "(openTSNE) or 'cuml' for t-SNE")
 
-    def pca(self, *, vectors, seed, progress=False):
+    def pca(self, **kwargs):
         raise BackendUnavailable("the numba backend has UMAP only: use backend 'cpu' "
                                  "(scikit-learn) or 'torch' for PCA")
 
