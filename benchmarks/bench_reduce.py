@@ -300,7 +300,7 @@ def bench_atlas_e2e(work, *, n, dim, clusters=50, rounds=1, atlas_python, note="
                 times[name][-1]["backend"] = fields[2]
                 shutil.rmtree(ds, ignore_errors=True)
             print(f"[{note}] e2e round {r}: {name} {wall:.1f}s", flush=True)
-    from bigembed.search.exact import drop_self, exact_knn
+    from bigembed.search.exact import exact_knn
 
     sample = np.random.default_rng(1).choice(n, min(n, 5000), replace=False)
     _, ind = exact_knn(x[sample], x, 16, "l2")

@@ -383,5 +383,5 @@ LAYOUTS.register(
     description="umap-learn / openTSNE (FFT) / scikit-learn PCA on the CPU",
     methods={"umap": ("umap", "numba"), "tsne": ("openTSNE",), "pca": ()})
 
-__all__ = ["CpuLayouts", "CumlLayouts", "NumbaLayouts", "TorchLayouts", "warm_sgd_cache", "enable_numba_cache", "numba_cache_dir",
-           "warm_numba_cache"]
+__all__ = ["CpuLayouts", "CumlLayouts", "NumbaLayouts", "TorchLayouts", "enable_numba_cache",
+           "numba_cache_dir", "warm_numba_cache", "warm_sgd_cache"]
