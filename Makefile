@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# compile bigembed's UMAP optimiser into the numba cache now, not in front of the first user
+	$(PY) -c "from bigembed.reduce.backends import warm_sgd_cache; warm_sgd_cache()" \
+	  || echo "note: could not warm the UMAP optimiser's cache; the first UMAP compiles it"
 	touch $(STAMP)
 
 demo: install

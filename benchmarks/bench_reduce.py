@@ -141,6 +141,186 @@ def bench_torch(ds, *, note):
     return out
 
 
+def _layout_inputs(ds, k=15):
+    """(x, indices, distances, init) the reduce stage hands a layout backend: the neighbour
+    stage's kNN graph (self excluded) and the PCA initial layout."""
+    from bigembed.reduce.run import _knn_full, initial_layout
+
+    sp = ds.space()
+    x = np.asarray(sp.vectors, dtype=np.float32)
+    ind, dist = _knn_full(ds, sp, k - 1, "l2", False)
+    return x, ind, dist, initial_layout(x, seed=0)
+
+
+def _layout_quality(ind, xy, x):
+    from bigembed.reduce.quality import layout_quality
+
+    _, q = layout_quality(ind, xy, x, k=ind.shape[1], sample=2000, seed=0)
+    return q
+
+
+def bench_optimiser(ds, *, rounds=2, note=""):
+    """The layout stage alone (fuzzy graph + SGD) on the same kNN graph and initial layout:
+    bigembed's optimiser (backend ``numba``) against umap-learn's (backend ``cpu``: umap-learn
+    with the graph precomputed), interleaved (ours, theirs, ours, theirs) so load on a shared
+    machine hits both alike; both warm (compiled code loaded before timing)."""
+    from bigembed.reduce.backends import CpuLayouts, NumbaLayouts, warm_numba_cache
+
+    warm_numba_cache()
+    x, ind, dist, init = _layout_inputs(ds)
+    backends = {"bigembed": NumbaLayouts(), "umap_learn": CpuLayouts()}
+    times = {k: [] for k in backends}
+    xy = {}
+    for r in range(rounds):
+        for name, be in backends.items():
+            t = time.perf_counter()
+            xy[name] = be.umap(indices=ind, distances=dist, x=x, init=init, n_neighbors=15,
+                               min_dist=0.1, n_epochs=None, seed=0, progress=False)
+            times[name].append(round(time.perf_counter() - t, 3))
+            print(f"[{note}] round {r}: {name} {times[name][-1]:.1f}s", flush=True)
+    ratios = [round(b / a, 3) for a, b in zip(times["bigembed"], times["umap_learn"])]
+    q = {name: _layout_quality(ind, v, x) for name, v in xy.items()}
+    out = {"rows": len(x), "dim": x.shape[1], "seconds": times, "ratios": ratios,
+           "speedup_median": float(np.median(ratios)), "quality": q,
+           "quality_delta": {m: round(q["bigembed"][m] - q["umap_learn"][m], 5)
+                             for m in ("knn_preservation", "trustworthiness", "continuity")
+                             if q["bigembed"].get(m) is not None}}
+    print(f"[{note}] speedup {ratios} quality delta {out['quality_delta']}", flush=True)
+    return out
+
+
+_COLD = """
+import sys, time, numpy as np
+t0 = time.perf_counter()
+from bigembed.reduce.backends import CpuLayouts, NumbaLayouts
+d = np.load(sys.argv[2])
+be = NumbaLayouts() if sys.argv[1] == "bigembed" else CpuLayouts()
+t = time.perf_counter()
+be.umap(indices=d["ind"], distances=d["dist"], x=d["x"], init=d["init"], n_neighbors=15,
+        min_dist=0.1, n_epochs=None, seed=0, progress=False)
+print(time.perf_counter() - t, time.perf_counter() - t0)
+"""
+
+
+def bench_optimiser_cold(ds, work, *, rounds=1, note=""):
+    """The same layout stage in a fresh process with an empty numba cache (compilation
+    included), ours and umap-learn's interleaved: seconds of the layout call and of the whole
+    process after start-up (imports included)."""
+    x, ind, dist, init = _layout_inputs(ds)
+    inputs = Path(work) / "layout-inputs.npz"
+    np.savez(inputs, x=x, ind=ind, dist=dist, init=init)
+    times = {"bigembed": [], "umap_learn": []}
+    for r in range(rounds):
+        for name in times:
+            cache = Path(tempfile.mkdtemp(prefix="bigembed-cold-"))
+            env = dict(os.environ, BIGEMBED_CACHE=str(cache), BIGEMBED_NO_PROGRESS="1")
+            env.pop("NUMBA_CACHE_DIR", None)
+            p = subprocess.run([sys.executable, "-c", _COLD, name, str(inputs)], check=True,
+                               env=env, capture_output=True, text=True)
+            call, whole = map(float, p.stdout.split()[-2:])
+            times[name].append({"layout_s": round(call, 3), "process_s": round(whole, 3)})
+            shutil.rmtree(cache, ignore_errors=True)
+            print(f"[{note}] cold round {r}: {name} {call:.1f}s (process {whole:.1f}s)",
+                  flush=True)
+    ratios = [round(b["layout_s"] / a["layout_s"], 3)
+              for a, b in zip(times["bigembed"], times["umap_learn"])]
+    print(f"[{note}] cold speedup {ratios}", flush=True)
+    return {"rows": len(x), "seconds": times, "ratios": ratios,
+            "speedup_median": float(np.median(ratios))}
+
+
+_ATLAS = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np, pandas as pd
+from embedding_atlas.projection import compute_projection
+v = np.load(sys.argv[1])
+df = pd.DataFrame({"vec": list(v)})
+t1 = time.perf_counter()
+out = compute_projection(df, inputs="vec", modality="vector", x="x", y="y", neighbors=None,
+                         cache_root=sys.argv[3])
+t2 = time.perf_counter()
+np.save(sys.argv[2], np.c_[out["x"].to_numpy(), out["y"].to_numpy()].astype(np.float32))
+print(t2 - t1, t2 - t0)
+"""
+
+_OURS_E2E = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from bigembed.ingest.run import ingest
+from bigembed.reduce.run import reduce
+from bigembed.dataset.layouts import load_layout
+from bigembed.dataset.reader import Dataset
+from bigembed.view.frames import FrameRenderer
+ingest(sys.argv[1], out=sys.argv[3], progress=False)
+r = reduce(sys.argv[3], method="umap", progress=False)
+xy = load_layout(Dataset.open(sys.argv[3]), name=r.name).xy
+fr = FrameRenderer.from_arrays(xy[:, 0].copy(), xy[:, 1].copy())
+(x0, x1), (y0, y1) = fr.default_range()
+fr.aggregate(x_range=(x0, x1), y_range=(y0, y1), width=800, height=600)
+t2 = time.perf_counter()
+np.save(sys.argv[2], xy)
+print(t2 - t0, t2 - t0, r.backend)
+"""
+
+
+def bench_atlas_e2e(work, *, n, dim, clusters=50, rounds=1, atlas_python, note=""):
+    """Vectors on disk to a first frame: bigembed (ingest the .npy, kNN graph, PCA init, UMAP
+    by the default backend, quality, a first 800x600 frame aggregated on the server) against
+    Embedding Atlas's ``--vector`` path (``compute_projection(modality="vector")``: NNDescent
+    kNN + umap-learn, its defaults; the browser's drawing is not counted for it), each in a
+    fresh process with warm compiled caches, interleaved; layout quality of both by the same
+    measure (the exact l2 kNN graph, k = 15)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
+    x = (centres[rng.integers(0, clusters, n)]
+         + rng.standard_normal((n, dim)).astype(np.float32))
+    vec = Path(work) / "vectors.npy"
+    np.save(vec, x)
+    times = {"bigembed": [], "embedding_atlas": []}
+    xy = {}
+    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1")
+    for r in range(rounds):
+        for name in times:
+            out = Path(work) / f"{name}-xy.npy"
+            if name == "bigembed":
+                ds = Path(work) / f"ds-{r}"
+                cmd = [sys.executable, "-c", _OURS_E2E, str(vec), str(out), str(ds)]
+            else:
+                cmd = [atlas_python, "-c", _ATLAS, str(vec), str(out),
+                       tempfile.mkdtemp(prefix="atlas-cache-")]
+            t = time.perf_counter()
+            p = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            fields = p.stdout.split()[-3:] if name == "bigembed" else p.stdout.split()[-2:]
+            times[name].append({"wall_s": round(wall, 3), "work_s": round(float(fields[0]), 3)})
+            xy[name] = np.load(out)
+            if name == "bigembed":
+                times[name][-1]["backend"] = fields[2]
+                shutil.rmtree(ds, ignore_errors=True)
+            print(f"[{note}] e2e round {r}: {name} {wall:.1f}s", flush=True)
+    from bigembed.search.exact import exact_knn
+
+    sample = np.random.default_rng(1).choice(n, min(n, 5000), replace=False)
+    _, ind = exact_knn(x[sample], x, 16, "l2")
+    ind = np.stack([row[row != s][:15] for row, s in zip(ind, sample)])
+    from bigembed.reduce.quality import low_knn, trustworthiness_continuity
+
+    q = {}
+    for name, v in xy.items():
+        low = low_knn(v, 15)[sample]
+        pres = float(np.mean([len(set(a) & set(b)) / 15 for a, b in zip(ind, low)]))
+        tc = trustworthiness_continuity(x, v, k=15, sample=2000, seed=0)
+        q[name] = {"knn_preservation_sample": round(pres, 5),
+                   "trustworthiness": tc["trustworthiness"], "continuity": tc["continuity"]}
+    ratios = [round(b["wall_s"] / a["wall_s"], 3)
+              for a, b in zip(times["bigembed"], times["embedding_atlas"])]
+    print(f"[{note}] e2e speedup {ratios} quality {q}", flush=True)
+    return {"rows": n, "dim": dim, "clusters": clusters, "seconds": times, "ratios": ratios,
+            "speedup_median": float(np.median(ratios)), "quality": q}
+
+
 def bench_numba_cache(ds_path, *, n):
     """Wall time of `bigembed reduce --method umap` in a first and a second process."""
     cache = Path(tempfile.mkdtemp(prefix="bigembed-numba-"))
@@ -177,6 +357,16 @@ def main(argv=None):
                    help="also t-SNE of this many rows by bigembed alone (0: skip)")
     p.add_argument("--torch-n", type=int, default=0,
                    help="also UMAP by the torch backend vs the cpu backend at this size")
+    p.add_argument("--opt-n", default="",
+                   help="comma-separated sizes: the layout stage alone, bigembed's optimiser "
+                        "vs umap-learn's on the same graph and init, warm and interleaved")
+    p.add_argument("--opt-rounds", type=int, default=2)
+    p.add_argument("--cold-n", type=int, default=0,
+                   help="the same in fresh processes with empty numba caches (0: skip)")
+    p.add_argument("--atlas-n", type=int, default=0,
+                   help="vectors -> first frame vs Embedding Atlas's --vector path (0: skip)")
+    p.add_argument("--atlas-python", default="/work/atlas-venv/bin/python",
+                   help="the python of a venv with `pip install embedding-atlas torch==2.13.0`")
     p.add_argument("--merge", action="store_true",
                    help="keep the sections of --out this run does not measure")
     p.add_argument("--out", default=str(RESULTS))
@@ -193,11 +383,30 @@ def main(argv=None):
         for sec in results.values():
             if isinstance(sec, dict):
                 sec.setdefault("command", old.get("params", {}).get("command"))
-    params = {"n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
+    params = {"opt_n": a.opt_n, "cold_n": a.cold_n, "n": a.n, "dim": a.dim, "tsne_n": a.tsne_n, "cache_n": a.cache_n,
               "scale_n": a.scale_n, "torch_n": a.torch_n, "scale_dim": a.scale_dim, "tsne_alone_n": a.tsne_alone_n,
               "data": "bigembed.ingest.synth clusters=10 error_rate=0.05 seed=0",
               "command": command}
     try:
+        for n_opt in [int(v) for v in a.opt_n.split(",") if v]:
+            synth(work / "opt", n=n_opt, dim=a.dim, clusters=10, seed=0)
+            results[f"optimiser_{n_opt}"] = dict(command=command, **bench_optimiser(
+                Dataset.open(work / "opt"), rounds=a.opt_rounds, note=f"optimiser {n_opt}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
+            shutil.rmtree(work / "opt", ignore_errors=True)
+        if a.atlas_n:
+            (work / "atlas").mkdir()
+            results["end_to_end_vs_atlas"] = dict(command=command, **bench_atlas_e2e(
+                work / "atlas", n=a.atlas_n, dim=a.dim, rounds=a.opt_rounds,
+                atlas_python=a.atlas_python, note=f"atlas {a.atlas_n}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
+        if a.cold_n:
+            synth(work / "cold", n=a.cold_n, dim=a.dim, clusters=10, seed=0)
+            results["optimiser_cold"] = dict(command=command, **bench_optimiser_cold(
+                Dataset.open(work / "cold"), work, rounds=a.opt_rounds,
+                note=f"cold {a.cold_n}"))
+            write_results(a.out, results_doc("reduce", results, params=params))
+            shutil.rmtree(work / "cold", ignore_errors=True)
         if a.cache_n:
             synth(work / "cache", n=a.cache_n, dim=a.dim, clusters=10, seed=1)
             results["numba_cache"] = bench_numba_cache(work / "cache", n=a.cache_n)

@@ -113,5 +113,5 @@ def test_torch_backend_refuses_tsne_and_auto_passes_it_over_on_cpu(tmp_path, rng
         reduce(p, method="tsne", backend="torch")
     assert not list((tmp_path / "d").glob("layouts/*"))
     if not torch.cuda.is_available():
-        assert resolve("reduce", "auto", method="umap").name in ("cuml", "cpu")
+        assert resolve("reduce", "auto", method="umap").name in ("cuml", "numba")
     assert resolve("reduce", "auto", method="tsne").name != "torch"

@@ -7,8 +7,12 @@ So no backend computes neighbours again.
 
 - ``cuml``: RAPIDS cuML UMAP / TSNE / PCA on a CUDA GPU (thin adapter over its documented API;
   the kNN graph goes in as a sparse ``knn_graph``).
-- ``cpu``: umap-learn (SGD in numba), openTSNE (FFT-accelerated gradients past 10k points,
-  Barnes-Hut below, openTSNE's own "auto" rule), scikit-learn PCA.
+- ``numba``: UMAP by bigembed's own CPU optimiser (``kernels/umap_sgd.py``): umap-learn's
+  fuzzy graph and SGD schedule, float32, edges in Z-order, all cores; the default for UMAP on
+  a machine without a GPU.
+- ``cpu``: umap-learn (SGD in numba; the reference the ``numba`` backend is tested against),
+  openTSNE (FFT-accelerated gradients past 10k points, Barnes-Hut below, openTSNE's own
+  "auto" rule), scikit-learn PCA.
 
 GPU libraries are imported here, lazily, and nowhere else in the stage.
 """
@@ -38,7 +42,11 @@ log = logging.getLogger(__name__)
 UMAP_SGD = ("umap_*/layouts._optimize_layout_euclidean_single_epoch-*.nbi",
             "umap_*/layouts._optimize_layout_euclidean_single_epoch."
             "_nb_optimize_layout_euclidean_single_epoch_parallel-*.nbi")
+#: bigembed's own UMAP optimiser (kernels/umap_sgd.py), one file per kernel
+SGD_KERNELS = ("*/umap_sgd._epoch_chunks-*.nbi", "*/umap_sgd._relabel-*.nbi",
+               "*/umap_sgd._smooth_knn-*.nbi")
 _said_compiling = False
+_said_compiling_sgd = False
 
 
 def _import_umap():
@@ -64,9 +72,30 @@ def _say_if_compiling(parallel: bool) -> None:
              "runs load it from %s)", os.environ.get("NUMBA_CACHE_DIR") or numba_cache_dir())
 
 
+def _import_sgd():
+    """bigembed's UMAP optimiser, saying once when its kernels are compiled rather than loaded
+    (about 10 s on a small machine, once after install; ``make install`` does it)."""
+    global _said_compiling_sgd
+    enable_numba_cache()
+    if not _said_compiling_sgd and not all(is_cached(p) for p in SGD_KERNELS):
+        _said_compiling_sgd = True
+        log.info("compiling bigembed's UMAP optimiser: once after install (about 10 s; later "
+                 "runs load it from %s)", os.environ.get("NUMBA_CACHE_DIR") or numba_cache_dir())
+    from ..kernels import umap_sgd
+
+    return umap_sgd
+
+
+def warm_sgd_cache() -> None:
+    """Compile (or load) bigembed's UMAP optimiser (``make install`` runs it)."""
+    _import_sgd().warm()
+
+
 def warm_numba_cache(progress=None) -> None:
-    """Compile (or load) every numba function a layout uses, serial and parallel, on a few
-    points, so the first real UMAP after this starts at once (``make demo`` runs it)."""
+    """Compile (or load) every numba function a layout uses (bigembed's optimiser, umap-learn's
+    serial and parallel SGD) on a few points, so the first real UMAP after this starts at once
+    (``make demo`` runs it)."""
+    warm_sgd_cache()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 4)).astype(np.float32)
     from sklearn.neighbors import NearestNeighbors
@@ -198,6 +227,46 @@ class CpuLayouts:
         return pca_layout(vectors, seed=seed, progress=progress)
 
 
+class NumbaLayouts:
+    """UMAP by bigembed's own optimiser on the CPU (``kernels/umap_sgd.py``): umap-learn's fuzzy
+    graph and SGD schedule (epochs per edge by weight, negative-sample rate, learning-rate
+    decay, clipping), so a layout means the same, at a fraction of the time. No t-SNE or PCA
+    (the ``cpu`` backend has them; ``auto`` picks it for those)."""
+
+    fit_rows = 2_000_000
+
+    def fit_info(self, method: str, rows: int) -> dict:
+        return {"reproducible": rows < PARALLEL_ROWS, "optimiser": "bigembed umap_sgd"}
+
+    def umap(self, *, indices, distances, x, init, n_neighbors, min_dist, n_epochs, seed,
+             progress=False):
+        from ..kernels.umap_torch import find_ab_params
+        from ..progress import progress_bar
+
+        sgd = _import_sgd()
+        n = len(indices)
+        epochs = int(n_epochs or (500 if n <= 10_000 else 200))  # umap-learn's default
+        ind, dist = _with_self(indices, distances, n_neighbors)
+        graph = sgd.fuzzy_graph(ind, dist, n_neighbors=n_neighbors)
+        a, b = find_ab_params(1.0, float(min_dist))
+        # as the cpu backend: seeded small layouts on one core, reproducible; large ones on all
+        threads = 1 if seed is not None and n < PARALLEL_ROWS else None
+        bar = progress_bar(total=epochs, desc="UMAP", unit="epoch", enabled=progress)
+        xy = sgd.optimize_layout(graph, np.asarray(init, np.float32), n_epochs=epochs, a=a,
+                                 b=b, seed=0 if seed is None else seed, threads=threads,
+                                 callback=lambda e: bar.update(1))
+        bar.close()
+        return xy
+
+    def tsne(self, **kwargs):
+        raise BackendUnavailable("the numba backend has UMAP only: use backend 'cpu' "
+                                 "(openTSNE) or 'cuml' for t-SNE")
+
+    def pca(self, **kwargs):
+        raise BackendUnavailable("the numba backend has UMAP only: use backend 'cpu' "
+                                 "(scikit-learn) or 'torch' for PCA")
+
+
 class CumlLayouts:
     """RAPIDS cuML on a CUDA GPU (https://docs.rapids.ai/api/cuml/stable/api/)."""
 
@@ -303,10 +372,16 @@ LAYOUTS.register(
     # under auto only with a GPU (on the CPU umap-learn is faster); by name on any device
     methods={"umap": (), "pca": ()}, auto_check=cuda_check)
 LAYOUTS.register(
+    "numba", NumbaLayouts, requires=("numba", "scipy"),
+    install="Install the layout extra: `pip install 'bigembed[layout]'`.",
+    description="UMAP by bigembed's CPU optimiser (kernels/umap_sgd.py: umap-learn's model "
+                "and schedule, float32, Z-ordered edges, all cores)",
+    methods={"umap": ()})
+LAYOUTS.register(
     "cpu", CpuLayouts, requires=("sklearn",),
     install="Install the layout extra: `pip install 'bigembed[layout]'`.",
     description="umap-learn / openTSNE (FFT) / scikit-learn PCA on the CPU",
     methods={"umap": ("umap", "numba"), "tsne": ("openTSNE",), "pca": ()})
 
-__all__ = ["CpuLayouts", "CumlLayouts", "TorchLayouts", "enable_numba_cache", "numba_cache_dir",
-           "warm_numba_cache"]
+__all__ = ["CpuLayouts", "CumlLayouts", "NumbaLayouts", "TorchLayouts", "enable_numba_cache",
+           "numba_cache_dir", "warm_numba_cache", "warm_sgd_cache"]

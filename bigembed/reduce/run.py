@@ -218,7 +218,9 @@ def reduce(ds, *, method: str = "pca", space: str | None = None, backend: str = 
         if method != "pca":
             notes.append(f"N = {n} is too few for {method}: laid out by PCA")
             log.warning("space %r has %d rows: too few for %s; using PCA", sp.name, n, method)
-        xy = impl.pca(vectors=sp.vectors, seed=seed, progress=progress)
+        # a backend without PCA (UMAP only) hands the few rows to the first that has it
+        pca_impl = impl if be.does("pca") else LAYOUTS.create("auto", method="pca")[1]
+        xy = pca_impl.pca(vectors=sp.vectors, seed=seed, progress=progress)
     else:
         ids = sample_ids(n, limit, seed)
         m = len(ids)
