@@ -76,6 +76,7 @@ def recovery(ids_least: np.ndarray, moved: np.ndarray) -> float:
 
 def scale(work: Path, n: int, dim: int, k: int, sample: int | None) -> dict:
     from bigembed.compare import compare
+    from bigembed.compare.run import GRAPH_RECALL
     from bigembed.search import knn_graph
 
     t = time.perf_counter()
@@ -83,8 +84,9 @@ def scale(work: Path, n: int, dim: int, k: int, sample: int | None) -> dict:
     made = time.perf_counter() - t
     log.info("scale: made %d x %d x 2 in %.1fs", n, dim, made)
     t = time.perf_counter()
-    ga = knn_graph(work / "scale", space="a", k=k)
-    gb = knn_graph(work / "scale", space="b", k=k)
+    # the graphs compare asks for (approximate ones tuned to its recall)
+    ga = knn_graph(work / "scale", space="a", k=k, target_recall=GRAPH_RECALL)
+    gb = knn_graph(work / "scale", space="b", k=k, target_recall=GRAPH_RECALL)
     graphs = time.perf_counter() - t
     log.info("scale: two kNN graphs in %.1fs", graphs)
     t = time.perf_counter()

@@ -36,8 +36,9 @@ def run(args) -> int:
                     target_recall=args.target_recall, backend=args.backend, force=args.force)
     out = {"index": asdict(r)}
     if args.graph is not None:
+        extra = {} if args.target_recall is None else {"target_recall": args.target_recall}
         g = knn_graph(args.dataset, space=args.space, k=args.graph,
-                      metric=args.metric, backend=args.backend, force=args.force)
+                      metric=args.metric, backend=args.backend, force=args.force, **extra)
         out["graph"] = {k: v for k, v in g.record.items() if k != "params"}
     if args.json:
         emit_json(out)
