@@ -56,10 +56,14 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
             f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'}"
             f"{f', kNN preservation {q:.2f}' if q is not None else ''})")
     early, final = rc.spaces
-    lay = reduce(ds, space=early, method="umap", seed=seed, align_to=made[spaces[-1]])
-    made[early] = lay.name
-    say(f"[2/5] layout {lay.name}: umap aligned to {made[spaces[-1]]} "
-        f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'})")
+    # Both checkpoints in the final layer's coordinates: a point moves on the map from one to
+    # the other only where its neighbourhood changed (serve --compare fc1@epoch1,fc1@final).
+    for sp, ref in ((final, made[spaces[-1]]), (early, None)):
+        ref = ref or made[final]
+        lay = reduce(ds, space=sp, method="umap", seed=seed, align_to=ref)
+        made[sp] = lay.name
+        say(f"[2/5] layout {lay.name}: umap aligned to {ref} "
+            f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'})")
     for sp in spaces:
         ix = build_index(ds, space=sp)
         say(f"[3/5] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
@@ -82,7 +86,8 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
     flips = cmp.summary.get("prediction_flips", {})
     say(f"      compare {early} -> {final}: mean neighbourhood overlap {cmp.mean_overlap:.2f}; "
         + ", ".join(f"{k} {v['n']}" for k, v in flips.items())
-        + f" (bigembed compare {ds_path} --a {early} --b {final})")
+        + f" (bigembed compare {ds_path} --a {early} --b {final}; on the map: bigembed serve "
+          f"{ds_path} --compare {early},{final})")
     try:  # the first UMAP of the user's own then starts at once (serial and parallel)
         from .reduce.backends import warm_numba_cache
 

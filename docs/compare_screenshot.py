@@ -1,12 +1,11 @@
-"""Take the README's screenshot of the comparison page on the demo's two spaces: serve the
-demo dataset with ``--compare conv2,fc1`` on 127.0.0.1, open it in Debian's headless
+"""Take the README's screenshot of the comparison page on the demo's two checkpoints: serve the
+demo dataset with ``--compare fc1@epoch1,fc1@final`` (fc1 after the CNN's first epoch and at the
+end of training, both laid out in fc1's coordinates) on 127.0.0.1, open it in Debian's headless
 Chromium with map B coloured by neighbourhood overlap, tap the point that moved most (its
 neighbours in A and B are listed, gained and lost marked) and box-select a group in map A
 (drawn over map B by the server), then save a PNG.
 
-    .venv/bin/bigembed demo --no-serve          # builds demo-data/ once
-    .venv/bin/bigembed reduce demo-data/dataset --space conv2 --method pca \\
-        --align-to <fc1's layout>                # conv2's map in fc1's coordinates
+    .venv/bin/bigembed demo --no-serve          # builds demo-data/ once (with both checkpoints)
     .venv/bin/python docs/compare_screenshot.py [--data demo-data/dataset] \\
         [--out docs/compare.png]
 """
@@ -32,8 +31,8 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="demo-data/dataset")
-    ap.add_argument("--a", default="conv2")
-    ap.add_argument("--b", default="fc1")
+    ap.add_argument("--a", default="fc1@epoch1")
+    ap.add_argument("--b", default="fc1@final")
     ap.add_argument("--out", default="docs/compare.png")
     a = ap.parse_args(argv)
     tap = compare(a.data, a=a.a, b=a.b, k=15).movers(1)[0]["id"]
