@@ -310,7 +310,10 @@ class Session:
         side = column(self.layout_select, self.color_select, self.legend, self.search,
                       *self.filters.values(), self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
                       self.state)
-        doc.add_root(row(p, side))
+        from .groups_view import GroupsPanel
+
+        self.groups = GroupsPanel(self)  # group statistics, contrast, clusters
+        doc.add_root(row(p, side, self.groups.root))
         doc.title = f"bigembed: {explorer.ds.path.name}"
         # No doc.on_session_destroyed callback: Bokeh runs a full gc.collect() on the event
         # loop after any such callback, per session; ``closed`` asks the context instead.
@@ -390,6 +393,7 @@ class Session:
             return
         self.view = tuple(float(v) for v in vals)
         self._refresh_frame()
+        self.groups.on_view()
 
     def _pixel(self):
         x0, x1, y0, y1 = self.view
@@ -507,6 +511,7 @@ class Session:
             f"<br>mean confidence {num(st.mean_confidence)} (all {num(st.mean_confidence_all)})"
             f"<br>export ids: <a href='{link('csv')}' download>CSV</a> · "
             f"<a href='{link('parquet')}' download>Parquet</a>")
+        self.groups.show_group(st.ids, "selection", sel)
 
     def on_filter(self, col, attr, old, new):
         where = dict(self.where)
@@ -549,6 +554,7 @@ class Session:
             self.sel_src.data = dict(x=[], y=[])
             self.sel_div.text = "<i>box or lasso select to see group statistics</i>"
             self._refresh_frame()
+            self.groups.on_layout()
 
         self._in_background(lambda: self.ex.renderer(new), done)
 
@@ -680,6 +686,7 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
 
     from . import security
     from .api import Pools, patterns
+    from .groups_view import patterns as group_patterns
 
     check_serve_args(port=port, address=address, secret=secret)
     if not (isinstance(session_lifetime_s, (int, float)) and 1 <= session_lifetime_s <= 86400):
@@ -701,7 +708,8 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     check_ms = int(max(min(session_lifetime_s / 2, 30), 0.5) * 1000)
     try:
         server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
-                        extra_patterns=patterns(explorer, pools, secret), num_procs=1,
+                        extra_patterns=patterns(explorer, pools, secret)
+                        + group_patterns(explorer, pools, secret), num_procs=1,
                         unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
                         check_unused_sessions_milliseconds=check_ms, **kw)
     except OSError as e:  # taken between the check and now

@@ -117,32 +117,56 @@ def _layout_knn(xy: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return d.astype(np.float64), i.astype(np.int64)
 
 
-def _join_components(G, points_of, n):
-    """Edges (rows, cols, dists) that join the connected components of ``G`` through one
-    representative each (the MST of their true distances); ``points_of(ids)`` returns their
-    coordinates/vectors as float32 (m, d)."""
+def _join_components(M, points_of, n):
+    """Edges (rows, cols, dists) that join the connected components of the mutual kNN graph
+    ``M`` through one representative each: the minimum spanning tree of the representatives'
+    true distances (over all pairs up to :data:`DENSE_JOIN` components, else over their own
+    kNN graph, whose leftover components are chained). ``points_of(ids)`` returns their
+    coordinates or vectors, shape (m, d)."""
+    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-    ncomp, comp = connected_components(G, directed=False)
+    ncomp, comp = connected_components(M, directed=False)
     if ncomp == 1:
         return None, 1
     reps = np.unique(comp, return_index=True)[1]  # first member of each component
-    P = np.asarray(points_of(reps), np.float64)
+    P = np.ascontiguousarray(points_of(reps), np.float32)
     if ncomp <= DENSE_JOIN:
-        D = np.sqrt(np.maximum(((P[:, None, :] - P[None, :, :]) ** 2).sum(-1), 0.0))
-        D = np.maximum(D, 1e-12)
-        np.fill_diagonal(D, 0.0)
-        T = minimum_spanning_tree(D).tocoo()
+        P64 = P.astype(np.float64)
+        Dm = np.sqrt(np.maximum(((P64[:, None, :] - P64[None, :, :]) ** 2).sum(-1), 0.0))
+        Dm = np.maximum(Dm, 1e-12)
+        np.fill_diagonal(Dm, 0.0)
+        T = minimum_spanning_tree(Dm).tocoo()
         a, b, w = T.row, T.col, T.data
-    else:  # chain the representatives along a space-filling order of their first axis
-        order = np.argsort(P[:, 0], kind="stable")
-        a, b = order[:-1], order[1:]
-        w = np.maximum(np.sqrt(((P[a] - P[b]) ** 2).sum(1)), 1e-12)
+    else:
+        from ..search.exact import drop_self, exact_knn
+
+        kk = min(8, ncomp - 1)
+        d2, ii = exact_knn(P, P, kk + 1, "l2")
+        d2, ii = drop_self(d2, ii, np.arange(ncomp), kk)
+        w = np.maximum(np.sqrt(np.maximum(d2.ravel(), 0.0)), 1e-12)
+        R = csr_matrix((w, (np.repeat(np.arange(ncomp), kk), ii.ravel())),
+                       shape=(ncomp, ncomp))
+        T = minimum_spanning_tree(R.maximum(R.T)).tocoo()
+        a, b, w = list(T.row), list(T.col), list(T.data)
+        nc2, c2 = connected_components(T, directed=False)
+        if nc2 > 1:  # chain what the representatives' kNN graph left apart
+            first = np.unique(c2, return_index=True)[1]
+            for u, v in zip(first[:-1], first[1:]):
+                a.append(u)
+                b.append(v)
+                w.append(max(float(np.sqrt(((P[u] - P[v]) ** 2).sum())), 1e-12))
+        a, b, w = np.asarray(a), np.asarray(b), np.asarray(w, np.float64)
     return (reps[a], reps[b], w), ncomp
 
 
 def _hdbscan_on_graph(dist, ind, points_of, min_size, min_samples):
-    """HDBSCAN labels (int32 (N,)) of the kNN graph ``ind``/``dist`` (N, k)."""
+    """HDBSCAN labels (int32 (N,)) of the kNN graph ``ind``/``dist`` (N, k).
+
+    The graph HDBSCAN sees is the kNN graph plus edges joining the components of the *mutual*
+    kNN graph: a far outlier's one-way edges into two clusters must not stand in for the
+    clusters' own (shorter, missing) connection, or the outlier would join a cluster.
+    """
     import warnings
 
     from scipy.sparse import csr_matrix
@@ -153,14 +177,18 @@ def _hdbscan_on_graph(dist, ind, points_of, min_size, min_samples):
     # explicit zeros (coincident points) would read as missing edges
     data = np.maximum(dist.ravel(), 1e-12)
     G = csr_matrix((data, (rows, ind.ravel())), shape=(n, n))
+    M = G.minimum(G.T).tocsr()  # mutual neighbours only
     G = G.maximum(G.T).tocsr()
-    joins, ncomp = _join_components(G, points_of, n)
+    joins, ncomp = _join_components(M, points_of, n)
+    del M
     if joins is not None:
         a, b, w = joins
         J = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
-        G = G.maximum(J).tocsr()
-        log.info("cluster: the kNN graph has %d components; joined by their representatives",
-                 ncomp)
+        # a join never replaces a kNN edge between the same two points
+        J = J - J.multiply(G.astype(bool))
+        G = (G + J).tocsr()
+        log.info("cluster: the mutual kNN graph has %d components; joined by their "
+                 "representatives", ncomp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "MST contains infinite edges": none here
         est = HDBSCAN(metric="precomputed", min_cluster_size=min_size,

@@ -115,10 +115,17 @@ def contrast(ds, ids, space=None, top: int | None = 20, *, batch_rows: int = BAT
     v, name, key = _space_array(ds, space)
     n = ds.rows
     s_all, q_all = _totals(v, key, batch_rows, progress)
-    s_in, q_in = moments(v, ids, batch_rows=batch_rows, progress=progress,
-                         desc="contrast: group")
     n_in, n_out = len(ids), n - len(ids)
-    s_out, q_out = s_all - s_in, q_all - q_in
+    if n_in <= n_out:
+        s_in, q_in = moments(v, ids, batch_rows=batch_rows, progress=progress,
+                             desc="contrast: group")
+        s_out, q_out = s_all - s_in, q_all - q_in
+    else:  # a large group: read the (smaller) rest instead
+        mask = np.ones(n, bool)
+        mask[ids] = False
+        s_out, q_out = moments(v, np.flatnonzero(mask), batch_rows=batch_rows,
+                               progress=progress, desc="contrast: rest")
+        s_in, q_in = s_all - s_out, q_all - q_out
     m_in, m_out = s_in / n_in, s_out / n_out
     # sums of squared deviations; tiny negatives from rounding are clipped
     ss_in = np.maximum(q_in - n_in * m_in ** 2, 0.0)

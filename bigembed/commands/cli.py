@@ -17,7 +17,7 @@ from ..errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
 COMMANDS = ["demo", "synth", "ingest", "extract", "info", "gc", "reduce", "index", "neighbors",
-            "compare", "render", "serve", "bench"]
+            "compare", "cluster", "render", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

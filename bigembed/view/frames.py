@@ -186,6 +186,16 @@ class FrameRenderer:
             names += [c for c in self.ds.meta.columns if c not in ("id",)]
         return ["density"] + [c for c in dict.fromkeys(names) if c not in ("key",)]
 
+    def add_column(self, name: str, values) -> None:
+        """Add or replace a per-point column (array of shape (n,), id order) usable as
+        ``color_by`` and in filters (a clustering made after the renderer, say)."""
+        v = np.asarray(values)
+        if v.shape != (self.n,):
+            raise InputError(f"column {name!r} must have shape ({self.n},), got {v.shape}")
+        self._extra_columns[name] = v
+        self._colourings.pop(name, None)
+        self._filters.clear()
+
     def column(self, name: str) -> np.ndarray:
         """A per-point column in id order: a layout column or a metadata column."""
         if name in self._extra_columns:

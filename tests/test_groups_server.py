@@ -1,0 +1,137 @@
+"""The group panel and its endpoints on a real server (127.0.0.1) and in headless Chromium:
+``/api/select?stats=1``, ``/api/contrast``, ``/api/clusters``; a box selection shows the
+confusion heatmap and the contrast chart; a click on a cluster row moves the view."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import start_serve, stop_serve
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """3,000 synthetic points with a PCA layout and its clusters, served for real."""
+    from bigembed.analysis import cluster
+    from bigembed.ingest.synth import synth
+    from bigembed.reduce.run import reduce
+
+    path = tmp_path_factory.mktemp("groups_served") / "ds"
+    synth(path, n=3000, dim=16, clusters=5, error_rate=0.1, seed=11)
+    lay = reduce(path, method="pca")
+    cl = cluster(path, layout=lay.name)
+    proc, url, port = start_serve(path)
+    try:
+        yield url, path, lay.name, cl
+    finally:
+        stop_serve(proc)
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def _box(path, layout):
+    from bigembed.dataset.layouts import load_layout
+    from bigembed.dataset.reader import Dataset
+
+    lay = load_layout(Dataset.open(path), name=layout)
+    x0, x1 = np.quantile(lay.x, [0.2, 0.7])
+    y0, y1 = np.quantile(lay.y, [0.2, 0.7])
+    inside = np.flatnonzero((lay.x >= x0) & (lay.x <= x1) & (lay.y >= y0) & (lay.y <= y1))
+    return f"{x0:.9g},{x1:.9g},{y0:.9g},{y1:.9g}", inside
+
+
+def test_select_stats_and_contrast_endpoints(served):
+    import bigembed
+
+    url, path, layout, cl = served
+    box, inside = _box(path, layout)
+    st, ctype, body = get(f"{url}/api/select?box={box}&stats=1")
+    assert st == 200 and ctype.startswith("application/json")
+    out = json.loads(body)
+    ref = bigembed.group_stats(path, np.asarray(out["ids"]))
+    assert out["stats"]["confusion"] == ref.confusion.tolist()
+    assert out["stats"]["count"] == out["count"] > 0
+    assert set(out["stats"]["histograms"]) == {"confidence", "loss"}
+    st, ctype, body = get(f"{url}/api/contrast?box={box}&top=5")
+    assert st == 200
+    got = json.loads(body)
+    df = bigembed.contrast(path, np.asarray(out["ids"]), top=5)
+    assert [r["dim"] for r in got["rows"]] == df["dim"].tolist()
+    np.testing.assert_allclose([r["effect"] for r in got["rows"]], df["effect"], rtol=1e-9)
+    st, ctype, body = get(f"{url}/api/contrast?cluster=0&format=csv&top=3")
+    assert st == 200 and ctype.startswith("text/csv")
+    assert body.decode().splitlines()[0] == "dim,effect,mean_in,mean_out"
+    st, _, body = get(f"{url}/api/clusters")
+    assert st == 200 and json.loads(body)["n_clusters"] == cl.n_clusters
+    # bad input: clear 400s
+    for q, frag in (("box=100,101,100,101", "empty"), ("cluster=999", "cluster"),
+                    ("", "exactly one of"), ("box=0,1,0,1&cluster=0", "exactly one of"),
+                    ("cluster=0&space=nope", "space")):
+        st, _, body = get(f"{url}/api/contrast?{q}")
+        assert st == 400 and frag in json.loads(body)["error"], (q, body)
+
+
+# -- the page in headless Chromium --------------------------------------------------------------
+
+@pytest.mark.browser
+def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
+    from playwright.sync_api import sync_playwright
+    from test_browser import ARGS, FRAME_JS, model_text, open_map, wait_for
+
+    from conftest import chromium_path
+
+    url, path, layout, cl = served
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
+        try:
+            page, frames = open_map(b, url + "/")
+            page.set_viewport_size({"width": 1700, "height": 1000})
+            # the whole dataset's confusion matrix and the cluster names are there at once
+            n_cells = page.evaluate("() => Bokeh.documents[0].get_model_by_name('confusion_all')"
+                                    ".renderers[0].data_source.data.count.length")
+            assert n_cells == 25
+            names = page.evaluate("() => Bokeh.documents[0].get_model_by_name('map').renderers"
+                                  ".find(r => r.name == 'cluster_names').data_source.data.text")
+            assert 0 < len(names) <= cl.n_clusters
+            # a box selection: the group's heatmap, histograms and contrast chart
+            page.locator(".bk-tool-icon-box-select").first.click()
+            f = page.evaluate(FRAME_JS)
+            cx, cy = f["left"] + f["width"] / 2, f["top"] + f["height"] / 2
+            page.mouse.move(cx - 200, cy - 200)
+            page.mouse.down()
+            page.mouse.move(cx, cy, steps=5)
+            page.mouse.move(cx + 200, cy + 200, steps=5)
+            page.mouse.up()
+            wait_for(lambda: "group: selection" in model_text(page, "group_title"), 30, page,
+                     "the group title")
+            wait_for(lambda: "contrast-done" in model_text(page, "contrast_info"), 60, page,
+                     "the contrast chart")
+            bars = page.evaluate("() => Bokeh.documents[0].get_model_by_name('contrast')"
+                                 ".renderers[0].data_source.data.dim.length")
+            assert bars == 16  # top 20 of a 16-dimensional space
+            total = page.evaluate("() => Bokeh.documents[0].get_model_by_name('confusion_group')"
+                                  ".renderers[0].data_source.data.count.reduce((a, b) => a + b)")
+            count = int(model_text(page, "group_title").split("group-count'>")[1].split("<")[0])
+            assert total == count > 0
+            assert "format=csv" in model_text(page, "contrast_info")
+            assert "class='member'" in model_text(page, "members")
+            # a click on a cluster row moves the view to the cluster
+            before = page.evaluate(FRAME_JS)
+            page.locator(".slick-row").filter(has_text="%").first.click()
+            wait_for(lambda: page.evaluate(FRAME_JS)["x0"] != before["x0"], 30, page,
+                     "the view to move")
+            wait_for(lambda: "group: cluster" in model_text(page, "group_title"), 30, page,
+                     "the cluster as the group")
+            page.close()
+        finally:
+            b.close()
