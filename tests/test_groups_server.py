@@ -10,25 +10,17 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import start_serve, stop_serve
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """3,000 synthetic points with a PCA layout and its clusters, served for real."""
-    from bigembed.analysis import cluster
-    from bigembed.ingest.synth import synth
-    from bigembed.reduce.run import reduce
+def served(explorer_served):
+    """The shared served dataset (3,000 synthetic points, PCA layout; conftest). It has no
+    clusters until the page's "find clusters" button makes them (the browser test)."""
+    from bigembed.dataset.layouts import find_layouts
+    from bigembed.dataset.reader import Dataset
 
-    path = tmp_path_factory.mktemp("groups_served") / "ds"
-    synth(path, n=3000, dim=16, clusters=5, error_rate=0.1, seed=11)
-    lay = reduce(path, method="pca")
-    cl = cluster(path, layout=lay.name)
-    proc, url, port = start_serve(path)
-    try:
-        yield url, path, lay.name, cl
-    finally:
-        stop_serve(proc)
+    url, _, path = explorer_served
+    return url, path, find_layouts(Dataset.open(path))[0]
 
 
 def get(url):
@@ -53,7 +45,7 @@ def _box(path, layout):
 def test_select_stats_and_contrast_endpoints(served):
     import bigembed
 
-    url, path, layout, cl = served
+    url, path, layout = served
     box, inside = _box(path, layout)
     st, ctype, body = get(f"{url}/api/select?box={box}&stats=1")
     assert st == 200 and ctype.startswith("application/json")
@@ -62,21 +54,22 @@ def test_select_stats_and_contrast_endpoints(served):
     assert out["stats"]["confusion"] == ref.confusion.tolist()
     assert out["stats"]["count"] == out["count"] > 0
     assert set(out["stats"]["histograms"]) == {"confidence", "loss"}
+    st, _, body = get(f"{url}/api/clusters")  # none yet: a clear 400
+    assert st == 400 and "bigembed cluster" in json.loads(body)["error"]
     st, ctype, body = get(f"{url}/api/contrast?box={box}&top=5")
     assert st == 200
     got = json.loads(body)
     df = bigembed.contrast(path, np.asarray(out["ids"]), top=5)
     assert [r["dim"] for r in got["rows"]] == df["dim"].tolist()
     np.testing.assert_allclose([r["effect"] for r in got["rows"]], df["effect"], rtol=1e-9)
-    st, ctype, body = get(f"{url}/api/contrast?cluster=0&format=csv&top=3")
+    st, ctype, body = get(f"{url}/api/contrast?box={box}&format=csv&top=3")
     assert st == 200 and ctype.startswith("text/csv")
     assert body.decode().splitlines()[0] == "dim,effect,mean_in,mean_out"
-    st, _, body = get(f"{url}/api/clusters")
-    assert st == 200 and json.loads(body)["n_clusters"] == cl.n_clusters
     # bad input: clear 400s
-    for q, frag in (("box=100,101,100,101", "empty"), ("cluster=999", "cluster"),
-                    ("", "exactly one of"), ("box=0,1,0,1&cluster=0", "exactly one of"),
-                    ("cluster=0&space=nope", "space")):
+    for q, frag in (("box=100,101,100,101", "empty"), ("", "exactly one of"),
+                    ("box=0,1,0,1&cluster=0", "exactly one of"), (f"box={box}&space=nope",
+                                                                   "space"),
+                    (f"box={box}&top=0", "top")):
         st, _, body = get(f"{url}/api/contrast?{q}")
         assert st == 400 and frag in json.loads(body)["error"], (q, body)
 
@@ -90,7 +83,7 @@ def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
 
     from conftest import chromium_path
 
-    url, path, layout, cl = served
+    url, path, layout = served
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
         try:
@@ -99,10 +92,7 @@ def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
             # the whole dataset's confusion matrix and the cluster names are there at once
             n_cells = page.evaluate("() => Bokeh.documents[0].get_model_by_name('confusion_all')"
                                     ".renderers[0].data_source.data.count.length")
-            assert n_cells == 25
-            names = page.evaluate("() => Bokeh.documents[0].get_model_by_name('map').renderers"
-                                  ".find(r => r.name == 'cluster_names').data_source.data.text")
-            assert 0 < len(names) <= cl.n_clusters
+            assert n_cells == 36  # 6 classes
             # a box selection: the group's heatmap, histograms and contrast chart
             page.locator(".bk-tool-icon-box-select").first.click()
             f = page.evaluate(FRAME_JS)
@@ -125,6 +115,15 @@ def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
             assert total == count > 0
             assert "format=csv" in model_text(page, "contrast_info")
             assert "class='member'" in model_text(page, "members")
+            # no clusters yet: the button finds them; names appear on the map
+            page.get_by_role("button", name="find clusters").click()
+            wait_for(lambda: "clusters</b>" in model_text(page, "clusters_info"), 60, page,
+                     "the clusters table")
+            names = page.evaluate("() => Bokeh.documents[0].get_model_by_name('map').renderers"
+                                  ".find(r => r.name == 'cluster_names').data_source.data.text")
+            assert len(names) >= 1 and all("%" in n for n in names)  # label names
+            opts = page.evaluate("() => Bokeh.documents[0].get_model_by_name('color').options")
+            assert "cluster" in opts
             # a click on a cluster row moves the view to the cluster
             before = page.evaluate(FRAME_JS)
             page.locator(".slick-row").filter(has_text="%").first.click()
@@ -135,3 +134,23 @@ def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
             page.close()
         finally:
             b.close()
+
+
+def test_clusters_endpoint_after_the_page_made_them(served):
+    """After the browser test's button: /api/clusters and a cluster's contrast."""
+    import bigembed
+
+    url, path, layout = served
+    st, _, body = get(f"{url}/api/clusters")
+    if st == 400:
+        pytest.skip("the browser test (which makes the clusters) did not run")
+    out = json.loads(body)
+    ref = bigembed.cluster(path, layout=layout)  # the stored result, read back
+    assert ref.cached and out["n_clusters"] == ref.n_clusters >= 1
+    assert [c["name"] for c in out["clusters"]] == ref.table["name"].tolist()
+    st, ctype, body = get(f"{url}/api/contrast?cluster=0&top=3")
+    assert st == 200
+    df = bigembed.contrast(path, np.flatnonzero(ref.labels == 0), top=3)
+    assert [r["dim"] for r in json.loads(body)["rows"]] == df["dim"].tolist()
+    st, _, body = get(f"{url}/api/contrast?cluster={ref.n_clusters}")
+    assert st == 400 and "cluster" in json.loads(body)["error"]
