@@ -82,7 +82,7 @@ class ContrastHandler(_Base):
         ex = self.explorer
 
         def work():
-            from ..analysis.contrast import contrast, contrast_json
+            from ..analysis.units import contrast, contrast_json
 
             fmt = self.choice_arg("format", ("json", "csv"), "json")
             layout = ex.layout_name(self._raw("layout"))
@@ -406,7 +406,7 @@ class GroupsPanel:
         self.con_info.text = "<i>comparing the group with the rest…</i>"
 
         def work():
-            from ..analysis.contrast import contrast
+            from ..analysis.units import contrast
 
             return contrast(self.ex.ds, ids, space=space, top=CONTRAST_TOP, progress=False)
 

@@ -10,8 +10,8 @@ boolean mask of shape (N,)).
 
 from __future__ import annotations
 
-from .cluster import ClusterResult, cluster, load_clusters
-from .contrast import contrast
+from .clusters import ClusterResult, cluster, load_clusters
+from .units import contrast
 from .stats import GroupStats, group_stats
 
 __all__ = ["group_stats", "GroupStats", "contrast", "cluster", "load_clusters", "ClusterResult"]
