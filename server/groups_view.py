@@ -13,7 +13,7 @@ dataset until a box or lasso selection, a cluster row or a member is picked):
 - the clusters of the layout sorted by error rate (a click centres the map on the cluster and
   makes it the group), with their names drawn on the map (more of them as you zoom in).
 
-``GET /api/contrast?box=|poly=|cluster=[&layout=][&space=][&top=20][&format=json|csv]`` and
+``GET /api/contrast?box=|poly=|cluster=|label=[&layout=][&space=][&top=20][&format=json|csv]`` and
 ``GET /api/clusters?[layout=]`` answer the same from HTTP (``/api/select?...&stats=1`` adds
 :func:`bigembed.analysis.group_stats`).
 """
@@ -50,15 +50,19 @@ SNIPPET_CHARS = 80
 # --------------------------------------------------------------------------------------------
 
 
-def group_ids(explorer, *, layout=None, box=None, poly=None, cluster=None) -> np.ndarray:
-    """Row ids of a group named by a selection (``box``/``poly`` text) or a ``cluster`` id of
-    ``layout``'s stored clusters."""
+def group_ids(explorer, *, layout=None, box=None, poly=None, cluster=None,
+              label=None) -> np.ndarray:
+    """Row ids of a group named by a selection (``box``/``poly`` text), a ``cluster`` id of
+    ``layout``'s stored clusters or a ``label`` value."""
     from .api import parse_geometry_text
 
-    given = [k for k, v in (("box", box), ("poly", poly), ("cluster", cluster)) if v is not None]
+    given = [k for k, v in (("box", box), ("poly", poly), ("cluster", cluster),
+                            ("label", label)) if v is not None]
     if len(given) != 1:
-        raise InputError("give exactly one of 'box' (x0,x1,y0,y1), 'poly' (x,y,x,y,...) or "
-                         "'cluster' (a cluster id)")
+        raise InputError("give exactly one of 'box' (x0,x1,y0,y1), 'poly' (x,y,x,y,...), "
+                         "'cluster' (a cluster id) or 'label' (a label value)")
+    if label is not None:
+        return label_ids(explorer, label)
     if cluster is not None:
         cl = explorer.clusters(layout)
         if cl is None:
@@ -75,6 +79,17 @@ def group_ids(explorer, *, layout=None, box=None, poly=None, cluster=None) -> np
     return explorer.select(layout=layout, **geom).ids
 
 
+def label_ids(explorer, value: str) -> np.ndarray:
+    """Rows whose label (as text) is ``value``."""
+    meta = explorer.ds.meta
+    if "label" not in meta.columns:
+        raise InputError("parameter 'label': the metadata has no label column")
+    ids = np.flatnonzero(meta["label"].astype(str).to_numpy() == str(value))
+    if not len(ids):
+        raise InputError(f"parameter 'label': no row has label {value!r}")
+    return ids
+
+
 class ContrastHandler(_Base):
     """``GET /api/contrast``: :func:`bigembed.analysis.contrast` of a group as JSON or CSV."""
 
@@ -89,7 +104,7 @@ class ContrastHandler(_Base):
             space = self.choice_arg("space", ex.spaces) or ex.space_of(layout)
             top = self.int_arg("top", 1, 100000, default=CONTRAST_TOP)
             ids = group_ids(ex, layout=layout, box=self._raw("box"), poly=self._raw("poly"),
-                            cluster=self._raw("cluster"))
+                            cluster=self._raw("cluster"), label=self._raw("label"))
             df = contrast(ex.ds, ids, space=space, top=top, progress=False)
             if fmt == "csv":
                 buf = io.StringIO()
@@ -273,6 +288,10 @@ class GroupsPanel:
         self.find_button.on_click(self._find_clusters)
         self.all_button = Button(label="whole dataset", width=140, name="group_all")
         self.all_button.on_click(lambda: self.show_group(None, "everything"))
+        labels = (ex.filter_options("label") if "label" in ex.ds.meta.columns else [])
+        self.label_select = Select(title="or a label", options=[""] + labels, value="",
+                                   width=140, name="group_label")
+        self.label_select.on_change("value", lambda a, o, n: self._on_label(n))
         # cluster names on the map, fewer when zoomed out
         self.names_src = ColumnDataSource(dict(x=[], y=[], text=[]))
         session.plot.text("x", "y", text="text", source=self.names_src, text_align="center",
@@ -280,7 +299,8 @@ class GroupsPanel:
                           text_font_style="bold", text_color="#111111",
                           background_fill_color="white", background_fill_alpha=0.6,
                           name="cluster_names")
-        self.root = column(self.title, self.all_button, row(self.heat, self.heat_all),
+        self.root = column(self.title, row(self.all_button, self.label_select),
+                           row(self.heat, self.heat_all),
                            row(*self.hist_figs.values()), self.members, self.member_pick,
                            self.space_select, self.con_fig, self.con_info, self.cl_info,
                            self.find_button, self.cl_table, name="groups_panel")
@@ -368,6 +388,16 @@ class GroupsPanel:
         by = f"by {st.worst_by}" if st.worst_by else "in id order"
         return (f"<b>members, worst first ({by})</b><div class='member-grid'>"
                 + "".join(cells) + "</div>")
+
+    def _on_label(self, value):
+        if not value:
+            return
+        try:
+            ids = label_ids(self.ex, value)
+        except InputError as e:
+            self.title.text = f"<b>group:</b> {html.escape(str(e))}"
+            return
+        self.show_group(ids, f"label {value}", {"label": value})
 
     def _on_member(self, attr, old, new):
         try:
