@@ -217,6 +217,35 @@ def test_cluster_recovers_planted_blobs_names_and_stores(planted):
     assert Dataset.open(planted["path"]).verify() == []
 
 
+def test_cluster_tree_labels_match_sklearn_estimator(planted):
+    """The internal fast path of scikit-learn's cluster selection gives the labels of its
+    public estimator on the same spanning tree; on the planted layout both agree with
+    scikit-learn's HDBSCAN on the coordinates."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from sklearn.cluster import HDBSCAN
+    from sklearn.metrics import adjusted_rand_score
+
+    from bigembed.analysis.clusters import _labels_from_tree, _layout_knn
+    from bigembed.dataset.layouts import load_layout
+
+    xy = load_layout(bigembed.open_dataset(planted["path"]), name="planted").xy
+    d, i = _layout_knn(xy, 15)
+    core = d[:, 8]
+    a = np.repeat(np.arange(N), 15)
+    w = np.maximum(np.maximum(core[a], core[i.ravel()]), d.ravel())
+    T = minimum_spanning_tree(csr_matrix((w, (a, i.ravel())), shape=(N, N))).tocoo()
+    fast = _labels_from_tree(T.row, T.col, T.data, N, 50)
+    public = _labels_from_tree(T.row, T.col, T.data, N, 50, public=True)
+    # the same partition (cluster ids may differ); the planted ring of outliers has exactly
+    # equal weights, whose order the two paths may break differently
+    assert np.sum((fast < 0) != (public < 0)) <= 2
+    assert adjusted_rand_score(fast, public) >= 0.999
+    ours = bigembed.cluster(planted["path"], layout="planted", min_size=50).labels
+    ref = HDBSCAN(min_cluster_size=50, min_samples=10, copy=True).fit(xy).labels_
+    assert adjusted_rand_score(ref, ours) >= 0.95
+
+
 def test_cluster_names_from_labels_and_fallback(tmp_path):
     """Without a text column: the dominant label and its share; without labels or text: size
     and place."""

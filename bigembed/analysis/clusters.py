@@ -117,12 +117,12 @@ def _layout_knn(xy: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return d.astype(np.float64), i.astype(np.int64)
 
 
-def _join_components(M, points_of, n):
-    """Edges (rows, cols, dists) that join the connected components of the mutual kNN graph
-    ``M`` through one representative each: the minimum spanning tree of the representatives'
-    true distances (over all pairs up to :data:`DENSE_JOIN` components, else over their own
-    kNN graph, whose leftover components are chained). ``points_of(ids)`` returns their
-    coordinates or vectors, shape (m, d)."""
+def _join_components(M, points_of, core):
+    """Edges (a, b, mutual-reachability distance) that join the connected components of the
+    mutual kNN graph ``M`` through one representative each: the minimum spanning tree of the
+    representatives' true distances (over all pairs up to :data:`DENSE_JOIN` components, else
+    over their own kNN graph, whose leftover components are chained). ``points_of(ids)``
+    returns their coordinates or vectors, shape (m, d); ``core``: core distances (N,)."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
@@ -157,42 +157,86 @@ def _join_components(M, points_of, n):
                 b.append(v)
                 w.append(max(float(np.sqrt(((P[u] - P[v]) ** 2).sum())), 1e-12))
         a, b, w = np.asarray(a), np.asarray(b), np.asarray(w, np.float64)
-    return (reps[a], reps[b], w), ncomp
+    a, b = reps[a], reps[b]
+    return (a, b, np.maximum(np.maximum(core[a], core[b]), w)), ncomp
 
 
 def _hdbscan_on_graph(dist, ind, points_of, min_size, min_samples):
-    """HDBSCAN labels (int32 (N,)) of the kNN graph ``ind``/``dist`` (N, k).
+    """HDBSCAN labels (int32 (N,)) from the kNN graph ``ind``/``dist`` (N, k), nearest first,
+    self excluded.
 
-    The graph HDBSCAN sees is the kNN graph plus edges joining the components of the *mutual*
-    kNN graph: a far outlier's one-way edges into two clusters must not stand in for the
-    clusters' own (shorter, missing) connection, or the outlier would join a cluster.
+    Core distances are the kNN distances to the (min_samples - 1)-th other point (the
+    min_samples-th counting the point itself, as scikit-learn counts); each kNN edge weighs its
+    mutual-reachability distance. The minimum spanning tree of that graph, plus edges joining
+    the components of the *mutual* kNN graph (a far outlier's one-way edges into two clusters
+    must not stand in for the clusters' own, shorter, missing connection), goes to
+    scikit-learn's HDBSCAN as a precomputed sparse graph with ``min_samples=1``: on a tree of
+    mutual-reachability weights its mutual reachability is the weights themselves, so its
+    condensed tree and cluster selection are those of the graph.
     """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    n, k = ind.shape
+    core = dist[:, min_samples - 2] if min_samples >= 2 else np.zeros(n)
+    a = np.repeat(np.arange(n, dtype=np.int64), k)
+    b = ind.ravel().astype(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = lo * n + hi
+    order = np.argsort(key)
+    key = key[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    # an edge listed from both ends is a mutual-neighbour edge
+    mutual = np.r_[~first[1:], False][first]
+    e = order[first]
+    ea, eb = lo[e], hi[e]
+    w = np.maximum(np.maximum(core[ea], core[eb]), dist.ravel()[e])
+    del a, b, lo, hi, key, order, first
+    Mg = csr_matrix((np.ones(int(mutual.sum())), (ea[mutual], eb[mutual])), shape=(n, n))
+    joins, ncomp = _join_components(Mg, points_of, core)
+    del Mg
+    if joins is not None:
+        ja, jb, jw = joins
+        ea, eb, w = np.r_[ea, np.minimum(ja, jb)], np.r_[eb, np.maximum(ja, jb)], np.r_[w, jw]
+        log.info("cluster: the mutual kNN graph has %d components; joined by their "
+                 "representatives", ncomp)
+    # explicit zeros (coincident points) would read as missing edges; duplicates of a join
+    # and a kNN edge keep the smaller weight
+    G = csr_matrix((np.maximum(w, 1e-12), (ea, eb)), shape=(n, n))
+    if joins is not None:
+        G.sum_duplicates()  # (only joins can repeat a kNN edge: rare, and summed is larger)
+    T = minimum_spanning_tree(G).tocoo()
+    del G
+    return _labels_from_tree(T.row, T.col, T.data, n, min_size)
+
+
+def _labels_from_tree(a, b, w, n: int, min_size: int, *, public: bool = False) -> np.ndarray:
+    """HDBSCAN's labels from a spanning tree (edges a-b of weight w, mutual-reachability
+    distances): scikit-learn's single-linkage and cluster-selection code. Its estimator
+    (``public=True``, or when its internals moved) gives the same labels with seconds of
+    per-row overhead at a million points, so its internal functions are called directly."""
     import warnings
 
+    if not public:
+        try:
+            from sklearn.cluster._hdbscan._linkage import MST_edge_dtype
+            from sklearn.cluster._hdbscan._tree import tree_to_labels
+            from sklearn.cluster._hdbscan.hdbscan import _process_mst
+        except ImportError:  # pragma: no cover - another scikit-learn layout
+            public = True
+    if not public:
+        mst = np.empty(len(a), dtype=MST_edge_dtype)
+        mst["current_node"], mst["next_node"], mst["distance"] = a, b, w
+        labels, _ = tree_to_labels(_process_mst(mst), min_size, "eom", False, 0.0, None)
+        return np.asarray(labels).astype(np.int32)
     from scipy.sparse import csr_matrix
     from sklearn.cluster import HDBSCAN
 
-    n, k = ind.shape
-    rows = np.repeat(np.arange(n), k)
-    # explicit zeros (coincident points) would read as missing edges
-    data = np.maximum(dist.ravel(), 1e-12)
-    G = csr_matrix((data, (rows, ind.ravel())), shape=(n, n))
-    M = G.minimum(G.T).tocsr()  # mutual neighbours only
-    G = G.maximum(G.T).tocsr()
-    joins, ncomp = _join_components(M, points_of, n)
-    del M
-    if joins is not None:
-        a, b, w = joins
-        J = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
-        # a join never replaces a kNN edge between the same two points
-        J = J - J.multiply(G.astype(bool))
-        G = (G + J).tocsr()
-        log.info("cluster: the mutual kNN graph has %d components; joined by their "
-                 "representatives", ncomp)
+    tree = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "MST contains infinite edges": none here
-        est = HDBSCAN(metric="precomputed", min_cluster_size=min_size,
-                      min_samples=min_samples, copy=False).fit(G)
+        warnings.simplefilter("ignore", UserWarning)
+        est = HDBSCAN(metric="precomputed", min_cluster_size=min_size, min_samples=1,
+                      copy=False).fit(tree)
     return est.labels_.astype(np.int32)
 
 
