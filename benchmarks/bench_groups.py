@@ -188,8 +188,13 @@ def bench_cluster(tmp: Path, rows: int, sklearn_budget: float) -> dict:
     from sklearn.metrics import adjusted_rand_score
 
     from bigembed import DatasetWriter, cluster
-    from bigembed.analysis.clusters import (_hdbscan_on_graph, _layout_knn, default_min_size,
-                                           GRAPH_K, MIN_SAMPLES)
+    from bigembed.analysis.clusters import (
+        GRAPH_K,
+        MIN_SAMPLES,
+        _hdbscan_on_graph,
+        _layout_knn,
+        default_min_size,
+    )
     from bigembed.dataset.layouts import save_layout
     from bigembed.dataset.reader import Dataset
 
@@ -246,10 +251,10 @@ def bench_cluster(tmp: Path, rows: int, sklearn_budget: float) -> dict:
 
 def bench_panel(tmp: Path, rows: int, group: int) -> dict:
     import pyarrow as pa
+    from bigembed.server.groups_view import panel_data
 
     from bigembed import DatasetWriter, group_stats
     from bigembed.dataset.reader import Dataset
-    from bigembed.server.groups_view import panel_data
 
     rng = np.random.default_rng(2)
     label = rng.integers(0, 10, rows).astype(np.int32)

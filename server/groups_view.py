@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from ..errors import InputError
-from .api import _Base, parse_geometry
+from .api import _Base
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,17 @@ class GroupsPanel:
 
     def __init__(self, session):
         from bokeh.layouts import column, row
-        from bokeh.models import (Button, ColumnDataSource, DataTable, Div, FactorRange,
-                                  NumberFormatter, Select, TableColumn, TextInput)
+        from bokeh.models import (
+            Button,
+            ColumnDataSource,
+            DataTable,
+            Div,
+            FactorRange,
+            NumberFormatter,
+            Select,
+            TableColumn,
+            TextInput,
+        )
         from bokeh.plotting import figure
         from bokeh.transform import linear_cmap
 
@@ -352,9 +361,8 @@ class GroupsPanel:
         if not len(st.worst):
             return ""
         meta = self.ex.ds.meta
-        from .thumbs import IMAGE_COLUMN
-
         from ..analysis.names import text_column
+        from .thumbs import IMAGE_COLUMN
 
         tcol = text_column(meta)
         cells = []

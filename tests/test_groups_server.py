@@ -78,10 +78,9 @@ def test_select_stats_and_contrast_endpoints(served):
 
 @pytest.mark.browser
 def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
+    from conftest import chromium_path
     from playwright.sync_api import sync_playwright
     from test_browser import ARGS, FRAME_JS, model_text, open_map, wait_for
-
-    from conftest import chromium_path
 
     url, path, layout = served
     with sync_playwright() as pw:

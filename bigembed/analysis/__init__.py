@@ -11,7 +11,7 @@ boolean mask of shape (N,)).
 from __future__ import annotations
 
 from .clusters import ClusterResult, cluster, load_clusters
-from .units import contrast
 from .stats import GroupStats, group_stats
+from .units import contrast
 
-__all__ = ["group_stats", "GroupStats", "contrast", "cluster", "load_clusters", "ClusterResult"]
+__all__ = ["ClusterResult", "GroupStats", "cluster", "contrast", "group_stats", "load_clusters"]

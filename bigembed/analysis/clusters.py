@@ -30,8 +30,14 @@ import xxhash
 from ..dataset.reader import open_cached
 from ..dataset.tables import read_table_artifact, write_table_artifact
 from ..errors import InputError, check_positive_int
-from .names import (TEXTS_PER_CLUSTER, ctfidf_terms, human_count, place_word, text_column,
-                    unique_names)
+from .names import (
+    TEXTS_PER_CLUSTER,
+    ctfidf_terms,
+    human_count,
+    place_word,
+    text_column,
+    unique_names,
+)
 
 log = logging.getLogger(__name__)
 
