@@ -77,3 +77,14 @@ def column_moments(x: np.ndarray, rows: np.ndarray | None = None, nthreads: int 
     if x.dtype == np.float16:
         return _moments_f16(x.view(np.uint16), F16_TABLE, r, use, nthreads)
     return _moments_f32(x, r, use, nthreads)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels for read-only float16/float32 input,
+    the types a memory-mapped space has: a server does this before its first visitor, since
+    compiling holds the GIL for seconds."""
+    for dt in (np.float16, np.float32):
+        x = np.zeros((4, 3), dt)
+        x.flags.writeable = False
+        column_moments(x)
+        column_moments(x, np.arange(2, dtype=np.int64))

@@ -101,7 +101,7 @@ def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
             page.mouse.move(cx, cy, steps=5)
             page.mouse.move(cx + 200, cy + 200, steps=5)
             page.mouse.up()
-            wait_for(lambda: "group: selection" in model_text(page, "group_title"), 30, page,
+            wait_for(lambda: "group: selection" in model_text(page, "group_title"), 60, page,
                      "the group title")
             wait_for(lambda: "contrast-done" in model_text(page, "contrast_info"), 60, page,
                      "the contrast chart")
