@@ -204,7 +204,38 @@ class GroupsPanel:
     :class:`~bigembed.server.app.Session` it sits in (map, view, pool, tap)."""
 
     def __init__(self, session):
-        from bokeh.layouts import column, row
+        from bokeh.layouts import column
+        from bokeh.models import ColumnDataSource, Div
+
+        self.s = session
+        self.ex = session.ex
+        self.ids = None  # None: the whole dataset
+        self.group_q: dict = {}
+        self.built = False
+        self._pending = (None, "everything", None)
+        self.title = Div(text="<b>group: everything</b>", width=440, name="group_title")
+        # cluster names on the map, fewer when zoomed out
+        self.names_src = ColumnDataSource(dict(x=[], y=[], text=[]))
+        session.plot.text("x", "y", text="text", source=self.names_src, text_align="center",
+                          text_baseline="middle", text_font_size="10pt",
+                          text_font_style="bold", text_color="#111111",
+                          background_fill_color="white", background_fill_alpha=0.6,
+                          name="cluster_names")
+        self.root = column(self.title, name="groups_panel")
+        self.clusters = self.ex.clusters(session.layout)
+        self.on_view()
+        # The charts (some two hundred Bokeh models) are built once the browser has shown
+        # the page (its DocumentReady event): a page load stays as light as before, and a
+        # client that only fetches the document costs nothing more.
+        from bokeh.events import DocumentReady
+
+        session.doc.on_event(DocumentReady, lambda event: self._build())
+
+    def _build(self):
+        if self.built or self.s.closed:
+            return
+        from bokeh.layouts import row
+
         from bokeh.models import (
             Button,
             ColumnDataSource,
@@ -219,11 +250,8 @@ class GroupsPanel:
         from bokeh.plotting import figure
         from bokeh.transform import linear_cmap
 
-        self.s = session
-        ex = self.ex = session.ex
-        self.ids = None  # None: the whole dataset
-        self.group_q: dict = {}
-        self.title = Div(text="<b>group: everything</b>", width=440, name="group_title")
+        session = self.s
+        ex = self.ex
         heat_kw = dict(width=220, height=220, tools="tap", toolbar_location=None,
                        x_axis_label="prediction", y_axis_label="label")
         self.heat_src = ColumnDataSource(dict(label=[], prediction=[], count=[], share=[]))
@@ -301,26 +329,23 @@ class GroupsPanel:
         self.label_select = Select(title="or a label", options=[""] + labels, value="",
                                    width=140, name="group_label")
         self.label_select.on_change("value", lambda a, o, n: self._on_label(n))
-        # cluster names on the map, fewer when zoomed out
-        self.names_src = ColumnDataSource(dict(x=[], y=[], text=[]))
-        session.plot.text("x", "y", text="text", source=self.names_src, text_align="center",
-                          text_baseline="middle", text_font_size="10pt",
-                          text_font_style="bold", text_color="#111111",
-                          background_fill_color="white", background_fill_alpha=0.6,
-                          name="cluster_names")
-        self.root = column(self.title, row(self.all_button, self.label_select),
-                           row(self.heat, self.heat_all),
-                           row(*self.hist_figs.values()), self.members, self.member_pick,
-                           self.space_select, self.con_fig, self.con_info, self.cl_info,
-                           self.find_button, self.cl_table, name="groups_panel")
+        self.root.children = [self.title, row(self.all_button, self.label_select),
+                              row(self.heat, self.heat_all), row(*self.hist_figs.values()),
+                              self.members, self.member_pick, self.space_select,
+                              self.con_fig, self.con_info, self.cl_info, self.find_button,
+                              self.cl_table]
+        self.built = True
         self._layout_changed()
-        self.show_group(None, "everything")
+        self.show_group(*self._pending)
 
     # -- group ------------------------------------------------------------------------------
     def show_group(self, ids, what: str, query: dict | None = None):
         """Make ``ids`` (None: every row) the group: stats now, contrast in the background."""
         from ..analysis import group_stats
 
+        if not self.built:
+            self._pending = (ids, what, query)
+            return
         self.ids = None if ids is None else np.asarray(ids)
         self.group_q = dict(query or {})
         if ids is not None and len(ids) == 0:
@@ -484,6 +509,9 @@ class GroupsPanel:
     def _layout_changed(self):
         cl = self.ex.clusters(self.s.layout)
         self.clusters = cl
+        if not self.built:
+            self.on_view()
+            return
         sp = self.ex.space_of(self.s.layout)
         if sp:
             self.space_select.value = sp

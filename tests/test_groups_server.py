@@ -89,8 +89,10 @@ def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
             page, frames = open_map(b, url + "/")
             page.set_viewport_size({"width": 1700, "height": 1000})
             # the whole dataset's confusion matrix and the cluster names are there at once
-            n_cells = page.evaluate("() => Bokeh.documents[0].get_model_by_name('confusion_all')"
-                                    ".renderers[0].data_source.data.count.length")
+            # (the charts arrive once the browser has shown the page)
+            cells_js = ("() => { const m = Bokeh.documents[0].get_model_by_name('confusion_all');"
+                        " return m ? m.renderers[0].data_source.data.count.length : 0 }")
+            n_cells = wait_for(lambda: page.evaluate(cells_js), 30, page, "the heatmaps")
             assert n_cells == 36  # 6 classes
             # a box selection: the group's heatmap, histograms and contrast chart
             page.locator(".bk-tool-icon-box-select").first.click()
