@@ -15,6 +15,7 @@ from ._version import __version__  # noqa: E402
 from .dataset.reader import Dataset, open_dataset  # noqa: E402
 from .dataset.writer import DatasetWriter  # noqa: E402
 from .errors import BackendUnavailable, BigembedError, DatasetError, InputError  # noqa: E402
+from .analysis import cluster, contrast, group_stats  # noqa: E402
 
 
 
@@ -36,4 +37,4 @@ def use_cluster(client):
 
 
 __all__ = ["show", "use_cluster", "Dataset", "DatasetWriter", "open_dataset", "BigembedError", "DatasetError",
-           "InputError", "BackendUnavailable", "__version__"]
+           "InputError", "BackendUnavailable", "__version__", "group_stats", "contrast", "cluster"]

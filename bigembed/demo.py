@@ -64,6 +64,11 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
         made[sp] = lay.name
         say(f"[2/5] layout {lay.name}: umap aligned to {ref} "
             f"({'cached' if lay.cached else f'{lay.seconds:.1f}s'})")
+    from .analysis import cluster
+
+    cl = cluster(ds_path, layout=made[spaces[-1]])  # the map opens with its clusters named
+    say(f"[2/5] {cl.n_clusters} clusters of {made[spaces[-1]]}: "
+        + ", ".join(cl.table.sort_values("size", ascending=False)["name"].head(10)))
     for sp in spaces:
         ix = build_index(ds, space=sp)
         say(f"[3/5] index {ix.name}: {ix.kind}, recall@10 {ix.recall_at_10:.3f} "
@@ -95,5 +100,6 @@ def run_demo(out="demo-data", *, n: int = 20000, seed: int = 0, say=log.info) ->
     except ImportError as e:  # umap-learn not installed: nothing to warm
         log.info("numba cache not warmed: %s", e)
     result = {"dataset": str(ds_path), "layouts": made, "png": str(png),
+              "clusters": cl.artifact,
               "neighbors": nb.to_json(), "comparison": cmp.artifact}
     return result

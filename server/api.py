@@ -4,7 +4,8 @@
 -> PNG of the view (``where`` keeps only the points whose columns take those values).
 ``GET /api/neighbors?id=&k=[&space=][&layout=]`` (or ``key=``) -> JSON, the shape of
 ``bigembed neighbors --json`` plus ``x, y, neighbor_2d`` per neighbour and ``also_2d``.
-``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``.
+``GET /api/select?box=x0,x1,y0,y1`` or ``poly=x,y,x,y,...`` ``[&format=json|csv|parquet]``
+``[&stats=1]`` (JSON: adds ``stats``, :func:`bigembed.analysis.group_stats` of the selection).
 ``GET /api/thumb?id=[&size=]`` -> PNG thumbnail of the ``image`` metadata column (hover).
 
 Every parameter is validated; bad input (invalid UTF-8 included) answers 400 with
@@ -331,7 +332,12 @@ class SelectHandler(_Base):
             layout = ex.layout_name(self._raw("layout"))
             st = ex.select(layout=layout, **parse_geometry(self))
             if fmt == "json":
-                return fmt, json.dumps(st.to_json(with_ids=True)).encode()
+                out = st.to_json(with_ids=True)
+                if self._raw("stats") in ("1", "true", "yes"):
+                    from ..analysis import group_stats  # confusion, histograms, worst-first
+
+                    out["stats"] = group_stats(ex.ds, st.ids).to_json()
+                return fmt, json.dumps(out).encode()
             meta = ex.ds.meta.iloc[st.ids]
             buf = io.BytesIO()
             if fmt == "csv":

@@ -28,7 +28,6 @@ import time
 from functools import partial
 from urllib.parse import quote, urlencode
 
-import numpy as np
 
 from ..errors import InputError
 from .security import (allowed_hosts, check_address, is_loopback, normalise_origin,  # noqa: F401
@@ -216,7 +215,10 @@ class Session:
         side = column(self.compare_div, self.layout_select, self.color_select, self.legend, self.search,
                       *self.filters.values(), self.k_spin, self.hover_div, self.tap_div, self.table, self.sel_div,
                       self.state)
-        doc.add_root(row(p, side))
+        from .groups_view import GroupsPanel
+
+        self.groups = GroupsPanel(self)  # group statistics, contrast, clusters
+        doc.add_root(row(p, side, self.groups.root))
         doc.title = f"bigembed: {explorer.ds.path.name}"
         # No doc.on_session_destroyed callback: Bokeh runs a full gc.collect() on the event
         # loop after any such callback, per session; ``closed`` asks the context instead.
@@ -296,6 +298,7 @@ class Session:
             return
         self.view = tuple(float(v) for v in vals)
         self._refresh_frame()
+        self.groups.on_view()
 
     def _pixel(self):
         x0, x1, y0, y1 = self.view
@@ -411,6 +414,7 @@ class Session:
             f"labels: {mix or '–'}<br>error rate {pct(st.error_rate)} (all {pct(st.error_rate_all)})"
             f"<br>mean confidence {num(st.mean_confidence)} (all {num(st.mean_confidence_all)})"
             f"<br>{self._export_html(q)}")
+        self.groups.show_group(st.ids, "selection", sel)
 
     def _export_html(self, q: dict) -> str:
         """Where the selected ids can be taken: links to ``/api/select`` as CSV or Parquet."""
@@ -459,6 +463,7 @@ class Session:
             self.sel_src.data = dict(x=[], y=[])
             self.sel_div.text = "<i>box or lasso select to see group statistics</i>"
             self._refresh_frame()
+            self.groups.on_layout()
 
         self._in_background(lambda: self.ex.renderer(new), done)
 
@@ -593,6 +598,7 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
 
     from . import security
     from .api import Pools, patterns
+    from .groups_view import patterns as group_patterns
 
     check_serve_args(port=port, address=address, secret=secret)
     if not (isinstance(session_lifetime_s, (int, float)) and 1 <= session_lifetime_s <= 86400):
@@ -621,7 +627,8 @@ def make_server(dataset, *, port=5006, address="127.0.0.1", allow_origin=(), sec
     try:
         server = Server({"/": app}, port=port, address=address, allow_websocket_origin=origins,
                         extra_patterns=patterns(explorer, pools, secret)
-                        + compare_api.patterns(explorer, pools, comps, secret), num_procs=1,
+                        + compare_api.patterns(explorer, pools, comps, secret)
+                        + group_patterns(explorer, pools, secret), num_procs=1,
                         unused_session_lifetime_milliseconds=int(session_lifetime_s * 1000),
                         check_unused_sessions_milliseconds=check_ms, **kw)
     except OSError as e:  # taken between the check and now

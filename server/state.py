@@ -113,6 +113,7 @@ class Explorer:
         self._renderers = {}
         self._lock = threading.Lock()
         self._compares: dict = {}
+        self._clusters: dict = {}
         self._compare_lock = threading.Lock()
         self._thumbs = None
         self._filter_options: dict = {}
@@ -137,8 +138,28 @@ class Explorer:
             r = self._renderers.get(name)
             if r is None:
                 r = FrameRenderer(self.ds, name, backend=self.backend)
+                cl = self.clusters(name)
+                if cl is not None:  # "colour by cluster" and the clusters panel
+                    r.set_column("cluster", cl.labels)
                 self._renderers[name] = r
         return r
+
+    def clusters(self, layout: str | None = None):
+        """The newest stored clusters of ``layout`` (or of its space), or None; read once."""
+        from ..analysis import load_clusters
+
+        name = self.layout_name(layout)
+        if name not in self._clusters:
+            self._clusters[name] = load_clusters(self.ds, layout=name)
+        return self._clusters[name]
+
+    def set_clusters(self, layout: str, result) -> None:
+        """Show ``result`` (a :class:`~bigembed.analysis.ClusterResult`) for ``layout``."""
+        name = self.layout_name(layout)
+        self._clusters[name] = result
+        r = self._renderers.get(name)
+        if r is not None:
+            r.set_column("cluster", result.labels)
 
     def filter_options(self, column: str) -> list[str]:
         """The values a filter on ``column`` offers (at most :data:`MAX_FILTER_OPTIONS`, short
@@ -170,6 +191,9 @@ class Explorer:
             log.warning("neighbour lookup not available: %s", e)
         (x0, x1), (y0, y1) = r.default_range()
         self.select(box=((x0, (x0 + x1) / 2), (y0, (y0 + y1) / 2)))
+        from ..kernels.moments import warm_up
+
+        warm_up()  # the group panel's contrast kernel: compiling later would stall the pages
         self.meta(0)
 
     def space_of(self, layout: str | None) -> str | None:

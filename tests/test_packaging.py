@@ -111,10 +111,11 @@ def test_plain_install_runs_the_core_commands(plain_venv, tmp_path):
     assert [n["id"] for n in nb["neighbors"]] and len(nb["neighbors"]) == 3
     ok("render", d, "--out", tmp_path / "v.png")
     assert (tmp_path / "v.png").stat().st_size > 1000
-    for method in ("umap", "tsne"):
-        p = _run(plain_venv, "reduce", d, "--method", method, "--space", "default", cwd=tmp_path)
-        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-        assert "pip install 'bigembed[layout]'" in p.stderr, p.stderr
+    # UMAP runs on bigembed's own optimiser (numba comes with Datashader); t-SNE needs openTSNE.
+    assert "backend 'numba'" in ok("reduce", d, "--method", "umap", "--space", "default").stderr
+    p = _run(plain_venv, "reduce", d, "--method", "tsne", "--space", "default", cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "pip install 'bigembed[layout]'" in p.stderr, p.stderr
 
     env = {"PATH": f"{plain_venv}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
            "BIGEMBED_NO_PROGRESS": "1"}

@@ -17,7 +17,7 @@ from ..errors import BigembedError
 
 #: subcommand modules under bigembed.commands, in --help order
 COMMANDS = ["demo", "synth", "ingest", "extract", "info", "gc", "reduce", "index", "neighbors",
-            "compare", "render", "serve", "bench"]
+            "compare", "cluster", "render", "serve", "bench"]
 #: commands whose heavy stages can run on a Dask cluster (``--cluster``)
 CLUSTER_COMMANDS = ["extract", "ingest", "index", "reduce", "compare"]
 

@@ -30,7 +30,7 @@ _ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 #: variable BIGEMBED_SHARD_BYTES overrides it (smaller shards: finer resume points).
 SHARD_BYTES = int(os.environ.get("BIGEMBED_SHARD_BYTES", 256 * 1024 * 1024))
 _PAD_KEY = b"bigembed.pad"
-ARTIFACT_KINDS = ("layouts", "indexes", "graphs", "comparisons")
+ARTIFACT_KINDS = ("layouts", "indexes", "graphs", "comparisons", "clusters")
 
 
 def _now() -> str:

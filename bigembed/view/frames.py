@@ -209,6 +209,17 @@ class FrameRenderer:
         """Whether ``name`` can be a ``color_by`` (listed or added with :meth:`add_column`)."""
         return name in self._added or name in self.columns()
 
+    def set_column(self, name: str, values) -> None:
+        """Add or replace a listed per-point column (array of shape (n,), id order), usable
+        as ``color_by`` and in filters and shown among :meth:`columns` (a clustering made
+        after the renderer, say)."""
+        v = np.asarray(values)
+        if v.shape != (self.n,):
+            raise InputError(f"column {name!r} must have shape ({self.n},), got {v.shape}")
+        self._extra_columns[name] = v
+        self._colourings.pop(name, None)
+        self._filters.clear()
+
     def column(self, name: str) -> np.ndarray:
         """A per-point column in id order: a layout column or a metadata column."""
         if name in self._added:
