@@ -37,7 +37,9 @@ browser:
 	fi
 
 test: install browser
-	BIGEMBED_NO_PROGRESS=1 $(PY) -m pytest -q tests
+	# two workers (pytest-xdist), one test file each: most tests wait on subprocesses, servers,
+	# browsers and disk, so two files at once use the 2 cores far better than one
+	BIGEMBED_NO_PROGRESS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: install
 	BIGEMBED_NO_PROGRESS=1 $(PY) -m pytest -q -m "not slow and not browser" tests

@@ -236,17 +236,28 @@ def _scenario(page):
     before = _map_png(page, m)
     assert _coloured_pixels(before) > 2000, "the frame shows no points"
 
-    # a box selection with the mouse, in the cell
-    page.evaluate(MAP_JS, {"box": True})
-    cx, cy = m["left"] + m["width"] / 2, m["top"] + m["height"] / 2
-    page.mouse.move(cx - 200, cy - 200)
-    page.mouse.down()
-    page.mouse.move(cx, cy, steps=5)
-    page.mouse.move(cx + 120, cy + 150, steps=5)
-    page.mouse.up()
-    text = wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("selection", "")
-                    if "sel-count" in (page.evaluate(MAP_JS) or {}).get("selection", "")
-                    else None, 60, page, "the selection's statistics in the cell")
+    # a box selection with the mouse, in the cell (dragged again once if a busy machine lost
+    # the first drag: the tool's activation reaches the page asynchronously)
+    def stats():
+        sel = (page.evaluate(MAP_JS) or {}).get("selection", "")
+        return sel if "sel-count" in sel else None
+
+    text = None
+    for attempt in range(2):
+        page.evaluate(MAP_JS, {"box": True})
+        page.wait_for_timeout(500)
+        cx, cy = m["left"] + m["width"] / 2, m["top"] + m["height"] / 2
+        page.mouse.move(cx - 200, cy - 200)
+        page.mouse.down()
+        page.mouse.move(cx, cy, steps=5)
+        page.mouse.move(cx + 120, cy + 150, steps=5)
+        page.mouse.up()
+        try:
+            text = wait_for(stats, 60, page, "the selection's statistics in the cell")
+            break
+        except AssertionError:
+            if attempt:
+                raise
     shown = int(re.search(r"class='sel-count'>(\d+)<", text).group(1))
     assert 0 < shown < 2000, text
     out = _run_cell(page, 1, expect="SELECTED")
