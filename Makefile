@@ -36,9 +36,9 @@ browser:
 	  else echo "note: chromium not installed and not root; browser tests will be skipped"; fi; \
 	fi
 
+# Two workers (pytest-xdist), one test file each: most tests wait on subprocesses, servers,
+# browsers and disk, so two files at once use the 2 cores far better than one.
 test: install browser
-	# two workers (pytest-xdist), one test file each: most tests wait on subprocesses, servers,
-	# browsers and disk, so two files at once use the 2 cores far better than one
 	BIGEMBED_NO_PROGRESS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: install
