@@ -33,8 +33,9 @@ from ..errors import InputError
 from .security import (allowed_hosts, check_address, is_loopback, normalise_origin,  # noqa: F401
                        websocket_origins)
 from .state import MAX_K, Explorer
-from .widgets import (HOVER_PX, TAP_PX, URL_POLY_MAX, _arg, _colour_options,  # noqa: F401
-                      _legend_html, _meta_html, _shown, selection_outline, selection_query)
+from .widgets import (HOVER_PX, TAP_PX, URL_POLY_MAX, BackgroundWork,  # noqa: F401
+                      _arg, _colour_options, _legend_html, _meta_html, _shown,
+                      selection_outline, selection_query)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _listen_error(address, port, e: OSError) -> InputError:
 # --------------------------------------------------------------------------------------------
 
 
-class Session:
+class Session(BackgroundWork):
     """One browser session's document: widgets, callbacks and state."""
 
     def __init__(self, doc, explorer: Explorer, executor, secret=None, args=None):
@@ -265,31 +266,6 @@ class Session:
         self.frame_src.data = dict(url=[self._frame_url()], x=[x0], y=[y0], w=[x1 - x0],
                                    h=[y1 - y0])
         self._sync_state()
-
-    def _in_background(self, fn, done):
-        """Run ``fn()`` on the pool; apply ``done(result_or_exception)`` on the document."""
-        def finished(fut):
-            if self.closed:
-                return
-            try:
-                res = fut.result()
-            except Exception as e:  # shown to the user, not raised into the event loop
-                res = e
-            try:
-                self.doc.add_next_tick_callback(partial(self._apply, done, res))
-            except Exception:  # the session closed meanwhile
-                pass
-
-        self.executor.submit(fn).add_done_callback(finished)
-
-    def _apply(self, done, res):
-        if not self.closed:
-            done(res)
-
-    @property
-    def closed(self) -> bool:
-        """Whether Bokeh has destroyed this session (background results are then dropped)."""
-        return self._ctx is not None and self._ctx.destroyed
 
     # -- callbacks -------------------------------------------------------------------------
     def on_ranges(self, ev):

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 import numpy as np
 
 from ..errors import InputError
-from .widgets import (HOVER_PX, TAP_PX, _arg, _colour_options, _legend_html, _meta_html, _shown,
+from .widgets import (HOVER_PX, TAP_PX, BackgroundWork, _arg, _colour_options, _legend_html, _meta_html, _shown,
                   selection_outline, selection_query)
 from .compare_state import CORRECT_FILTERS, FLIP_FILTERS, Comparisons, Pair
 
@@ -135,7 +135,7 @@ class _Map:
         self.plot.y_range.update(start=y0, end=y1)
 
 
-class CompareSession:
+class CompareSession(BackgroundWork):
     """One browser session's comparison page."""
 
     def __init__(self, doc, explorer, comps: Comparisons, pair: Pair, executor, secret=None):
@@ -309,29 +309,6 @@ class CompareSession:
         if not path:
             return "path"
         return f"B along the path: {step + 1}/{len(path)} = {path[step]}"
-
-    def _in_background(self, fn, done):
-        def finished(fut):
-            if self.closed:
-                return
-            try:
-                res = fut.result()
-            except Exception as e:  # shown in the page, not raised into the event loop
-                res = e
-            try:
-                self.doc.add_next_tick_callback(partial(self._apply, done, res))
-            except Exception:  # the session closed meanwhile
-                pass
-
-        self.executor.submit(fn).add_done_callback(finished)
-
-    def _apply(self, done, res):
-        if not self.closed:
-            done(res)
-
-    @property
-    def closed(self) -> bool:
-        return self._ctx is not None and self._ctx.destroyed
 
     def _fail(self, what: str, e: Exception):
         if not isinstance(e, InputError):

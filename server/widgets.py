@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import math
+from functools import partial
 
 import numpy as np
 
@@ -111,3 +112,33 @@ def _legend_html(leg: dict) -> str:
     return (f"<b>{html.escape(title)}</b><div style='height:10px;width:220px;background:"
             f"linear-gradient(to right,{stops})'></div><span>{lo:.3g}</span>"
             f"<span style='float:right;margin-right:40px'>{hi:.3g}</span>")
+
+
+class BackgroundWork:
+    """Pool work for a page's Bokeh session (the single map's and the comparison's): the page
+    sets ``self.doc``, ``self.executor`` and ``self._ctx`` (its session context)."""
+
+    def _in_background(self, fn, done):
+        """Run ``fn()`` on the pool; apply ``done(result_or_exception)`` on the document."""
+        def finished(fut):
+            if self.closed:
+                return
+            try:
+                res = fut.result()
+            except Exception as e:  # shown to the user, not raised into the event loop
+                res = e
+            try:
+                self.doc.add_next_tick_callback(partial(self._apply, done, res))
+            except Exception:  # the session closed meanwhile
+                pass
+
+        self.executor.submit(fn).add_done_callback(finished)
+
+    def _apply(self, done, res):
+        if not self.closed:
+            done(res)
+
+    @property
+    def closed(self) -> bool:
+        """Whether Bokeh has destroyed this session (background results are then dropped)."""
+        return self._ctx is not None and self._ctx.destroyed
