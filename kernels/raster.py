@@ -229,6 +229,60 @@ def _kernels():
         return nz[:k].copy(), cnt[:k].copy()
 
     @numba.njit(cache=True, nogil=True)
+    def mean_of_sums(acc, out):
+        # acc (H*W, 2): sums and counts of finite values per pixel -> out (H*W,) their mean,
+        # NaN where the count is 0
+        for p in range(acc.shape[0]):
+            c = acc[p, 1]
+            out[p] = acc[p, 0] / c if c > 0 else np.nan
+
+    @numba.njit(cache=True, nogil=True)
+    def shade_means(flat, lo, hi, xs, cols, slopes, alpha, img):
+        # flat (H*W,) means, NaN where empty -> img (H*W,) uint32 RGBA: the mean clipped to
+        # [lo, hi], minus lo, coloured by np.interp over (xs, cols) (its arithmetic: slope *
+        # (t - xs[j]) + cols[j], cols[-1] from the last x on), truncated to uint8; returns the
+        # indices of the pixels drawn
+        n = flat.shape[0]
+        m = xs.shape[0]
+        nz = np.empty(n, np.int64)
+        k = 0
+        a = np.uint32(alpha) << np.uint32(24)
+        for p in range(n):
+            t = flat[p]
+            if t != t:
+                img[p] = 0
+                continue
+            if t < lo:
+                t = lo
+            elif t > hi:
+                t = hi
+            t = t - lo
+            px = np.uint32(0)
+            if t != t:
+                px = np.uint32(0)
+            elif t < xs[0]:
+                px = np.uint32(255) | (np.uint32(255) << np.uint32(8)) | (np.uint32(255) << np.uint32(16))
+            elif t >= xs[m - 1]:
+                for ch in range(3):
+                    px |= np.uint32(int(cols[m - 1, ch]) & 255) << np.uint32(8 * ch)
+            else:
+                # xs is evenly spaced: guess the interval, then step to the one with
+                # xs[j] <= t < xs[j + 1] (what a binary search finds)
+                j = min(max(int(t * (m - 1) / xs[m - 1]), 0), m - 2)
+                while j > 0 and xs[j] > t:
+                    j -= 1
+                while j < m - 2 and xs[j + 1] <= t:
+                    j += 1
+                dx = t - xs[j]
+                for ch in range(3):
+                    v = slopes[j, ch] * dx + cols[j, ch]
+                    px |= np.uint32(int(v) & 255) << np.uint32(8 * ch)
+            img[p] = px | a
+            nz[k] = p
+            k += 1
+        return nz[:k].copy()
+
+    @numba.njit(cache=True, nogil=True)
     def nonzero_counts(flat):
         # indices of the non-zero entries of a 1-D array of whole counts, and the counts
         m = 0
@@ -314,6 +368,8 @@ def _kernels():
     _NUMBA["bin_runs"] = bin_runs
     _NUMBA["neighbour_share"] = neighbour_share
     _NUMBA["mix_pixels"] = mix_pixels
+    _NUMBA["mean_of_sums"] = mean_of_sums
+    _NUMBA["shade_means"] = shade_means
     return _NUMBA
 
 
@@ -366,6 +422,28 @@ def neighbour_share(img: np.ndarray, radius: int) -> float:
     another one within ``radius`` pixels (a square window); inf for an empty image. This is
     the density Datashader's ``dynspread`` tests against its threshold."""
     return float(_kernels()["neighbour_share"](np.ascontiguousarray(img, np.uint32), int(radius)))
+
+
+def mean_of_sums(acc: np.ndarray) -> np.ndarray:
+    """Per-pixel means of (H*W, 2) accumulators (sum, count): float64 (H*W,), NaN where the
+    count is 0 (``sum / count`` as numpy divides)."""
+    out = np.empty(acc.shape[0], np.float64)
+    _kernels()["mean_of_sums"](np.ascontiguousarray(acc, np.float64), out)
+    return out
+
+
+def shade_means(flat: np.ndarray, lo: float, hi: float, xs, cols, slopes, alpha: int):
+    """RGBA uint32 (H*W,) of per-pixel means ``flat`` (NaN where empty), each clipped to
+    [lo, hi], less ``lo``, coloured as ``np.interp(t, xs, cols[:, ch])`` per channel (with
+    ``slopes`` (m - 1, 3) of the colour map) and truncated to uint8, with ``alpha``; and the
+    flat indices of the pixels drawn. Byte for byte :func:`bigembed.view.shade.shade_mean`'s
+    numpy arithmetic, in one pass."""
+    img = np.empty(flat.shape[0], np.uint32)
+    nz = _kernels()["shade_means"](np.ascontiguousarray(flat, np.float64), float(lo), float(hi),
+                                   np.ascontiguousarray(xs, np.float64),
+                                   np.ascontiguousarray(cols, np.float64),
+                                   np.ascontiguousarray(slopes, np.float64), int(alpha), img)
+    return img, nz
 
 
 def mix_pixels(acc: np.ndarray, fill: int):

@@ -443,7 +443,7 @@ class FrameRenderer:
             return self._categorical_image(view)
         a, items = self._bin(view)
         if c.kind == "mean":
-            img, nz = sh.shade_mean(a, getattr(cc, c.cmap), c.span), None
+            img, nz = sh.shade_mean(a, getattr(cc, c.cmap), c.span, return_nz=True)
         else:
             img, nz = sh.shade_density(a, getattr(cc, DENSITY_CMAP)[DENSITY_FROM:],
                                        return_nz=True)

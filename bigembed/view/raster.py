@@ -177,8 +177,10 @@ class NumbaRuns(_Host):
         return acc.reshape(view.height, view.width, -1), n
 
     def means(self, view):
+        from ..kernels.raster import mean_of_sums
+
         acc, n = self._bin(view, mean_of=view.colouring.values)
-        return _mean(acc[:, 0], acc[:, 1]).reshape(view.height, view.width), n
+        return mean_of_sums(acc).reshape(view.height, view.width), n
 
     def colour_sums(self, view):
         from .pyramid import category_lut

@@ -137,17 +137,31 @@ def shade_density(counts: np.ndarray, cmap, alpha: int = 255, *, return_nz: bool
     return (img, nz) if return_nz else img
 
 
-def shade_mean(values: np.ndarray, cmap, span, alpha: int = 255) -> np.ndarray:
-    """Means (H, W) float, NaN where empty -> RGBA, like ``tf.shade(how="linear", span=)``."""
+def shade_mean(values: np.ndarray, cmap, span, alpha: int = 255, *, return_nz: bool = False):
+    """Means (H, W) float, NaN where empty -> RGBA, like ``tf.shade(how="linear", span=)``;
+    with ``return_nz`` also the flat indices of the pixels drawn."""
     h, w = values.shape
     flat = values.reshape(-1)
+    lo, hi = np.array(span, dtype=flat.dtype)
+    if flat.dtype == np.float64:
+        # one pass of the numba kernel: the arithmetic below, without its temporaries
+        from ..kernels.raster import shade_means
+
+        cols = _rgb(cmap)
+        xs = np.linspace(0, hi - lo, len(cmap))
+        with np.errstate(divide="ignore", invalid="ignore"):  # lo == hi: every value is lo
+            slopes = (cols[1:] - cols[:-1]) / (xs[1:] - xs[:-1])[:, None]
+        img, nz = shade_means(flat, lo, hi, xs, cols, slopes, alpha)
+        img = img.reshape(h, w)
+        return (img, nz) if return_nz else img
     nz = np.flatnonzero(~np.isnan(flat))
     if len(nz) == 0:
-        return np.zeros((h, w), np.uint32)
-    lo, hi = np.array(span, dtype=flat.dtype)
-    d = np.clip(flat[nz], lo, hi) - lo
-    rgb = _ramp(d, (0, hi - lo), cmap)
-    return _fill(h, w, nz, rgb, alpha).reshape(h, w)
+        img = np.zeros((h, w), np.uint32)
+    else:
+        d = np.clip(flat[nz], lo, hi) - lo
+        rgb = _ramp(d, (0, hi - lo), cmap)
+        img = _fill(h, w, nz, rgb, alpha).reshape(h, w)
+    return (img, nz) if return_nz else img
 
 
 def shade_categorical(counts: np.ndarray, colors, *, min_alpha: int = 40,
