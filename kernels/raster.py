@@ -383,6 +383,13 @@ def _geom(x_range, y_range, width, height) -> np.ndarray:
 _NO_MASK = np.zeros(0, np.bool_)
 
 
+def _int_codes(codes):
+    """Category codes as they are when they are integers (a memory-mapped uint8 column of a
+    billion points is not converted per frame; numba compiles one loop per dtype)."""
+    c = np.asarray(codes)
+    return c if c.dtype.kind in "iu" else c.astype(np.int64)
+
+
 def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, codes=None,
              lut=None, n_codes=0, mean_of=None, mask=None):
     """Bin the items at positions ``runs`` (array (r, 2) of [start, end)) of ``xs, ys``.
@@ -403,9 +410,9 @@ def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, cod
         kind, ch, w = 3, 2, np.asarray(mean_of, np.float64).reshape(-1, 1)
         c, lt = none_c, none_l
     elif codes is not None and lut is None:
-        kind, ch, w, c, lt = 4, int(n_codes), none_w, np.asarray(codes, np.int64), none_l
+        kind, ch, w, c, lt = 4, int(n_codes), none_w, _int_codes(codes), none_l
     elif codes is not None:
-        kind, ch, w, c, lt = 2, lut.shape[1], none_w, np.asarray(codes, np.int64), lut
+        kind, ch, w, c, lt = 2, lut.shape[1], none_w, _int_codes(codes), lut
     elif weights is not None:
         kind, ch, w, c, lt = 1, weights.shape[1], weights, none_c, none_l
     else:

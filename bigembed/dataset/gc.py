@@ -16,7 +16,8 @@ What counts, and why it is safe to remove:
   removal was interrupted). Partial spaces (an extraction in progress or to resume) are not
   looked into: their shards are written before being listed, and a resume rewrites them.
 
-``cache/`` and files bigembed does not name are left alone.
+* a temporary directory of a map build (``cache/map/``, :mod:`bigembed.view.store`) whose
+  process is gone. Nothing else under ``cache/`` is touched, nor files bigembed does not name.
 """
 
 from __future__ import annotations
@@ -157,6 +158,18 @@ def find_orphans(path, manifest: dict | None = None) -> list[Orphan]:
             elif f"{kind}/{f.name}" not in refs:
                 out.append(Orphan(str(f), _size(f), f"{kind[:-1]} file the manifest does not "
                                                     f"list"))
+    # The map's on-disk artifacts (bigembed.view.store): a killed build's temporary directory
+    # (or a colouring's, inside a map), never a complete map.
+    maps = path / "cache" / "map"
+    if maps.is_dir():
+        for d in sorted(maps.iterdir()):
+            if _temp_pid(d.name) is not None:
+                add(_temp(d, "temporary map"))
+            elif d.is_dir():
+                with contextlib.suppress(OSError):
+                    for f in sorted(d.iterdir()):
+                        if _temp_pid(f.name) is not None:
+                            add(_temp(f, "temporary map colouring"))
     return out
 
 

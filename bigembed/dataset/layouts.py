@@ -77,6 +77,31 @@ def save_layout(ds, name: str, xy: np.ndarray, record: dict, columns: dict | Non
     return name
 
 
+def write_layout_batches(ds, name: str, batches, record: dict) -> str:
+    """Write a layout from batches of (x, y) float32 arrays (their lengths summing to the
+    dataset's rows) as one Arrow IPC artifact, streamed: a layout larger than memory. Refuses
+    non-finite coordinates and a wrong row count, leaving nothing behind."""
+    schema = pa.schema([("x", pa.float32()), ("y", pa.float32())])
+
+    def write(tmp):
+        rows = 0
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+            for x, y in batches:
+                x = np.asarray(x, np.float32)
+                y = np.asarray(y, np.float32)
+                if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                    raise InputError(f"layout {name!r} has non-finite coordinates in rows "
+                                     f"{rows}..{rows + len(x)}; refusing to store it")
+                w.write_batch(pa.record_batch([x, y], schema=schema))
+                rows += len(x)
+        if rows != ds.rows:
+            raise InputError(f"layout must have {ds.rows} rows, got {rows}")
+
+    ds.write_artifact("layouts", name, write, dict(record, rows=ds.rows, columns=["x", "y"]),
+                      ".arrow")
+    return name
+
+
 def add_layout_columns(ds, name: str, columns: dict) -> None:
     """Add or replace per-point columns of an existing layout (e.g. quality), atomically."""
     lay = load_layout(ds, name=name)

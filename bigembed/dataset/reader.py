@@ -305,7 +305,10 @@ class Dataset:
             if "default" in self.spaces:
                 return self.spaces["default"]
             if not self.spaces:
-                raise DatasetError(f"dataset {self.path} has no spaces")
+                raise DatasetError(f"dataset {self.path} has no vectors (no spaces: a layout "
+                                   f"and metadata only); what needs vectors (true neighbours, "
+                                   f"layout quality, indexes) cannot run on it. Add a space "
+                                   f"with `bigembed ingest {self.path} --space NAME ...`")
             raise InputError(
                 f"dataset {self.path} has several spaces {sorted(self.spaces)}; choose one "
                 f"with --space"
@@ -347,6 +350,41 @@ class Dataset:
             else:
                 self._meta = pd.DataFrame({"id": np.arange(self.rows, dtype=np.int64)})
         return self._meta
+
+    def meta_columns(self) -> list[str]:
+        """Names of the metadata columns, from the Parquet schema (nothing else is read)."""
+        if self._meta is not None:
+            return list(self._meta.columns)
+        rec = self.manifest.get("meta")
+        if not rec:
+            return ["id"]
+        import pyarrow.parquet as pq
+
+        p = self.path / rec["file"]
+        try:
+            return list(pq.read_schema(p).names)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{p} cannot be read as Parquet ({e}); restore it or "
+                               f"re-ingest the metadata") from None
+
+    def meta_column(self, name: str) -> np.ndarray:
+        """One metadata column as a numpy array in id order, read alone when the metadata is
+        not loaded (a billion-row dataset's label, without the rest)."""
+        if self._meta is not None or not self.manifest.get("meta"):
+            return self.meta[name].to_numpy()
+        import pyarrow.parquet as pq
+
+        if name not in self.meta_columns():
+            raise InputError(f"dataset {self.path} has no metadata column {name!r}; it has "
+                             f"{self.meta_columns()}")
+        self._verify_meta()
+        p = self.path / self.manifest["meta"]["file"]
+        try:
+            col = pq.read_table(p, columns=[name]).column(0)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{p} cannot be read as Parquet ({e}); restore it or "
+                               f"re-ingest the metadata") from None
+        return col.to_numpy() if col.null_count == 0 else col.to_pandas().to_numpy()
 
     def artifacts(self, kind: str) -> dict:
         if kind not in ARTIFACT_KINDS:

@@ -244,6 +244,13 @@ class DatasetWriter:
         self._meta_tmp = tmp
         self._meta_rows = table.num_rows
 
+    def set_rows(self, rows: int) -> None:
+        """Declare the number of rows of a dataset written without vectors (a layout and
+        metadata from elsewhere); a space written too must have as many."""
+        if self.rows is not None and self.rows != int(rows):
+            raise InputError(f"rows: the dataset has {self.rows} rows, got {rows}")
+        self.rows = int(rows)
+
     def set_meta_file(self, tmp_parquet: Path, rows: int) -> None:
         """Adopt an already written parquet file (streamed by the caller) as the metadata."""
         self._meta_tmp = Path(tmp_parquet)

@@ -106,3 +106,66 @@ def synth(out, *, n: int, dim: int, clusters: int = 10, error_rate: float = 0.05
         with open(meta_tmp, "rb") as f:
             os.fsync(f.fileno())
     return SynthResult(Path(out), n, dim, clusters, error_rate, time.perf_counter() - t0)
+
+
+def synth_layout(out, *, n: int, clusters: int = 40, seed: int = 0, overwrite: bool = False,
+                 batch_rows: int = 1 << 24, progress: bool | None = None) -> SynthResult:
+    """Write a layout-only dataset to ``out``: ``n`` 2-D points (``clusters`` Gaussian blobs
+    of varied size and weight, 1% uniform background) with a ``label`` (the blob mod 10) and
+    no vectors, streamed in batches of ``batch_rows`` (a billion points in bounded memory).
+
+    The layout is stored as layout ``synth`` (method ``synth``); what needs vectors (true
+    neighbours, layout quality) says the dataset has none.
+    """
+    from ..dataset.layouts import write_layout_batches
+    from ..dataset.reader import Dataset
+
+    t0 = time.perf_counter()
+    n = check_positive_int("n", n)
+    clusters = check_positive_int("clusters", clusters)
+    batch_rows = check_positive_int("batch_rows", batch_rows)
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-50, 50, (clusters, 2))
+    scales = rng.uniform(0.3, 4.0, clusters)
+    weights = rng.dirichlet(np.full(clusters, 2.0))
+    label_type = pa.uint8() if clusters <= 250 else pa.int32()
+
+    def batches():
+        bar = progress_bar(total=n, desc="synth layout", unit="pts", enabled=progress)
+        for start in range(0, n, batch_rows):
+            b = min(batch_rows, n - start)
+            brng = np.random.default_rng([seed, start])
+            blob = brng.choice(clusters, size=b, p=weights)
+            bg = brng.random(b) < 0.01
+            xy = brng.standard_normal((b, 2), dtype=np.float32)
+            xy *= scales[blob, None].astype(np.float32)
+            xy += centres[blob].astype(np.float32)
+            xy[bg] = brng.uniform(-60, 60, (int(bg.sum()), 2)).astype(np.float32)
+            label = np.where(bg, brng.integers(0, 10, b), blob % 10)
+            yield start, xy[:, 0].copy(), xy[:, 1].copy(), label
+            bar.update(b)
+        bar.close()
+
+    provenance = {"source": "synth", "layout_only": True, "n": n, "clusters": clusters,
+                  "seed": seed}
+    with DatasetWriter(out, mode="create", overwrite=overwrite, provenance=provenance) as dw:
+        meta_tmp = dw.meta_tmp_path()
+        schema = pa.schema([("id", pa.int64()), ("label", label_type)])
+        dw.set_rows(n)
+        dw.set_meta_file(meta_tmp, n)
+        # the labels first (small), the coordinates after the dataset exists, streamed again
+        # from the same seeds (nothing of size n is held)
+        with pq.ParquetWriter(meta_tmp, schema) as mw:
+            for start, _, _, label in batches():
+                mw.write_table(pa.table({
+                    "id": np.arange(start, start + len(label), dtype=np.int64),
+                    "label": pa.array(label, label_type)}, schema=schema))
+        import os
+
+        with open(meta_tmp, "rb") as f:
+            os.fsync(f.fileno())
+    ds = Dataset.open(out)
+    write_layout_batches(ds, "synth", ((x, y) for _, x, y, _ in batches()),
+                         {"space": None, "method": "synth",
+                          "params": {"clusters": clusters, "seed": seed}})
+    return SynthResult(Path(out), n, 2, clusters, 0.0, time.perf_counter() - t0)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import DatasetError, InputError
 from .pyramid import Pyramid
 from .raster import RASTER, View
 from .shade import png_rgba
@@ -119,6 +119,141 @@ def _check_side(name, v):
     return int(v)
 
 
+#: rows per step of the chunked passes over a column (bounded temporaries at any size)
+CHUNK = 1 << 24
+
+
+def code_dtype(ncat: int, compact: bool):
+    """int64 codes, or with ``compact`` the smallest unsigned type that holds ``ncat``."""
+    if not compact:
+        return np.int64
+    return np.uint8 if ncat <= 256 else np.uint16 if ncat <= 65536 else np.int64
+
+
+def int_codes(col: np.ndarray, *, compact: bool = False):
+    """(distinct values, code of each element) of an integer array, as ``np.unique(col,
+    return_inverse=True)`` gives them; by marking present values, in chunks, when the values
+    span less than 2**24 (a billion labels in seconds, not a sort). Codes int64, or with
+    ``compact`` the smallest unsigned type that holds them."""
+    col = np.asarray(col)
+    if col.dtype.kind in "iu" and len(col):
+        lo, hi = int(col.min()), int(col.max())
+        if hi - lo < (1 << 24):
+            present = np.zeros(hi - lo + 1, bool)
+            for a in range(0, len(col), CHUNK):
+                present[col[a:a + CHUNK].astype(np.int64) - lo] = True
+            uniq = (np.flatnonzero(present) + lo).astype(col.dtype)
+            lut = (np.cumsum(present) - 1).astype(code_dtype(len(uniq), compact))
+            codes = np.empty(len(col), lut.dtype)
+            for a in range(0, len(col), CHUNK):
+                codes[a:a + CHUNK] = lut[col[a:a + CHUNK].astype(np.int64) - lo]
+            return uniq, codes
+    uniq, inv = np.unique(col, return_inverse=True)
+    return uniq, inv.astype(code_dtype(len(uniq), compact))
+
+
+def colouring_of(name: str, col, added=None, *, compact: bool = False) -> Colouring:
+    """The colouring of column ``name`` (values ``col`` in id order, shape (n,)); its
+    ``values`` are in id order too. ``added``: (values, span, categories) of a column added
+    with :meth:`FrameRenderer.add_column` (its span or categories say what it is).
+    ``compact``: category codes in the smallest unsigned type (else int64)."""
+    import pandas as pd
+
+    if added is not None:
+        _, span, cats = added
+        if cats is not None:
+            return Colouring(name, "categorical", np.asarray(col, np.int64), cats,
+                             _palette(len(cats)))
+        if span is not None:
+            return Colouring(name, "mean", np.asarray(col, np.float64), span=span,
+                             cmap=MEAN_CMAP)
+    col = np.asarray(col)
+    if name == "correct":
+        err = 1.0 - np.asarray(col, np.float64)
+        return Colouring(name, "mean", err, span=(0.0, 1.0), cmap=ERROR_CMAP)
+    if col.dtype.kind == "f":
+        v = np.asarray(col, np.float64)
+        fin = v[np.isfinite(v)]
+        span = (float(fin.min()), float(fin.max())) if len(fin) else (0.0, 1.0)
+        if span[0] == span[1]:
+            span = (span[0], span[0] + 1.0)
+        if name == "knn_preservation":
+            span = (0.0, 1.0)
+        return Colouring(name, "mean", v, span=span, cmap=MEAN_CMAP)
+    if col.dtype.kind in "iub":
+        # Integer labels: codes in numeric order, no text conversion of N values (a second
+        # of work at 4M points)
+        uniq, inv = int_codes(col, compact=compact)
+        if len(uniq) <= MAX_CATEGORIES:
+            return Colouring(name, "categorical", inv,
+                             tuple(str(u) for u in uniq.tolist()), _palette(len(uniq)))
+    cats = pd.Categorical(pd.Series(col).astype(str))
+    if len(cats.categories) > MAX_CATEGORIES:
+        if col.dtype.kind in "iub":
+            v = np.asarray(col, np.float64)
+            return Colouring(name, "mean", v, span=(float(v.min()), float(v.max()) or 1.0),
+                             cmap=MEAN_CMAP)
+        raise InputError(f"color_by: column {name!r} has {len(cats.categories)} distinct "
+                         f"values; at most {MAX_CATEGORIES} can be told apart by colour")
+    cat_names = tuple(str(c) for c in cats.categories)
+    if col.dtype.kind in "iu":
+        # Order integer labels numerically, not as strings ("10" after "9").
+        cat_names = tuple(sorted(cat_names, key=lambda s: int(s)))
+        cats = pd.Categorical(pd.Series(col).astype(str), categories=list(cat_names))
+    codes = np.asarray(cats.codes, code_dtype(len(cat_names), compact))
+    return Colouring(name, "categorical", codes, cat_names, _palette(len(cat_names)))
+
+
+class _LayoutRef:
+    """The name and manifest record of a layout whose coordinates are not loaded (a renderer
+    over its on-disk map)."""
+
+    def __init__(self, name: str, record: dict):
+        self.name, self.record = name, record
+
+    @property
+    def space(self):
+        return self.record.get("space")
+
+    @property
+    def method(self):
+        return self.record.get("method")
+
+
+class _LayoutColumns:
+    """A layout's per-point columns (quality), named from the Arrow schema and read, memory-
+    mapped, only when one is asked for; columns set on the renderer are kept here too."""
+
+    def __init__(self, ds, name: str):
+        import pyarrow as pa
+
+        self._path = str(ds.path / ds.manifest["layouts"][name]["file"])
+        with pa.memory_map(self._path, "r") as mm:
+            schema = pa.ipc.open_file(mm).schema
+        self._names = [c for c in schema.names if c not in ("x", "y")]
+        self._got: dict[str, np.ndarray] = {}
+
+    def __iter__(self):
+        return iter(dict.fromkeys(self._names + list(self._got)))
+
+    def __contains__(self, name) -> bool:
+        return name in self._got or name in self._names
+
+    def __getitem__(self, name):
+        got = self._got.get(name)
+        if got is None:
+            import pyarrow as pa
+
+            if name not in self._names:
+                raise KeyError(name)
+            table = pa.ipc.open_file(pa.memory_map(self._path, "r")).read_all()
+            got = self._got[name] = table.column(name).to_numpy()
+        return got
+
+    def __setitem__(self, name, values) -> None:
+        self._got[name] = values
+
+
 class FrameRenderer:
     """Renders frames of one layout of a dataset. Build once, call :meth:`render_png` often.
 
@@ -131,16 +266,46 @@ class FrameRenderer:
     """
 
     def __init__(self, ds, layout_name: str | None = None, *, backend: str = "auto",
-                 exact_budget: int | None = None, spatial: bool = True):
+                 exact_budget: int | None = None, spatial: bool = True, store: str = "auto"):
         from ..dataset.layouts import load_layout
         from ..dataset.reader import Dataset
 
         if not isinstance(ds, Dataset):
             ds = Dataset.open(ds)
-        lay = load_layout(ds, name=layout_name)
+        if store not in ("auto", "always", "never"):
+            raise InputError(f"store must be 'auto', 'always' or 'never', got {store!r}")
         self.ds = ds
+        st = self._open_store(ds, layout_name, store) if spatial else None
+        if st is not None:
+            self.layout = _LayoutRef(st.layout, ds.manifest["layouts"][st.layout])
+            self._setup(None, None, _LayoutColumns(ds, st.layout), backend, exact_budget,
+                        store=st)
+            return
+        lay = load_layout(ds, name=layout_name)
         self.layout = lay
         self._setup(lay.x, lay.y, dict(lay.columns), backend, exact_budget, spatial)
+
+    @staticmethod
+    def _open_store(ds, layout_name, store):
+        """The layout's on-disk map (:mod:`bigembed.view.store`): opened when built; built
+        now when ``store`` is "always", or "auto" and the layout has at least
+        :data:`~bigembed.view.store.MIN_ROWS` points and the dataset is writable; else None
+        (the layout is sorted in memory)."""
+        from . import store as mapstore
+
+        if store == "never":
+            return None
+        st = mapstore.open_map(ds, layout_name)
+        if st is not None or (store == "auto" and ds.rows < mapstore.MIN_ROWS):
+            return st
+        try:
+            mapstore.build_map(ds, layout_name)
+        except DatasetError as e:
+            if store == "always" or "not writable" not in str(e):
+                raise
+            log.info("frames: %s; the layout is sorted in memory", e)
+            return None
+        return mapstore.open_map(ds, layout_name)
 
     @classmethod
     def from_arrays(cls, x, y, *, columns: dict | None = None, backend: str = "auto",
@@ -153,11 +318,13 @@ class FrameRenderer:
                     backend, exact_budget, spatial)
         return self
 
-    def _setup(self, x, y, columns, backend, exact_budget, spatial=True):
-        if x.shape != y.shape or x.ndim != 1:
-            raise InputError(f"x and y must be arrays of the same shape (n,), got {x.shape}, {y.shape}")
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            raise InputError("layout coordinates must be finite")
+    def _setup(self, x, y, columns, backend, exact_budget, spatial=True, store=None):
+        if store is None:
+            if x.shape != y.shape or x.ndim != 1:
+                raise InputError(f"x and y must be arrays of the same shape (n,), got "
+                                 f"{x.shape}, {y.shape}")
+            if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                raise InputError("layout coordinates must be finite")
         if isinstance(backend, str):
             self.backend, self.raster = RASTER.create(backend)
         elif isinstance(backend, RASTER.interface):
@@ -166,26 +333,40 @@ class FrameRenderer:
         else:
             raise InputError(f"backend must be one of {RASTER.choices()} or a RasterBackend "
                              f"object, got {backend!r}")
-        self.index = SpatialIndex(x, y, sort=spatial)
-        self.pyramid = Pyramid(self.index)
+        self.store = store
+        if store is not None:  # memory-mapped: nothing of size n computed here
+            self.index, self.pyramid = store.index, store.pyramid
+        else:
+            self.index = SpatialIndex(x, y, sort=spatial)
+            self.pyramid = Pyramid(self.index)
         self.raster.hold(self.index, self.pyramid)
         self.n = self.index.n
         self.exact_budget = int(exact_budget if exact_budget is not None else
                                 self.raster.exact_budget)
         self._extra_columns = columns
+        self._set_columns: set[str] = set()
         self._added: dict[str, tuple] = {}
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
-        log.info("frames: %d points in Z-order, raster backend %r", self.n,
+        log.info("frames: %d points in Z-order%s, raster backend %r", self.n,
+                 f" (memory-mapped from {store.path})" if store is not None else "",
                  self.backend.name if self.backend else type(self.raster).__name__)
 
     # -- columns and colourings ------------------------------------------------------------
     def columns(self) -> list[str]:
         """Names usable as ``color_by``."""
-        names = list(self._extra_columns)
-        if self.ds is not None:
-            names += [c for c in self.ds.meta.columns if c not in ("id",)]
+        names = self.layout_column_names() + self.meta_column_names()
         return ["density"] + [c for c in dict.fromkeys(names) if c not in ("key",)]
+
+    def layout_column_names(self) -> list[str]:
+        """Per-point columns of the layout (quality) and those set with :meth:`set_column`."""
+        return list(self._extra_columns)
+
+    def meta_column_names(self) -> list[str]:
+        """The dataset's metadata columns (but ``id``), from its schema."""
+        if self.ds is None:
+            return []
+        return [c for c in self.ds.meta_columns() if c != "id"]
 
     def add_column(self, name: str, values, *, span=None, categories=None) -> None:
         """Make ``values`` (id order, shape (n,)) usable as ``color_by=name`` without listing
@@ -217,6 +398,7 @@ class FrameRenderer:
         if v.shape != (self.n,):
             raise InputError(f"column {name!r} must have shape ({self.n},), got {v.shape}")
         self._extra_columns[name] = v
+        self._set_columns.add(name)
         self._colourings.pop(name, None)
         self._filters.clear()
 
@@ -226,8 +408,8 @@ class FrameRenderer:
             return self._added[name][0]
         if name in self._extra_columns:
             return np.asarray(self._extra_columns[name])
-        if self.ds is not None and name in self.ds.meta.columns:
-            return self.ds.meta[name].to_numpy()
+        if self.ds is not None and name in self.meta_column_names():
+            return self.ds.meta_column(name)
         raise InputError(f"color_by: no column {name!r}; available: {self.columns()}")
 
     def colouring(self, color_by: str | None) -> Colouring:
@@ -239,54 +421,14 @@ class FrameRenderer:
         return c
 
     def _make_colouring(self, name: str) -> Colouring:
-        import pandas as pd
-
         if name == "density":
             return Colouring("density", "density")
-        col = self.column(name)
-        ids = self.index.ids
-        if name in self._added:
-            _, span, cats = self._added[name]
-            if cats is not None:
-                return Colouring(name, "categorical", np.asarray(col, np.int64)[ids], cats,
-                                 _palette(len(cats)))
-            if span is not None:
-                return Colouring(name, "mean", np.asarray(col, np.float64)[ids], span=span,
-                                 cmap=MEAN_CMAP)
-        if name == "correct":
-            err = 1.0 - np.asarray(col, np.float64)
-            return Colouring(name, "mean", err[ids], span=(0.0, 1.0), cmap=ERROR_CMAP)
-        if col.dtype.kind == "f":
-            v = np.asarray(col, np.float64)
-            fin = v[np.isfinite(v)]
-            span = (float(fin.min()), float(fin.max())) if len(fin) else (0.0, 1.0)
-            if span[0] == span[1]:
-                span = (span[0], span[0] + 1.0)
-            if name == "knn_preservation":
-                span = (0.0, 1.0)
-            return Colouring(name, "mean", v[ids], span=span, cmap=MEAN_CMAP)
-        if col.dtype.kind in "iub":
-            # Integer labels: codes from np.unique (numeric order), no text conversion of N
-            # values (a second of work at 4M points).
-            uniq, inv = np.unique(col, return_inverse=True)
-            if len(uniq) <= MAX_CATEGORIES:
-                return Colouring(name, "categorical", inv.astype(np.int64)[ids],
-                                 tuple(str(u) for u in uniq.tolist()), _palette(len(uniq)))
-        cats = pd.Categorical(pd.Series(col).astype(str))
-        if len(cats.categories) > MAX_CATEGORIES:
-            if col.dtype.kind in "iub":
-                v = np.asarray(col, np.float64)
-                return Colouring(name, "mean", v[ids], span=(float(v.min()), float(v.max()) or 1.0),
-                                 cmap=MEAN_CMAP)
-            raise InputError(f"color_by: column {name!r} has {len(cats.categories)} distinct "
-                             f"values; at most {MAX_CATEGORIES} can be told apart by colour")
-        cat_names = tuple(str(c) for c in cats.categories)
-        if col.dtype.kind in "iu":
-            # Order integer labels numerically, not as strings ("10" after "9").
-            cat_names = tuple(sorted(cat_names, key=lambda s: int(s)))
-            cats = pd.Categorical(pd.Series(col).astype(str), categories=list(cat_names))
-        codes = np.asarray(cats.codes, np.int64)[ids]
-        return Colouring(name, "categorical", codes, cat_names, _palette(len(cat_names)))
+        if self.store is not None:
+            c = self.store.colouring(name, self)
+            if c is not None:
+                return c
+        c = colouring_of(name, self.column(name), self._added.get(name))
+        return replace(c, values=c.values[self.index.ids])
 
     def legend(self, color_by: str | None = None) -> dict:
         """What the colours mean: categories and colours, or a span and colour map."""
@@ -352,6 +494,20 @@ class FrameRenderer:
         for col, allowed in key:
             if col == "density" or col not in self.columns():
                 raise InputError(f"filter: no column {col!r}; available: {self.columns()[1:]}")
+            try:
+                c = self.colouring(col) if col != "correct" else None
+            except InputError:  # too many values to colour: compared as text below
+                c = None
+            if c is not None and c.kind == "categorical":
+                # the colouring's codes, already in spatial order (a stored map's, memory-
+                # mapped: no text of n values); its categories are the values as text
+                bad = [a for a in allowed if a not in c.categories]
+                if bad:
+                    raise InputError(f"filter: column {col!r} has no value {bad[0]!r}; it has "
+                                     f"{sorted(c.categories)[:20]}")
+                codes = [c.categories.index(a) for a in allowed]
+                mask &= np.isin(np.asarray(c.values), np.asarray(codes, c.values.dtype))
+                continue
             v = np.asarray(self.column(col))
             if v.dtype.kind == "f" and col != "correct":
                 raise InputError(f"filter: column {col!r} is numeric; filter on a categorical "
@@ -545,6 +701,8 @@ class FrameRenderer:
     def xy(self, ids) -> np.ndarray:
         """Coordinates of ``ids``: array of shape (len(ids), 2)."""
         ids = np.asarray(ids, np.int64)
+        if not hasattr(self, "_pos_of_id") and self.store is not None:
+            self._pos_of_id = self.store.pos
         if not hasattr(self, "_pos_of_id"):
             pos = np.empty(self.n, np.int64)
             pos[self.index.ids] = np.arange(self.n)

@@ -27,6 +27,82 @@ def category_lut(colouring, mix: bool) -> np.ndarray:
     return np.c_[np.ones(len(colouring.categories)), _rgb(colouring.colors)]
 
 
+class Level:
+    """One level of the pyramid tree: ``cell`` (m,) uint32 codes of its non-empty cells,
+    ``starts`` (m + 1,) int64 their first point positions (and n), ``sums`` (m, 2) float64
+    the x and y sums of their points, ``first`` (m + 1,) int64 the first cell of the next
+    finer level in each cell (None at the finest level)."""
+
+    __slots__ = ("cell", "starts", "sums", "first")
+
+    def __init__(self, cell, starts, sums, first):
+        self.cell, self.starts, self.sums, self.first = cell, starts, sums, first
+
+
+def build_tree(codes, xs, ys, levels: int, stop: int = 0, top: Level | None = None) -> dict:
+    """The pyramid's levels ``levels`` .. ``stop`` of points in Z-order: {level: Level}.
+
+    The finest level is the runs of equal ``codes`` with their sums added point by point in
+    order; each coarser level groups the finer one's cells by parent (code >> 2) and adds
+    their sums in order. With ``top`` (a Level at ``levels``) the tree starts from it instead
+    of from points. The out-of-core build (:mod:`bigembed.view.store`) makes the same calls on
+    windows of whole cells, so both give the same bytes.
+    """
+    from ..kernels import zorder as zk
+
+    if top is None:
+        cell, starts, sx, sy = zk.cell_runs(codes, xs, ys)
+        top = Level(cell, starts, np.column_stack([sx, sy]), None)
+    out = {levels: top}
+    lv = top
+    for level in range(levels - 1, stop - 1, -1):
+        parent, first = zk.parent_groups(lv.cell)
+        lv = Level(parent, lv.starts[first], zk.sum_groups(first, lv.sums), first)
+        out[level] = lv
+    return out
+
+
+def centroids_of(level: Level):
+    """(x, y, count) float32 arrays of a level's cells: their points' mean position."""
+    cnt = np.diff(level.starts).astype(np.float64)
+    return ((level.sums[:, 0] / cnt).astype(np.float32),
+            (level.sums[:, 1] / cnt).astype(np.float32), cnt.astype(np.float32))
+
+
+def pair_offsets(pc, cells: int) -> np.ndarray:
+    """First pair of each cell (and the end) of pairs sorted by cell; (cells + 1,) int64."""
+    return np.searchsorted(pc, np.arange(cells + 1)).astype(np.int64)
+
+
+def category_tree(tree: dict, values, ncat: int) -> dict:
+    """Per level, the (cell, category, count float64, offsets) pairs of a categorical
+    colouring (``values`` per point in Z-order): counted at the finest level, merged up."""
+    from ..kernels import zorder as zk
+
+    levels = sorted(tree, reverse=True)
+    fine = tree[levels[0]]
+    pc, pcat, pn = zk.category_pairs(fine.starts, values, ncat)
+    out = {levels[0]: (pc, pcat, pn, pair_offsets(pc, len(fine.starts) - 1))}
+    for level in levels[1:]:
+        child = out[level + 1]
+        first = tree[level].first
+        pc, pcat, pn = zk.merge_pairs(first, child[3], child[1], child[2], ncat)
+        out[level] = (pc, pcat, pn, pair_offsets(pc, len(first) - 1))
+    return out
+
+
+def mean_tree(tree: dict, values) -> dict:
+    """Per level, (sum, count) float64 of the finite ``values`` (per point in Z-order) in each
+    cell: added point by point at the finest level, cell by cell above."""
+    from ..kernels import zorder as zk
+
+    levels = sorted(tree, reverse=True)
+    out = {levels[0]: zk.finite_sums(tree[levels[0]].starts, values)}
+    for level in levels[1:]:
+        out[level] = zk.sum_groups(tree[level].first, out[level + 1])
+    return out
+
+
 class Pyramid:
     """Per-level cell arrays of ``index`` (a sorted :class:`SpatialIndex`), cached.
 
@@ -37,6 +113,15 @@ class Pyramid:
     def __init__(self, index: SpatialIndex):
         self.index = index
         self._cache: dict[tuple, tuple] = {}
+        self._tree: dict | None = None
+        self._trees: dict[str, dict] = {}
+
+    def tree(self) -> dict:
+        """Every level of the index (built once, on first use)."""
+        if self._tree is None:
+            ix = self.index
+            self._tree = build_tree(ix.codes, ix.xs, ix.ys, ix.levels)
+        return self._tree
 
     def centroids(self, level: int):
         """(x, y, count) of every non-empty cell of ``level``: float32 arrays of shape
@@ -44,15 +129,19 @@ class Pyramid:
         key = (level, None)
         got = self._cache.get(key)
         if got is None:
-            starts = self.index.level_starts(level)
-            cnt = np.diff(starts).astype(np.float64)
-            head = starts[:-1]
-            # float32 like the layout itself: half the memory of the finest levels
-            mx = (np.add.reduceat(self.index.xs.astype(np.float64), head) / cnt).astype(np.float32)
-            my = (np.add.reduceat(self.index.ys.astype(np.float64), head) / cnt).astype(np.float32)
-            got = (mx, my, cnt.astype(np.float32))
+            got = centroids_of(self.tree()[level])
             self._cache[key] = got
         return got
+
+    def _colour_tree(self, colouring) -> dict:
+        got = self._trees.get(colouring.name)
+        if got is None or got[0] is not colouring:
+            if colouring.kind == "categorical":
+                t = category_tree(self.tree(), colouring.values, len(colouring.categories))
+            else:
+                t = mean_tree(self.tree(), colouring.values)
+            got = self._trees[colouring.name] = (colouring, t)
+        return got[1]
 
     def cells(self, level: int, colouring):
         """Cell arrays of ``level`` for a colouring: (x, y, count, extra), extra being None
@@ -60,31 +149,13 @@ class Pyramid:
         categorical one sparse (cell, category, count, offsets) triples sorted by cell with
         per-cell offsets (shape (cells + 1,)), so a frame takes its cells' triples as runs,
         without a dense (cells, C) scan."""
-        key = (level, colouring.name)
-        got = self._cache.get(key)
-        if got is not None:
-            return got
         mx, my, cnt = self.centroids(level)
-        starts = self.index.level_starts(level)
-        head = starts[:-1]
+        if colouring.kind == "density":
+            return mx, my, cnt, None
+        t = self._colour_tree(colouring)[level]
         if colouring.kind == "categorical":
-            ncat = len(colouring.categories)
-            group = np.repeat(np.arange(len(head)), np.diff(starts))
-            counts = np.bincount(group * ncat + colouring.values, minlength=len(head) * ncat)
-            nzk = np.flatnonzero(counts)
-            cell, cat = np.divmod(nzk, ncat)
-            offs = np.searchsorted(cell, np.arange(len(head) + 1))
-            extra = (cell, cat, counts[nzk].astype(np.float64), offs)
-        elif colouring.kind == "mean":
-            v = colouring.values
-            fin = np.isfinite(v)
-            extra = (np.add.reduceat(np.where(fin, v, 0.0), head),
-                     np.add.reduceat(fin.astype(np.float64), head))
-        else:
-            extra = None
-        got = (mx, my, cnt, extra)
-        self._cache[key] = got
-        return got
+            return mx, my, cnt, t
+        return mx, my, cnt, (t[:, 0], t[:, 1])
 
     def weights(self, level: int, colouring, *, mix: bool = False):
         """(x, y, weights) of ``level`` for the run kernels: weights float64 of shape
@@ -115,6 +186,12 @@ class Pyramid:
         self._cache[key] = got
         return got
 
+    def view_weights(self, view, *, mix: bool = False):
+        """(x, y, weights, runs) for the run kernels over a pyramid ``view``: the level's
+        whole arrays (:meth:`weights`, cached) and the view's runs of cells."""
+        mx, my, w = self.weights(view.level, view.colouring, mix=mix)
+        return mx, my, w, view.runs
+
     def gather(self, view):
         """The visible cells of a pyramid view as weighted points: (x, y, count, values),
         values None (density), (sum, count) per cell (mean), or (category, count) per
@@ -127,7 +204,8 @@ class Pyramid:
         if c.kind == "categorical":
             pc, pcat, pw, offs = extra
             pairs = SpatialIndex.positions(np.stack([offs[runs[:, 0]], offs[runs[:, 1]]], 1))
-            return mx[pc[pairs]], my[pc[pairs]], w, (pcat[pairs], pw[pairs])
+            return (mx[pc[pairs]], my[pc[pairs]], w,
+                    (pcat[pairs].astype(np.int64), pw[pairs].astype(np.float64)))
         if c.kind == "mean":
             return x, y, w, (extra[0][cells], extra[1][cells])
         return x, y, w, None

@@ -160,8 +160,8 @@ class NumbaRuns(_Host):
         from ..kernels.raster import bin_runs
 
         if view.mode == "pyramid":
-            mx, my, w = self.pyramid.weights(view.level, view.colouring, mix=mix)
-            acc, hits = bin_runs(mx, my, view.runs, weights=w, **view.grid)
+            mx, my, w, runs = self.pyramid.view_weights(view, mix=mix)
+            acc, hits = bin_runs(mx, my, runs, weights=w, **view.grid)
         else:
             acc, hits = bin_runs(self.index.xs, self.index.ys, view.runs, mask=view.mask,
                                  **exact, **view.grid)

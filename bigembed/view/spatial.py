@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 LEVELS = 13
+#: codes are uint32 and a range query's end key, 4**levels, must fit in one: at most 15 levels
+MAX_LEVELS = 15
 
 
 def _spread_bits(v: np.ndarray) -> np.ndarray:
@@ -32,7 +34,7 @@ class SpatialIndex:
     """Points ``x, y`` (arrays of shape (n,)) in Z-order.
 
     Attributes: ``ids`` (n,) int64 original row of each sorted position; ``xs, ys`` (n,)
-    float32 coordinates in sorted order; ``codes`` (n,) uint64 Morton codes at ``levels``.
+    float32 coordinates in sorted order; ``codes`` (n,) uint32 Morton codes at ``levels``.
     """
 
     def __init__(self, x, y, *, levels: int = LEVELS, sort: bool = True):
@@ -54,22 +56,44 @@ class SpatialIndex:
         self.span = span * (1 + 1e-6)
         self.scale = g / self.span
         self._starts: dict[int, np.ndarray] = {}
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in 1..{MAX_LEVELS}, got {levels}")
         if not sort:
             # Points in their own order: every view is the one run [0, n) (a one-off frame
             # of all points, where sorting would cost more than the frame; no pyramid).
             self.codes = None
             self.ids = np.arange(self.n, dtype=np.int64)
             self.xs, self.ys = x, y
+            self._level_starts = None
             return
-        cx = self._cell(x, 0, g)
-        cy = self._cell(y, 1, g)
-        codes = morton(cx, cy)
-        order = np.argsort(codes, kind="stable")
+        from ..kernels.zorder import cell_codes, radix_argsort
+
+        # uint32 codes (levels <= 15) in numba, the same arithmetic as _cell + morton; a
+        # stable radix sort gives np.argsort(kind="stable")'s order
+        codes = cell_codes(x, y, self.lo, self.scale, self.levels)
+        order = radix_argsort(codes)
         self.codes = codes[order]
-        self.ids = order.astype(np.int64)
+        self.ids = order.astype(np.int64, copy=False)
         self.xs = x[order]
         self.ys = y[order]
-        self._starts: dict[int, np.ndarray] = {}
+        self._level_starts = None
+
+    @classmethod
+    def stored(cls, *, xs, ys, ids, codes, lo, span, levels: int, level_starts):
+        """An index over arrays already in Z-order (memory-mapped from
+        :mod:`bigembed.view.store`): ``lo``, ``span`` as the index that sorted them kept,
+        ``level_starts(level)`` the start positions of each level's cells."""
+        self = cls.__new__(cls)
+        self.n = int(len(xs))
+        self.sorted = True
+        self.levels = int(levels)
+        self.lo = np.asarray(lo, np.float64)
+        self.span = np.asarray(span, np.float64)
+        self.scale = (1 << self.levels) / self.span
+        self._starts = {}
+        self.codes, self.ids, self.xs, self.ys = codes, ids, xs, ys
+        self._level_starts = level_starts
+        return self
 
     def _cell(self, v, axis: int, g: int) -> np.ndarray:
         c = np.floor((np.asarray(v, np.float64) - self.lo[axis]) * self.scale[axis])
@@ -116,8 +140,10 @@ class SpatialIndex:
         cc = morton(np.repeat(cxs, len(cys)), np.tile(cys, len(cxs)))
         cc.sort()
         shift = np.uint64(2 * sh)
-        lo = np.searchsorted(self.codes, cc << shift, side="left")
-        hi = np.searchsorted(self.codes, (cc + np.uint64(1)) << shift, side="left")
+        # keys in the codes' own dtype: numpy would otherwise convert all n codes per search
+        dt = self.codes.dtype
+        lo = np.searchsorted(self.codes, (cc << shift).astype(dt), side="left")
+        hi = np.searchsorted(self.codes, ((cc + np.uint64(1)) << shift).astype(dt), side="left")
         keep = hi > lo
         lo, hi = lo[keep], hi[keep]
         if len(lo) == 0:
@@ -190,8 +216,10 @@ class SpatialIndex:
     def level_starts(self, level: int) -> np.ndarray:
         """Start position of every non-empty cell at ``level``, plus n; shape (cells + 1,)."""
         s = self._starts.get(level)
+        if s is None and self._level_starts is not None:
+            s = self._starts[level] = self._level_starts(level)
         if s is None:
-            key = self.codes >> np.uint64(2 * (self.levels - level))
+            key = self.codes >> self.codes.dtype.type(2 * (self.levels - level))
             s = np.r_[0, np.flatnonzero(key[1:] != key[:-1]) + 1, self.n].astype(np.int64)
             self._starts[level] = s
         return s
