@@ -208,11 +208,34 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tap-n", type=int, default=100_000)
     ap.add_argument("--out", default="benchmarks/results/view.json")
+    ap.add_argument("--ooc-from", type=int, default=200_000_000,
+                    help="sizes from this up are measured out of core (benchmarks.bench_ooc)")
+    ap.add_argument("--workdir", default=None,
+                    help="where the out-of-core dataset is written (default: a temporary dir)")
+    ap.add_argument("--memory", type=int, default=6 << 30,
+                    help="memory cap of the out-of-core build, bytes")
+    ap.add_argument("--keep", action="store_true", help="keep the out-of-core dataset")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = {"width": W, "height": H, "zooms": ZOOMS, "sizes": {}}
+    ooc = [n for n in args.sizes if n >= args.ooc_from]
+    args.sizes = [n for n in args.sizes if n < args.ooc_from]
     for n in args.sizes:
         res["sizes"][str(n)] = bench_size(n, positions=args.positions, repeat=args.repeat)
+    if ooc:
+        from benchmarks.bench_ooc import bench_out_of_core
+
+        res["out_of_core"] = {}
+        for n in ooc:
+            with tempfile.TemporaryDirectory(prefix="bench-ooc-", dir=args.workdir,
+                                             ignore_cleanup_errors=True) as tmp:
+                res["out_of_core"][str(n)] = bench_out_of_core(
+                    n, workdir=Path(tmp), positions=args.positions, memory=args.memory,
+                    keep=args.keep)
+        if not args.sizes:
+            path = write_results(args.out, results_doc("view", res, params=vars(args)))
+            log.info("wrote %s", path)
+            return
     if len(args.sizes) >= 2:
         a, b = (res["sizes"][str(n)] for n in (min(args.sizes), max(args.sizes)))
         res["p95_ratio_largest_over_smallest"] = {

@@ -178,6 +178,37 @@ def _kernels():
                         out[p, 1] += 1.0
         return hits
 
+    @numba.njit(cache=True, nogil=True)
+    def bin_cells(xs, ys, runs, kind, cnt, wsum, wnum, offs, pcat, pn, lut, geom, width,
+                  height, out):
+        # pyramid cells at positions ``runs`` of their (memory-mapped) level arrays, weights
+        # read in place: kind 0: out[p, 0] += cnt[i];  1: out[p] += (wsum[i], wnum[i]) (mean);
+        # 2: out[p, :] += pn[j] * lut[pcat[j], :] over the cell's (category, count) pairs j in
+        # offs[i] .. offs[i + 1]
+        x0, x1, y0, y1, sx, tx, sy, ty = geom[0], geom[1], geom[2], geom[3], geom[4], \
+            geom[5], geom[6], geom[7]
+        c = out.shape[1]
+        hits = 0
+        for r in range(runs.shape[0]):
+            for i in range(runs[r, 0], runs[r, 1]):
+                p = _pixel(np.float64(xs[i]), np.float64(ys[i]), x0, x1, y0, y1, sx, tx, sy,
+                           ty, width, height)
+                if p < 0:
+                    continue
+                hits += 1
+                if kind == 0:
+                    out[p, 0] += np.float64(cnt[i])
+                elif kind == 1:
+                    out[p, 0] += wsum[i]
+                    out[p, 1] += wnum[i]
+                else:
+                    for j in range(offs[i], offs[i + 1]):
+                        k = pcat[j]
+                        w = np.float64(pn[j])
+                        for h in range(c):
+                            out[p, h] += w * lut[k, h]
+        return hits
+
     @numba.njit(inline="always")
     def _has_neighbour(img, y, x, r):
         # another pixel with alpha within the (2r+1)^2 window around (y, x)
@@ -366,6 +397,7 @@ def _kernels():
     _NUMBA["spreads"] = spreads
     _NUMBA["nonzero_counts"] = nonzero_counts
     _NUMBA["bin_runs"] = bin_runs
+    _NUMBA["bin_cells"] = bin_cells
     _NUMBA["neighbour_share"] = neighbour_share
     _NUMBA["mix_pixels"] = mix_pixels
     _NUMBA["mean_of_sums"] = mean_of_sums
@@ -421,6 +453,31 @@ def bin_runs(xs, ys, runs, *, x_range, y_range, width, height, weights=None, cod
     # float64 for an (H*W, C) array, and no conversion afterwards
     out = np.zeros((width * height, ch), np.uint32 if kind == 4 else np.float64)
     hits = kernel(xs, ys, runs, kind, w, c, lt, m, geom, width, height, out)
+    return out, int(hits)
+
+
+def bin_cells(xs, ys, runs, *, x_range, y_range, width, height, cnt=None, sums=None,
+              pairs=None, lut=None):
+    """Bin pyramid cells at positions ``runs`` of a level's arrays (memory-mapped ones read in
+    place): one of ``cnt`` (n,) (their counts: out (H*W, 1)), ``sums`` = (sum, count) (n,)
+    each (a mean: out (H*W, 2)), or ``pairs`` = (offsets (n + 1,), category (p,), count
+    (p,)) with ``lut`` (C, c) float64 (sum of count * lut[category] over each cell's pairs:
+    out (H*W, c)). The same sums :func:`bin_runs` makes from the level's whole weight rows.
+    Returns (out, hits)."""
+    kernel = _kernels()["bin_cells"]
+    runs = np.ascontiguousarray(runs, np.int64).reshape(-1, 2)
+    geom = _geom(x_range, y_range, width, height)
+    f0, i0 = np.zeros(0), np.zeros(0, np.int64)
+    if cnt is not None:
+        kind, ch, args = 0, 1, (cnt, f0, f0, i0, i0, f0, np.zeros((0, 1)))
+    elif sums is not None:
+        kind, ch, args = 1, 2, (f0, sums[0], sums[1], i0, i0, f0, np.zeros((0, 1)))
+    else:
+        offs, pcat, pn = pairs
+        kind, ch, args = 2, lut.shape[1], (f0, f0, f0, offs, pcat, pn,
+                                           np.ascontiguousarray(lut, np.float64))
+    out = np.zeros((width * height, ch), np.float64)
+    hits = kernel(xs, ys, runs, kind, *args, geom, width, height, out)
     return out, int(hits)
 
 

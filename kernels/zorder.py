@@ -112,6 +112,45 @@ def _kernels():
         return perm
 
     @numba.njit(cache=True, nogil=True)
+    def split_argsort(keys, shift, base, nhigh):
+        # stable argsort of uint32 keys whose high parts (key >> shift) - base lie in
+        # [0, nhigh): a counting sort by the high part, then one per high part by the low
+        # shift bits (small count arrays, in cache; the order np.argsort(kind="stable") gives)
+        n = keys.shape[0]
+        count = np.zeros(nhigh + 1, np.int64)
+        for i in range(n):
+            count[(keys[i] >> shift) - base + 1] += 1
+        for b in range(nhigh):
+            count[b + 1] += count[b]
+        seg = count.copy()
+        first = np.empty(n, np.int64)
+        for i in range(n):
+            b = (keys[i] >> shift) - base
+            first[count[b]] = i
+            count[b] += 1
+        perm = np.empty(n, np.int64)
+        low = np.uint32((1 << shift) - 1)
+        cnt = np.zeros((1 << shift) + 1, np.int64)
+        for b in range(nhigh):
+            s, e = seg[b], seg[b + 1]
+            if e - s == 0:
+                continue
+            if e - s == 1:
+                perm[s] = first[s]
+                continue
+            cnt[:] = 0
+            for j in range(s, e):
+                cnt[(keys[first[j]] & low) + 1] += 1
+            for v in range(1 << shift):
+                cnt[v + 1] += cnt[v]
+            for j in range(s, e):
+                i = first[j]
+                v = keys[i] & low
+                perm[s + cnt[v]] = i
+                cnt[v] += 1
+        return perm
+
+    @numba.njit(cache=True, nogil=True)
     def cell_runs(codes, xs, ys):
         # runs of equal codes in sorted codes: (cell code, start position, float64 sums of x
         # and y added in order) per run, and the end position
@@ -256,7 +295,8 @@ def _kernels():
             out[i] = values[idx[i]]
 
     _NUMBA.update(cell_codes=cell_codes, bounds=bounds, histogram=histogram,
-                  take_window=take_window, radix_argsort=radix_argsort, cell_runs=cell_runs,
+                  take_window=take_window, radix_argsort=radix_argsort,
+                  split_argsort=split_argsort, cell_runs=cell_runs,
                   parent_groups=parent_groups, sum_groups=sum_groups, finite_sums=finite_sums,
                   category_pairs=category_pairs, merge_pairs=merge_pairs,
                   invert_block=invert_block, gather=gather)
@@ -294,6 +334,14 @@ def take_window(codes, c0: int, c1: int, id0: int, x, y, bufs, k: int) -> int:
 def radix_argsort(keys: np.ndarray) -> np.ndarray:
     """Stable argsort of uint32 ``keys`` (the order ``np.argsort(kind="stable")`` gives)."""
     return _kernels()["radix_argsort"](np.ascontiguousarray(keys, np.uint32))
+
+
+def split_argsort(keys: np.ndarray, shift: int, base: int, nhigh: int) -> np.ndarray:
+    """Stable argsort of uint32 ``keys`` with ``(key >> shift) - base`` in [0, nhigh): by the
+    high part, then by the low ``shift`` bits within each (the order of
+    ``np.argsort(kind="stable")``)."""
+    return _kernels()["split_argsort"](np.ascontiguousarray(keys, np.uint32), np.uint32(shift),
+                                       np.uint32(base), int(nhigh))
 
 
 def cell_runs(codes, xs, ys):

@@ -186,11 +186,13 @@ class Pyramid:
         self._cache[key] = got
         return got
 
-    def view_weights(self, view, *, mix: bool = False):
-        """(x, y, weights, runs) for the run kernels over a pyramid ``view``: the level's
-        whole arrays (:meth:`weights`, cached) and the view's runs of cells."""
+    def bin_view(self, view, *, mix: bool = False):
+        """The run kernel's accumulators of a pyramid ``view`` (array (H*W, ch), hits): the
+        level's whole weight rows (:meth:`weights`, cached) binned over the view's runs."""
+        from ..kernels.raster import bin_runs
+
         mx, my, w = self.weights(view.level, view.colouring, mix=mix)
-        return mx, my, w, view.runs
+        return bin_runs(mx, my, view.runs, weights=w, **view.grid)
 
     def gather(self, view):
         """The visible cells of a pyramid view as weighted points: (x, y, count, values),

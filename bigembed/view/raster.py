@@ -160,8 +160,7 @@ class NumbaRuns(_Host):
         from ..kernels.raster import bin_runs
 
         if view.mode == "pyramid":
-            mx, my, w, runs = self.pyramid.view_weights(view, mix=mix)
-            acc, hits = bin_runs(mx, my, runs, weights=w, **view.grid)
+            acc, hits = self.pyramid.bin_view(view, mix=mix)
         else:
             acc, hits = bin_runs(self.index.xs, self.index.ys, view.runs, mask=view.mask,
                                  **exact, **view.grid)

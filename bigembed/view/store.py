@@ -57,12 +57,15 @@ MAP_DIR = "cache/map"
 PLAN_LEVEL = 8
 #: rows read per chunk of the layout
 CHUNK_ROWS = 1 << 22
-#: bytes a window's points may take while being sorted (about 64 bytes a point)
+#: bytes a window's points may take while being sorted (about 96 bytes a point)
 DEFAULT_MEMORY = 2 << 30
-BYTES_PER_POINT = 64
+BYTES_PER_POINT = 96
 #: layouts with at least this many points get the on-disk map when a renderer opens them
 #: (smaller ones sort in memory in well under a second)
 MIN_ROWS = 1_000_000
+#: levels with at most this many cells keep their weight rows in memory once used (the
+#: coarse levels of zoomed-out frames; a few tens of MB)
+CACHED_LEVEL_CELLS = 1 << 20
 #: points per level-grid cell side above which a layout gets one more level than LEVELS
 BIG_ROWS = 200_000_000
 
@@ -376,7 +379,7 @@ def _build(d: Path, layout_file: Path, n: int, levels: int, memory: int, chunk_r
             raise DatasetError(f"{layout_file}: changed while the map was built "
                                f"({k} points in a window planned for {count})")
         bx, by, bid, bcode = (b[:k] for b in bufs)
-        perm = zk.radix_argsort(bcode)
+        perm = zk.split_argsort(bcode, shift, c0, c1 - c0)
         codes, xs, ys = bcode[perm], bx[perm], by[perm]
         out["xs"].write(xs)
         out["ys"].write(ys)
@@ -560,36 +563,48 @@ class StoredPyramid(Pyramid):
         return mx, my, cnt, (t["sum"], t["num"])
 
     def weights(self, level: int, colouring, *, mix: bool = False):
-        cells = np.array([[0, len(self.store.level(level)["cnt"])]], np.int64)
-        x, y, w = self._weights(level, colouring, cells, mix)
-        return x, y, w
-
-    def view_weights(self, view, *, mix: bool = False):
-        x, y, w = self._weights(view.level, view.colouring, view.runs, mix)
-        return x, y, w, np.array([[0, len(x)]], np.int64)
-
-    def _weights(self, level, colouring, runs, mix):
-        """(x, y, weights) of the cells in ``runs``, as :meth:`Pyramid.weights` makes them for
-        the whole level (the same values, so the same frames)."""
-        cells = SpatialIndex.positions(runs)
+        """Whole-level weight rows, as :meth:`Pyramid.weights` (cached): for the coarse
+        levels frames of the whole map use, and for backends that hold a level (torch)."""
+        key = (level, colouring.name, "w", mix)
+        got = self._cache.get(key)
+        if got is not None and got[0] is colouring:
+            return got[1]
         mx, my, cnt, extra = self.cells(level, colouring)
-        x, y = mx[cells], my[cells]
         if colouring.kind == "density":
-            w = cnt[cells].astype(np.float64)[:, None]
+            w = np.asarray(cnt, np.float64)[:, None]
         elif colouring.kind == "mean":
-            w = np.stack([extra[0][cells], extra[1][cells]], 1)
+            w = np.stack([np.asarray(extra[0]), np.asarray(extra[1])], 1)
         else:
             pc, pcat, pn, offs = extra
-            lo, hi = offs[runs[:, 0]], offs[runs[:, 1]]
-            pairs = SpatialIndex.positions(np.stack([lo, hi], 1))
-            per = offs[cells + 1] - offs[cells]
-            local = np.repeat(np.arange(len(cells)), per)
             lut = category_lut(colouring, mix)
-            cat = pcat[pairs].astype(np.int64)
-            cnt_p = pn[pairs].astype(np.float64)
-            w = np.stack([np.bincount(local, weights=cnt_p * lut[:, j][cat],
-                                      minlength=len(cells)) for j in range(lut.shape[1])], 1)
-        return x, y, np.ascontiguousarray(w)
+            w = np.zeros((len(cnt), lut.shape[1]))
+            cat = np.asarray(pcat, np.int64)
+            for j in range(lut.shape[1]):
+                w[:, j] = np.bincount(pc, weights=np.asarray(pn, np.float64) * lut[cat, j],
+                                      minlength=len(cnt))
+        got = (np.asarray(mx), np.asarray(my), np.ascontiguousarray(w))
+        if len(self._cache) > 16:
+            self._cache.clear()
+        self._cache[key] = (colouring, got)
+        return got
+
+    def bin_view(self, view, *, mix: bool = False):
+        """The run kernel's accumulators of a pyramid ``view``: the cells in view binned in
+        place from the level's memory-mapped arrays (the same sums as the in-memory
+        pyramid's weight rows; nothing gathered)."""
+        from ..kernels.raster import bin_cells
+
+        c = view.colouring
+        mx, my, cnt, extra = self.cells(view.level, c)
+        if len(cnt) <= CACHED_LEVEL_CELLS:  # a coarse level: its weight rows, kept
+            return super().bin_view(view, mix=mix)
+        if c.kind == "density":
+            return bin_cells(mx, my, view.runs, cnt=cnt, **view.grid)
+        if c.kind == "mean":
+            return bin_cells(mx, my, view.runs, sums=extra, **view.grid)
+        pc, pcat, pn, offs = extra
+        return bin_cells(mx, my, view.runs, pairs=(offs, pcat, pn),
+                         lut=category_lut(c, mix), **view.grid)
 
 
 # ---------------------------------------------------------------------------------------------
