@@ -19,7 +19,8 @@ from pathlib import Path
 
 # The browser tests' launch flags and page helpers (Bokeh's view of the plot frame).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_browser import ARGS, FRAME_JS, to_screen  # noqa: E402
+from conftest import CHROMIUM_ARGS  # noqa: E402
+from test_browser import FRAME_JS, to_screen  # noqa: E402
 
 
 def _free_port() -> int:
@@ -64,7 +65,8 @@ def serve(data, *args: str, timeout: float = 120):
 def open_page(pw, url, *, viewport, timeout_ms):
     """Headless Chromium (Debian's, the browser tests' flags) on ``url``, once Bokeh has drawn
     its documents; returns (browser, page)."""
-    b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
+    b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS,
+                           headless=True)
     page = b.new_page(viewport=viewport)
     page.goto(url, timeout=timeout_ms)
     page.wait_for_function("() => typeof Bokeh !== 'undefined' && Bokeh.index && "
