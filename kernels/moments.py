@@ -70,9 +70,10 @@ def column_moments(x: np.ndarray, rows: np.ndarray | None = None, nthreads: int 
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels for read-only float16/float32 input,
-    the types a memory-mapped space has: a server does this before its first visitor, since
-    compiling holds the GIL for seconds."""
+    """Compile (or load from numba's cache) the kernel for read-only float16/float32 input,
+    the types a memory-mapped space has: ``make install`` does this (through
+    :func:`bigembed.analysis.units.warm_contrast_cache`), since compiling holds the GIL for
+    seconds."""
     for dt in (np.float16, np.float32):
         x = np.zeros((4, 3), dt)
         x.flags.writeable = False

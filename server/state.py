@@ -168,9 +168,9 @@ class Explorer:
             log.warning("neighbour lookup not available: %s", e)
         (x0, x1), (y0, y1) = r.default_range()
         self.select(box=((x0, (x0 + x1) / 2), (y0, (y0 + y1) / 2)))
-        from ..kernels.moments import warm_up
-
-        warm_up()  # the group panel's contrast kernel: compiling later would stall the pages
+        # The group panel's contrast kernel is not compiled here: `make install` puts it in
+        # numba's on-disk cache (bigembed.analysis.units.warm_contrast_cache), and the first
+        # contrast loads it from there.
         self.meta(0)
 
     def space_of(self, layout: str | None) -> str | None:
