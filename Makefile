@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	# compile bigembed's UMAP optimiser into the numba cache now, not in front of the first user
 	$(PY) -c "from bigembed.reduce.backends import warm_sgd_cache; warm_sgd_cache()" \
 	  || echo "note: could not warm the UMAP optimiser's cache; the first UMAP compiles it"
+	# ... and the group contrast's kernel: a server start then compiles nothing for it
+	$(PY) -c "from bigembed.analysis.units import warm_contrast_cache; warm_contrast_cache()" \
+	  || echo "note: could not warm the contrast kernel's cache; the first contrast compiles it"
 	touch $(STAMP)
 
 demo: install

@@ -13,15 +13,11 @@ neighbours in A and B are listed, gained and lost marked) and box-select a group
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from screenshot import _free_port, _wait  # noqa: E402
-from test_browser import ARGS  # noqa: E402
+from screenshot import open_page, serve  # noqa: E402
 
 
 def main(argv=None):
@@ -36,45 +32,27 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/compare.png")
     a = ap.parse_args(argv)
     tap = compare(a.data, a=a.a, b=a.b, k=15).movers(1)[0]["id"]
-    port = _free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "bigembed", "-q", "serve", a.data,
-                            "--port", str(port), "--compare", f"{a.a},{a.b}"])
-    url = f"http://127.0.0.1:{port}/?cb=change%3Aoverlap&ca=label&id={tap}"
-
-    def up():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait(up, 300, "the server")
-        with sync_playwright() as pw:
-            b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
-            page = b.new_page(viewport={"width": 1240, "height": 1560})
-            page.goto(url, timeout=120_000)
-            page.wait_for_function("() => typeof Bokeh !== 'undefined' && Bokeh.index && "
-                                   "[...Bokeh.index].length > 0", timeout=120_000)
-            page.wait_for_timeout(4000)
-            page.locator(".bk-tool-icon-box-select").first.click()
-            box = page.evaluate("""() => { function walk(v) { if (v.model.name == 'map_a')
-                return v; for (const c of (v.child_views || [])) { const r = walk(c);
-                if (r) return r; } return null; }
-              for (const root of Bokeh.index) { const v = walk(root); if (v) {
-                const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
-                return {left: r.left + bb.left, top: r.top + bb.top, width: bb.width,
-                        height: bb.height}; } } }""")
-            x, y = box["left"] + box["width"] * 0.2, box["top"] + box["height"] * 0.2
-            page.mouse.move(x, y)
-            page.mouse.down()
-            page.mouse.move(x + box["width"] * 0.25, y + box["height"] * 0.25, steps=4)
-            page.mouse.up()
-            page.wait_for_timeout(5000)
-            page.screenshot(path=a.out, full_page=True)
-            b.close()
-    finally:
-        srv.terminate()
-        srv.wait(timeout=30)
+    with serve(a.data, "--compare", f"{a.a},{a.b}", timeout=300) as base, \
+            sync_playwright() as pw:
+        b, page = open_page(pw, f"{base}/?cb=change%3Aoverlap&ca=label&id={tap}",
+                            viewport={"width": 1240, "height": 1560}, timeout_ms=120_000)
+        page.wait_for_timeout(4000)
+        page.locator(".bk-tool-icon-box-select").first.click()
+        box = page.evaluate("""() => { function walk(v) { if (v.model.name == 'map_a')
+            return v; for (const c of (v.child_views || [])) { const r = walk(c);
+            if (r) return r; } return null; }
+          for (const root of Bokeh.index) { const v = walk(root); if (v) {
+            const bb = v.frame.bbox; const r = v.canvas_view.el.getBoundingClientRect();
+            return {left: r.left + bb.left, top: r.top + bb.top, width: bb.width,
+                    height: bb.height}; } } }""")
+        x, y = box["left"] + box["width"] * 0.2, box["top"] + box["height"] * 0.2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + box["width"] * 0.25, y + box["height"] * 0.25, steps=4)
+        page.mouse.up()
+        page.wait_for_timeout(5000)
+        page.screenshot(path=a.out, full_page=True)
+        b.close()
     print(f"wrote {a.out}")
 
 

@@ -30,7 +30,12 @@ def column_moments_numpy(x: np.ndarray, rows: np.ndarray | None = None):
 
 if HAVE_NUMBA:
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _moments_f32(x, rows, use_rows, nthreads):
+    def _moments(x, table, rows, use_rows, nthreads):
+        # One kernel for both dtypes: ``table`` is None for float32 input and
+        # :data:`F16_TABLE` for float16 input viewed as uint16. ``table is None`` on a
+        # None-typed argument is decided when numba compiles (its dead-branch pruning), so
+        # each specialisation keeps only its own load: the float32 loop has no branch (it
+        # could not even type ``table[...]`` on None otherwise).
         n = rows.shape[0] if use_rows else x.shape[0]
         d = x.shape[1]
         s = np.zeros((nthreads, d))
@@ -42,25 +47,10 @@ if HAVE_NUMBA:
             for i in range(lo, hi):
                 r = rows[i] if use_rows else i
                 for j in range(d):
-                    v = np.float64(x[r, j])
-                    s[t, j] += v
-                    q[t, j] += v * v
-        return s.sum(0), q.sum(0)
-
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _moments_f16(x, table, rows, use_rows, nthreads):
-        n = rows.shape[0] if use_rows else x.shape[0]
-        d = x.shape[1]
-        s = np.zeros((nthreads, d))
-        q = np.zeros((nthreads, d))
-        step = (n + nthreads - 1) // nthreads
-        for t in numba.prange(nthreads):
-            lo = t * step
-            hi = min(n, lo + step)
-            for i in range(lo, hi):
-                r = rows[i] if use_rows else i
-                for j in range(d):
-                    v = np.float64(table[x[r, j]])
+                    if table is None:
+                        v = np.float64(x[r, j])
+                    else:
+                        v = np.float64(table[x[r, j]])
                     s[t, j] += v
                     q[t, j] += v * v
         return s.sum(0), q.sum(0)
@@ -75,14 +65,15 @@ def column_moments(x: np.ndarray, rows: np.ndarray | None = None, nthreads: int 
     use = rows is not None
     r = np.ascontiguousarray(rows, np.int64) if use else np.empty(0, np.int64)
     if x.dtype == np.float16:
-        return _moments_f16(x.view(np.uint16), F16_TABLE, r, use, nthreads)
-    return _moments_f32(x, r, use, nthreads)
+        return _moments(x.view(np.uint16), F16_TABLE, r, use, nthreads)
+    return _moments(x, None, r, use, nthreads)
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels for read-only float16/float32 input,
-    the types a memory-mapped space has: a server does this before its first visitor, since
-    compiling holds the GIL for seconds."""
+    """Compile (or load from numba's cache) the kernel for read-only float16/float32 input,
+    the types a memory-mapped space has: ``make install`` does this (through
+    :func:`bigembed.analysis.units.warm_contrast_cache`), since compiling holds the GIL for
+    seconds."""
     for dt in (np.float16, np.float32):
         x = np.zeros((4, 3), dt)
         x.flags.writeable = False

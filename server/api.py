@@ -157,6 +157,45 @@ class _Base(RequestHandler):
             self.fail(500, "internal error")
         return None
 
+    # -- frames (the single map's and the comparison's) ------------------------------------
+    def view_args(self):
+        """The view a frame request asks for: ``x0, x1, y0, y1, w, h`` -> ``((x0, x1), (y0,
+        y1), w, h)``, with at most :data:`MAX_FRAME_PIXELS` pixels."""
+        x0, x1 = self.float_arg("x0"), self.float_arg("x1")
+        y0, y1 = self.float_arg("y0"), self.float_arg("y1")
+        w = self.int_arg("w", 1, MAX_SIDE, required=True)
+        h = self.int_arg("h", 1, MAX_SIDE, required=True)
+        if w * h > MAX_FRAME_PIXELS:
+            raise InputError(f"parameters 'w' x 'h' must be at most {MAX_FRAME_PIXELS} pixels, "
+                             f"got {w} x {h}")
+        return (x0, x1), (y0, y1), w, h
+
+    async def run_frame(self, work):
+        """:meth:`run` ``work`` on the frame pool, within the cap on frames in flight: beyond
+        it, 503 with ``Retry-After`` (and None)."""
+        slots = self.pools.frame_slots
+        if not slots.acquire(blocking=False):
+            self.set_header("Retry-After", "1")
+            self.fail(503, "too many frames in flight; retry")
+            return None
+        try:
+            return await self.run(work, self.pools.frames)
+        finally:
+            slots.release()
+
+    def send_png(self, png: bytes, headers: dict | None = None) -> None:
+        """Answer a PNG body, with extra ``headers`` (name -> value)."""
+        self.set_header("Content-Type", "image/png")
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.finish(png)
+
+    def send_frame(self, frame) -> None:
+        """Answer a rendered frame (:class:`bigembed.view.frames.Frame`): its PNG with how it
+        was made (``X-Frame-Mode``: mode:level:points) and how long it took."""
+        self.send_png(frame.png, {"X-Frame-Mode": f"{frame.mode}:{frame.level}:{frame.points}",
+                                  "X-Frame-Seconds": f"{frame.seconds:.4f}"})
+
 
 class FrameHandler(_Base):
     async def get(self):
@@ -168,32 +207,14 @@ class FrameHandler(_Base):
             color = self._raw("color") or None
             if color is not None and color not in r.columns():
                 raise InputError(f"parameter 'color' must be one of {r.columns()}, got {color!r}")
-            x0, x1 = self.float_arg("x0"), self.float_arg("x1")
-            y0, y1 = self.float_arg("y0"), self.float_arg("y1")
-            w = self.int_arg("w", 1, MAX_SIDE, required=True)
-            h = self.int_arg("h", 1, MAX_SIDE, required=True)
-            if w * h > MAX_FRAME_PIXELS:
-                raise InputError(f"parameters 'w' x 'h' must be at most {MAX_FRAME_PIXELS} "
-                                 f"pixels, got {w} x {h}")
+            xr, yr, w, h = self.view_args()
             where = parse_where(self._raw("where"))
-            return r.render(x_range=(x0, x1), y_range=(y0, y1), width=w, height=h,
+            return r.render(x_range=xr, y_range=yr, width=w, height=h,
                             color_by=None if color == "density" else color, where=where)
 
-        slots = self.pools.frame_slots
-        if not slots.acquire(blocking=False):
-            self.set_header("Retry-After", "1")
-            self.fail(503, "too many frames in flight; retry")
-            return
-        try:
-            frame = await self.run(work, self.pools.frames)
-        finally:
-            slots.release()
-        if frame is None:
-            return
-        self.set_header("Content-Type", "image/png")
-        self.set_header("X-Frame-Mode", f"{frame.mode}:{frame.level}:{frame.points}")
-        self.set_header("X-Frame-Seconds", f"{frame.seconds:.4f}")
-        self.finish(frame.png)
+        frame = await self.run_frame(work)
+        if frame is not None:
+            self.send_frame(frame)
 
 
 class NeighborsHandler(_Base):
@@ -263,10 +284,8 @@ class ThumbHandler(_Base):
         png = await self.run(work)
         if png is None:
             return
-        self.set_header("Content-Type", "image/png")
         # an id's thumbnail never changes while the server runs: let the browser keep it
-        self.set_header("Cache-Control", "private, max-age=3600")
-        self.finish(png)
+        self.send_png(png, {"Cache-Control": "private, max-age=3600"})
 
 
 def parse_where(text: str | None) -> dict | None:

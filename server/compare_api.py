@@ -21,8 +21,7 @@ from tornado.routing import Matcher, Rule
 from tornado.web import RequestHandler
 
 from ..errors import InputError
-from ..view.frames import MAX_SIDE
-from .api import MAX_FRAME_PIXELS, _Base, parse_geometry, parse_where
+from .api import _Base, parse_geometry, parse_where
 from .compare_state import CORRECT_FILTERS, FLIP_FILTERS, parse_spaces
 
 log = logging.getLogger(__name__)
@@ -41,27 +40,6 @@ class _CompareBase(_Base):
         return self.comps.pair(a, b, k=k, path=None if path is None else
                                parse_spaces(path, "path"))
 
-    def view(self):
-        x0, x1 = self.float_arg("x0"), self.float_arg("x1")
-        y0, y1 = self.float_arg("y0"), self.float_arg("y1")
-        w = self.int_arg("w", 1, MAX_SIDE, required=True)
-        h = self.int_arg("h", 1, MAX_SIDE, required=True)
-        if w * h > MAX_FRAME_PIXELS:
-            raise InputError(f"parameters 'w' x 'h' must be at most {MAX_FRAME_PIXELS} pixels, "
-                             f"got {w} x {h}")
-        return (x0, x1), (y0, y1), w, h
-
-    async def frame_slot(self, work):
-        slots = self.pools.frame_slots
-        if not slots.acquire(blocking=False):
-            self.set_header("Retry-After", "1")
-            self.fail(503, "too many frames in flight; retry")
-            return None
-        try:
-            return await self.run(work, self.pools.frames)
-        finally:
-            slots.release()
-
 
 class CompareFrameHandler(_CompareBase):
     async def get(self):
@@ -76,18 +54,14 @@ class CompareFrameHandler(_CompareBase):
             if not r.has_column(name):
                 raise InputError(f"parameter 'color' must be one of {r.columns()} or a change "
                                  f"colouring, got {color!r}")
-            xr, yr, w, h = self.view()
+            xr, yr, w, h = self.view_args()
             return r.render(x_range=xr, y_range=yr, width=w, height=h,
                             color_by=None if name == "density" else name,
                             where=parse_where(self._raw("where")))
 
-        frame = await self.frame_slot(work)
-        if frame is None:
-            return
-        self.set_header("Content-Type", "image/png")
-        self.set_header("X-Frame-Mode", f"{frame.mode}:{frame.level}:{frame.points}")
-        self.set_header("X-Frame-Seconds", f"{frame.seconds:.4f}")
-        self.finish(frame.png)
+        frame = await self.run_frame(work)
+        if frame is not None:
+            self.send_frame(frame)
 
 
 class OverlayHandler(_CompareBase):
@@ -102,20 +76,17 @@ class OverlayHandler(_CompareBase):
             src = ex.layout_name(self._raw("src", required=True))
             geom = parse_geometry(self)
             key = self._raw("box") or "poly:" + self._raw("poly")
-            xr, yr, w, h = self.view()
+            xr, yr, w, h = self.view_args()
             ids = self.comps.selection_ids(src, geom, key)
             png, n = self.comps.overlay_png(layout, ids, x_range=xr, y_range=yr, width=w,
                                             height=h)
             return png, len(ids), n, time.perf_counter() - t0
 
-        out = await self.frame_slot(work)
+        out = await self.run_frame(work)
         if out is None:
             return
         png, total, shown, secs = out
-        self.set_header("Content-Type", "image/png")
-        self.set_header("X-Overlay-Rows", f"{total}:{shown}")
-        self.set_header("X-Frame-Seconds", f"{secs:.4f}")
-        self.finish(png)
+        self.send_png(png, {"X-Overlay-Rows": f"{total}:{shown}", "X-Frame-Seconds": f"{secs:.4f}"})
 
 
 class MoversHandler(_CompareBase):

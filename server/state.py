@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
+from ..analysis.stats import GroupSummary
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -32,29 +32,6 @@ def true_neighbors(ds, *, space, id, k):
     from ..search.lookup import neighbors
 
     return neighbors(ds, space=space, id=id, k=k).to_json()
-
-
-@dataclass(frozen=True)
-class SelectionStats:
-    """A group of points (box or lasso) against the whole: counts, label mix, errors."""
-
-    count: int
-    total: int
-    ids: np.ndarray
-    label_mix: dict
-    error_rate: float | None
-    error_rate_all: float | None
-    mean_confidence: float | None
-    mean_confidence_all: float | None
-
-    def to_json(self, *, with_ids: bool = False) -> dict:
-        d = {"count": self.count, "total": self.total, "label_mix": self.label_mix,
-             "error_rate": self.error_rate, "error_rate_all": self.error_rate_all,
-             "mean_confidence": self.mean_confidence,
-             "mean_confidence_all": self.mean_confidence_all}
-        if with_ids:
-            d["ids"] = self.ids.tolist()
-        return d
 
 
 def _finite_or_none(v):
@@ -191,9 +168,9 @@ class Explorer:
             log.warning("neighbour lookup not available: %s", e)
         (x0, x1), (y0, y1) = r.default_range()
         self.select(box=((x0, (x0 + x1) / 2), (y0, (y0 + y1) / 2)))
-        from ..kernels.moments import warm_up
-
-        warm_up()  # the group panel's contrast kernel: compiling later would stall the pages
+        # The group panel's contrast kernel is not compiled here: `make install` puts it in
+        # numba's on-disk cache (bigembed.analysis.units.warm_contrast_cache), and the first
+        # contrast loads it from there.
         self.meta(0)
 
     def space_of(self, layout: str | None) -> str | None:
@@ -281,7 +258,7 @@ class Explorer:
                     hits += np.flatnonzero(m)[:MAX_SEARCH_HITS].tolist()
         return list(dict.fromkeys(int(h) for h in hits))[:MAX_SEARCH_HITS]
 
-    def select(self, *, layout=None, box=None, polygon=None) -> SelectionStats:
+    def select(self, *, layout=None, box=None, polygon=None) -> GroupSummary:
         """Points inside ``box`` ((x0, x1), (y0, y1)) or ``polygon`` ((xs), (ys)) and stats."""
         r = self.renderer(layout)
         if box is not None:
@@ -309,4 +286,4 @@ class Explorer:
             c = meta["confidence"].to_numpy().astype(np.float64)
             conf_all = _finite_or_none(np.nanmean(c)) if len(c) else None
             conf = _finite_or_none(np.nanmean(c[ids])) if len(ids) else None
-        return SelectionStats(int(len(ids)), self.ds.rows, ids, mix, err, err_all, conf, conf_all)
+        return GroupSummary(int(len(ids)), self.ds.rows, ids, mix, err, err_all, conf, conf_all)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,41 @@ def chromium_path() -> str | None:
         if Path(p).exists():
             return p
     return None
+
+
+#: the flags of every headless Chromium the tests (and docs/screenshot.py) launch
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's headless Chromium driven by Playwright (with :data:`CHROMIUM_ARGS`); yields
+    the browser and closes it on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS,
+                               headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def wait_for(pred, timeout=30.0, page=None, what="condition"):
+    """Poll ``pred()`` until truthy, at most ``timeout`` seconds (bounded wait); returns its
+    value. With a Playwright ``page``, waits through the page (its events keep running)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        if page is not None:
+            page.wait_for_timeout(100)
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _free_port() -> int:

@@ -7,16 +7,12 @@ a point lists its true neighbours; a box selection shows group statistics.
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import chromium_path
+from conftest import chromium, wait_for
 
 pytestmark = pytest.mark.browser  # skipped by conftest where Chromium is absent
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 # The plot frame's place on the page and its current ranges, from Bokeh's own views.
 FRAME_JS = """() => {
@@ -36,30 +32,10 @@ def model_text(page, name):
                          "return m ? m.text : null }", name) or ""
 
 
-def wait_for(pred, timeout=30.0, page=None, what="condition"):
-    """Poll ``pred()`` until true, at most ``timeout`` seconds (bounded wait)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        if page is not None:
-            page.wait_for_timeout(100)
-        else:
-            time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def open_map(browser, url):

@@ -17,12 +17,10 @@ from urllib.parse import parse_qs, quote, urlparse
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import chromium_path, start_serve, stop_serve
+from conftest import chromium, chromium_path, start_serve, stop_serve, wait_for
 
 from bigembed.errors import InputError
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 N = 2000
 A, B = "fc@s1", "fc@s2"
 
@@ -86,31 +84,13 @@ def served(cmp_data):
 def browser():
     if chromium_path() is None:
         pytest.skip("needs /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def model_attr(page, name, attr="text"):
     return page.evaluate("([n, a]) => { const m = Bokeh.documents[0].get_model_by_name(n); "
                          "return m ? m[a] : null }", [name, attr])
-
-
-def wait_for(pred, timeout, page, what):
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        page.wait_for_timeout(100)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def open_page(browser, url):

@@ -78,63 +78,58 @@ def test_select_stats_and_contrast_endpoints(served):
 
 @pytest.mark.browser
 def test_page_box_selection_heatmap_contrast_and_cluster_row(served):
-    from conftest import chromium_path
-    from playwright.sync_api import sync_playwright
-    from test_browser import ARGS, FRAME_JS, model_text, open_map, wait_for
+    from conftest import chromium, wait_for
+    from test_browser import FRAME_JS, model_text, open_map
 
     url, path, layout = served
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
-        try:
-            page, frames = open_map(b, url + "/")
-            page.set_viewport_size({"width": 1700, "height": 1000})
-            # the whole dataset's confusion matrix and the cluster names are there at once
-            # (the charts arrive once the browser has shown the page)
-            cells_js = ("() => { const m = Bokeh.documents[0].get_model_by_name('confusion_all');"
-                        " return m ? m.renderers[0].data_source.data.count.length : 0 }")
-            n_cells = wait_for(lambda: page.evaluate(cells_js), 30, page, "the heatmaps")
-            assert n_cells == 36  # 6 classes
-            # a box selection: the group's heatmap, histograms and contrast chart
-            page.locator(".bk-tool-icon-box-select").first.click()
-            f = page.evaluate(FRAME_JS)
-            cx, cy = f["left"] + f["width"] / 2, f["top"] + f["height"] / 2
-            page.mouse.move(cx - 200, cy - 200)
-            page.mouse.down()
-            page.mouse.move(cx, cy, steps=5)
-            page.mouse.move(cx + 200, cy + 200, steps=5)
-            page.mouse.up()
-            wait_for(lambda: "group: selection" in model_text(page, "group_title"), 60, page,
-                     "the group title")
-            wait_for(lambda: "contrast-done" in model_text(page, "contrast_info"), 60, page,
-                     "the contrast chart")
-            bars = page.evaluate("() => Bokeh.documents[0].get_model_by_name('contrast')"
-                                 ".renderers[0].data_source.data.dim.length")
-            assert bars == 16  # top 20 of a 16-dimensional space
-            total = page.evaluate("() => Bokeh.documents[0].get_model_by_name('confusion_group')"
-                                  ".renderers[0].data_source.data.count.reduce((a, b) => a + b)")
-            count = int(model_text(page, "group_title").split("group-count'>")[1].split("<")[0])
-            assert total == count > 0
-            assert "format=csv" in model_text(page, "contrast_info")
-            assert "class='member'" in model_text(page, "members")
-            # no clusters yet: the button finds them; names appear on the map
-            page.get_by_role("button", name="find clusters").click()
-            wait_for(lambda: "clusters</b>" in model_text(page, "clusters_info"), 60, page,
-                     "the clusters table")
-            names = page.evaluate("() => Bokeh.documents[0].get_model_by_name('map').renderers"
-                                  ".find(r => r.name == 'cluster_names').data_source.data.text")
-            assert len(names) >= 1 and all("%" in n for n in names)  # label names
-            opts = page.evaluate("() => Bokeh.documents[0].get_model_by_name('color').options")
-            assert "cluster" in opts
-            # a click on a cluster row moves the view to the cluster
-            before = page.evaluate(FRAME_JS)
-            page.locator(".slick-row").filter(has_text="%").first.click()
-            wait_for(lambda: page.evaluate(FRAME_JS)["x0"] != before["x0"], 30, page,
-                     "the view to move")
-            wait_for(lambda: "group: cluster" in model_text(page, "group_title"), 30, page,
-                     "the cluster as the group")
-            page.close()
-        finally:
-            b.close()
+    with chromium() as b:
+        page, frames = open_map(b, url + "/")
+        page.set_viewport_size({"width": 1700, "height": 1000})
+        # the whole dataset's confusion matrix and the cluster names are there at once
+        # (the charts arrive once the browser has shown the page)
+        cells_js = ("() => { const m = Bokeh.documents[0].get_model_by_name('confusion_all');"
+                    " return m ? m.renderers[0].data_source.data.count.length : 0 }")
+        n_cells = wait_for(lambda: page.evaluate(cells_js), 30, page, "the heatmaps")
+        assert n_cells == 36  # 6 classes
+        # a box selection: the group's heatmap, histograms and contrast chart
+        page.locator(".bk-tool-icon-box-select").first.click()
+        f = page.evaluate(FRAME_JS)
+        cx, cy = f["left"] + f["width"] / 2, f["top"] + f["height"] / 2
+        page.mouse.move(cx - 200, cy - 200)
+        page.mouse.down()
+        page.mouse.move(cx, cy, steps=5)
+        page.mouse.move(cx + 200, cy + 200, steps=5)
+        page.mouse.up()
+        wait_for(lambda: "group: selection" in model_text(page, "group_title"), 60, page,
+                 "the group title")
+        wait_for(lambda: "contrast-done" in model_text(page, "contrast_info"), 60, page,
+                 "the contrast chart")
+        bars = page.evaluate("() => Bokeh.documents[0].get_model_by_name('contrast')"
+                             ".renderers[0].data_source.data.dim.length")
+        assert bars == 16  # top 20 of a 16-dimensional space
+        total = page.evaluate("() => Bokeh.documents[0].get_model_by_name('confusion_group')"
+                              ".renderers[0].data_source.data.count.reduce((a, b) => a + b)")
+        count = int(model_text(page, "group_title").split("group-count'>")[1].split("<")[0])
+        assert total == count > 0
+        assert "format=csv" in model_text(page, "contrast_info")
+        assert "class='member'" in model_text(page, "members")
+        # no clusters yet: the button finds them; names appear on the map
+        page.get_by_role("button", name="find clusters").click()
+        wait_for(lambda: "clusters</b>" in model_text(page, "clusters_info"), 60, page,
+                 "the clusters table")
+        names = page.evaluate("() => Bokeh.documents[0].get_model_by_name('map').renderers"
+                              ".find(r => r.name == 'cluster_names').data_source.data.text")
+        assert len(names) >= 1 and all("%" in n for n in names)  # label names
+        opts = page.evaluate("() => Bokeh.documents[0].get_model_by_name('color').options")
+        assert "cluster" in opts
+        # a click on a cluster row moves the view to the cluster
+        before = page.evaluate(FRAME_JS)
+        page.locator(".slick-row").filter(has_text="%").first.click()
+        wait_for(lambda: page.evaluate(FRAME_JS)["x0"] != before["x0"], 30, page,
+                 "the view to move")
+        wait_for(lambda: "group: cluster" in model_text(page, "group_title"), 30, page,
+                 "the cluster as the group")
+        page.close()
 
 
 def test_clusters_endpoint_after_the_page_made_them(served):

@@ -19,12 +19,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import _free_port, chromium_path
+from conftest import _free_port, chromium, wait_for
 
 pytestmark = pytest.mark.browser  # skipped by conftest where Chromium is absent
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 # The root view of the map (the plot named 'map') among the page's Bokeh views.
 MAP_JS = """(opts) => {
@@ -51,17 +48,6 @@ MAP_JS = """(opts) => {
                                                        : hl.data_source.data.x.length) : -1,
             selection: sel ? sel.text : ''}; } }
   return null; }"""
-
-
-def wait_for(pred, timeout, page, what):
-    """Poll ``pred()`` until truthy, at most ``timeout`` seconds (bounded wait)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        page.wait_for_timeout(150)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _notebook(path, data: str) -> None:
@@ -143,21 +129,15 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(lab):
-    from playwright.sync_api import sync_playwright
-
     url, _ = lab
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_path(), args=ARGS, headless=True)
-        try:
-            p = b.new_page(viewport={"width": 1500, "height": 1100})
-            p.goto(url, timeout=90_000)
-            p.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            # a cell run before the kernel is connected is skipped: wait for the status bar
-            wait_for(lambda: p.evaluate("() => /\\| Idle/.test(document.body.innerText)"),
-                     120, p, "the notebook's kernel to be idle")
-            yield p
-        finally:
-            b.close()
+    with chromium() as b:
+        p = b.new_page(viewport={"width": 1500, "height": 1100})
+        p.goto(url, timeout=90_000)
+        p.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+        # a cell run before the kernel is connected is skipped: wait for the status bar
+        wait_for(lambda: p.evaluate("() => /\\| Idle/.test(document.body.innerText)"),
+                 120, p, "the notebook's kernel to be idle")
+        yield p
 
 
 def _run_cell(page, i: int, expect: str | None = None, timeout: float = 90) -> str:

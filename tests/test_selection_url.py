@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-from test_browser import FRAME_JS, browser, model_text, open_map, wait_for  # noqa: F401
+from conftest import wait_for
+from test_browser import FRAME_JS, browser, model_text, open_map  # noqa: F401
 
 from bigembed.errors import InputError
 from bigembed.server.api import parse_geometry_text

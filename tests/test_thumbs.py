@@ -17,9 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import start_serve, stop_serve
+from conftest import start_serve, stop_serve, wait_for
 from PIL import Image
-from test_browser import FRAME_JS, browser, model_text, open_map, to_screen, wait_for  # noqa: F401
+from test_browser import FRAME_JS, browser, model_text, open_map, to_screen  # noqa: F401
 
 from bigembed.dataset.reader import Dataset
 from bigembed.dataset.writer import DatasetWriter

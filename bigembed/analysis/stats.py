@@ -46,16 +46,11 @@ class Histogram:
 
 
 @dataclass(frozen=True)
-class GroupStats:
-    """Statistics of a group of rows (``ids``, sorted) against the whole dataset.
-
-    ``classes``: the class names of the confusion matrices (sorted union of labels and
-    predictions, as scikit-learn's ``confusion_matrix`` orders them); ``confusion`` and
-    ``confusion_all``: arrays of shape (C, C), rows the true label, columns the prediction
-    (None without both columns); ``histograms``: ``{"confidence": Histogram, "loss": ...}``
-    for the columns the metadata has; ``worst``: up to ``worst`` member ids, highest loss first
-    (lowest confidence first without a loss column, else id order).
-    """
+class GroupSummary:
+    """A group of rows (``ids``, sorted) against the whole dataset: its size, label mix
+    (label -> count), error rate and mean confidence, each beside the whole dataset's (None
+    where the metadata lacks the column). The server's selection summary, and the first fields
+    of :class:`GroupStats`."""
 
     count: int
     total: int
@@ -65,6 +60,36 @@ class GroupStats:
     error_rate_all: float | None
     mean_confidence: float | None
     mean_confidence_all: float | None
+
+    def to_json(self, *, with_ids: bool = False) -> dict:
+        d = {"count": self.count, "total": self.total, "label_mix": self.label_mix,
+             "error_rate": self.error_rate, "error_rate_all": self.error_rate_all,
+             "mean_confidence": self.mean_confidence,
+             "mean_confidence_all": self.mean_confidence_all}
+        d.update(self._more_json())
+        if with_ids:
+            d["ids"] = self.ids.tolist()
+        return d
+
+    def _more_json(self) -> dict:
+        """A subclass's further fields, in the JSON after the summary's and before ``ids``."""
+        return {}
+
+
+@dataclass(frozen=True)
+class GroupStats(GroupSummary):
+    """Statistics of a group of rows (``ids``, sorted) against the whole dataset: the fields
+    of :class:`GroupSummary`, then the mean loss, confusion matrices, histograms and worst
+    members.
+
+    ``classes``: the class names of the confusion matrices (sorted union of labels and
+    predictions, as scikit-learn's ``confusion_matrix`` orders them); ``confusion`` and
+    ``confusion_all``: arrays of shape (C, C), rows the true label, columns the prediction
+    (None without both columns); ``histograms``: ``{"confidence": Histogram, "loss": ...}``
+    for the columns the metadata has; ``worst``: up to ``worst`` member ids, highest loss first
+    (lowest confidence first without a loss column, else id order).
+    """
+
     mean_loss: float | None
     mean_loss_all: float | None
     classes: tuple = ()
@@ -74,21 +99,14 @@ class GroupStats:
     worst: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     worst_by: str | None = None
 
-    def to_json(self, *, with_ids: bool = False) -> dict:
-        d = {"count": self.count, "total": self.total, "label_mix": self.label_mix,
-             "error_rate": self.error_rate, "error_rate_all": self.error_rate_all,
-             "mean_confidence": self.mean_confidence,
-             "mean_confidence_all": self.mean_confidence_all,
-             "mean_loss": self.mean_loss, "mean_loss_all": self.mean_loss_all,
-             "classes": list(self.classes),
-             "confusion": None if self.confusion is None else self.confusion.tolist(),
-             "confusion_all": None if self.confusion_all is None else
-             self.confusion_all.tolist(),
-             "histograms": {k: h.to_json() for k, h in self.histograms.items()},
-             "worst": self.worst.tolist(), "worst_by": self.worst_by}
-        if with_ids:
-            d["ids"] = self.ids.tolist()
-        return d
+    def _more_json(self) -> dict:
+        return {"mean_loss": self.mean_loss, "mean_loss_all": self.mean_loss_all,
+                "classes": list(self.classes),
+                "confusion": None if self.confusion is None else self.confusion.tolist(),
+                "confusion_all": None if self.confusion_all is None else
+                self.confusion_all.tolist(),
+                "histograms": {k: h.to_json() for k, h in self.histograms.items()},
+                "worst": self.worst.tolist(), "worst_by": self.worst_by}
 
 
 def _num(v) -> float | None:

@@ -10,12 +10,14 @@ space content, so a second group of the same space reads only the group's own ro
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import numpy as np
 
 from ..dataset.reader import open_cached
 from ..errors import InputError
+from ..jitcache import enable_numba_cache, is_cached, numba_cache_dir
 from ..progress import progress_bar
 from .groups import as_ids
 
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 #: rows per call of the moments kernel (a progress step; the kernel itself copies nothing)
 BATCH_ROWS = 131072
+#: the moments kernel's entry in numba's on-disk cache (see :func:`warm_contrast_cache`)
+MOMENTS_KERNEL = "*/moments._moments-*.nbi"
+_checked_cache = False
 
 _TOTALS: dict = {}
 _TOTALS_LOCK = threading.Lock()
@@ -37,8 +42,7 @@ def moments(v: np.ndarray, rows: np.ndarray | None = None, *, batch_rows: int = 
     which reads the memory-mapped rows in place on every core; other dtypes (or no numba)
     through its numpy twin, one block at a time.
     """
-    from ..kernels.moments import column_moments
-
+    column_moments = _column_moments(v.dtype)
     n, d = v.shape
     total = n if rows is None else len(rows)
     s, q = np.zeros(d), np.zeros(d)
@@ -54,6 +58,32 @@ def moments(v: np.ndarray, rows: np.ndarray | None = None, *, batch_rows: int = 
         bar.update(b - a)
     bar.close()
     return s, q
+
+
+def _column_moments(dtype):
+    """The moments kernel; the first call for a dtype the numba kernel takes says when the
+    kernel will be compiled rather than loaded (a few seconds, once after install;
+    ``make install`` does it)."""
+    global _checked_cache
+    from ..kernels.moments import HAVE_NUMBA, column_moments
+
+    if not _checked_cache and HAVE_NUMBA and dtype in (np.float16, np.float32):
+        _checked_cache = True
+        if not is_cached(MOMENTS_KERNEL):
+            log.info("compiling the contrast kernel: once after install (a few seconds; later "
+                     "runs load it from %s)",
+                     os.environ.get("NUMBA_CACHE_DIR") or numba_cache_dir())
+    return column_moments
+
+
+def warm_contrast_cache() -> None:
+    """Compile (or load) the moments kernel of :func:`contrast` into numba's on-disk cache,
+    for the float16/float32 read-only arrays a memory-mapped space is (``make install`` runs
+    it, so neither a server's start nor its first contrast compiles)."""
+    enable_numba_cache()
+    from ..kernels.moments import warm_up
+
+    warm_up()
 
 
 def _space_array(ds, space) -> tuple[np.ndarray, str, object]:
