@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	# ... and the group contrast's kernel: a server start then compiles nothing for it
 	$(PY) -c "from bigembed.analysis.units import warm_contrast_cache; warm_contrast_cache()" \
 	  || echo "note: could not warm the contrast kernel's cache; the first contrast compiles it"
+	# ... and the map's on-disk index kernels: a first frame of a big map compiles nothing
+	$(PY) -c "from bigembed.view.store import warm_up; warm_up()" \
+	  || echo "note: could not warm the map's kernels; the first big map compiles them"
 	touch $(STAMP)
 
 demo: install
