@@ -112,10 +112,11 @@ def _kernels():
         return perm
 
     @numba.njit(cache=True, nogil=True)
-    def split_argsort(keys, shift, base, nhigh):
+    def split_argsort(keys, shift, base, nhigh, first, perm):
         # stable argsort of uint32 keys whose high parts (key >> shift) - base lie in
-        # [0, nhigh): a counting sort by the high part, then one per high part by the low
-        # shift bits (small count arrays, in cache; the order np.argsort(kind="stable") gives)
+        # [0, nhigh), into perm (first: scratch of the same size and type): a counting sort by
+        # the high part, then one per high part by the low shift bits (small count arrays, in
+        # cache; the order np.argsort(kind="stable") gives)
         n = keys.shape[0]
         count = np.zeros(nhigh + 1, np.int64)
         for i in range(n):
@@ -123,12 +124,10 @@ def _kernels():
         for b in range(nhigh):
             count[b + 1] += count[b]
         seg = count.copy()
-        first = np.empty(n, np.int64)
         for i in range(n):
             b = (keys[i] >> shift) - base
             first[count[b]] = i
             count[b] += 1
-        perm = np.empty(n, np.int64)
         low = np.uint32((1 << shift) - 1)
         cnt = np.zeros((1 << shift) + 1, np.int64)
         for b in range(nhigh):
@@ -148,7 +147,6 @@ def _kernels():
                 v = keys[i] & low
                 perm[s + cnt[v]] = i
                 cnt[v] += 1
-        return perm
 
     @numba.njit(cache=True, nogil=True)
     def cell_runs(codes, xs, ys):
@@ -336,12 +334,20 @@ def radix_argsort(keys: np.ndarray) -> np.ndarray:
     return _kernels()["radix_argsort"](np.ascontiguousarray(keys, np.uint32))
 
 
-def split_argsort(keys: np.ndarray, shift: int, base: int, nhigh: int) -> np.ndarray:
+def split_argsort(keys: np.ndarray, shift: int, base: int, nhigh: int,
+                  scratch: np.ndarray | None = None) -> np.ndarray:
     """Stable argsort of uint32 ``keys`` with ``(key >> shift) - base`` in [0, nhigh): by the
     high part, then by the low ``shift`` bits within each (the order of
-    ``np.argsort(kind="stable")``)."""
-    return _kernels()["split_argsort"](np.ascontiguousarray(keys, np.uint32), np.uint32(shift),
-                                       np.uint32(base), int(nhigh))
+    ``np.argsort(kind="stable")``). Positions int32 when they fit (half the memory);
+    ``scratch``: a buffer of at least ``2 * len(keys)`` of that type to use."""
+    n = len(keys)
+    dt = np.int32 if n < (1 << 31) else np.int64
+    if scratch is None or scratch.dtype != dt or len(scratch) < 2 * n:
+        scratch = np.empty(2 * n, dt)
+    first, perm = scratch[:n], scratch[n:2 * n]
+    _kernels()["split_argsort"](np.ascontiguousarray(keys, np.uint32), np.uint32(shift),
+                                np.uint32(base), int(nhigh), first, perm)
+    return perm
 
 
 def cell_runs(codes, xs, ys):
