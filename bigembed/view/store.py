@@ -104,14 +104,29 @@ class _Appender:
         self.f.close()
 
 
+#: bytes of the .npy header of a file of unknown length (room for any shape (n,))
+_HEADER = 128
+
+
+def _npy_header(dtype, n: int) -> bytes:
+    """A version 1.0 .npy header for a 1-D array of ``n`` items, exactly :data:`_HEADER`
+    bytes (spaces before the newline, which the format allows), so it can be written first
+    and rewritten in place once ``n`` is known."""
+    d = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (int(n),)})
+    body = d.encode("latin1")
+    pad = _HEADER - 10 - len(body) - 1
+    return b"\x93NUMPY\x01\x00" + (_HEADER - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+
 class _Growing:
-    """A .npy file of an unknown length: chunks go to a raw file, the header is put in front
-    at the end (one sequential copy of a file far smaller than the layout)."""
+    """A .npy file of an unknown length: a header of fixed size first, chunks appended, the
+    header rewritten in place with the final length at the end."""
 
     def __init__(self, path: Path, dtype):
         self.path, self.dtype, self.n = path, np.dtype(dtype), 0
-        self.raw = path.with_suffix(".raw")
-        self.f = open(self.raw, "wb")
+        self.f = open(path, "wb")
+        self.f.write(_npy_header(self.dtype, 0))
 
     def write(self, a) -> None:
         a = np.ascontiguousarray(a, self.dtype)
@@ -119,15 +134,11 @@ class _Growing:
         self.n += len(a)
 
     def close(self) -> None:
+        self.f.seek(0)
+        self.f.write(_npy_header(self.dtype, self.n))
+        self.f.flush()
+        os.fsync(self.f.fileno())
         self.f.close()
-        with open(self.path, "wb") as out, open(self.raw, "rb") as src:
-            np.lib.format.write_array_header_1_0(
-                out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                      "fortran_order": False, "shape": (self.n,)})
-            shutil.copyfileobj(src, out, 16 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.unlink(self.raw)
 
 
 def _read(path: Path, start: int, stop: int) -> np.ndarray:
@@ -703,14 +714,17 @@ def _build_colouring(store: MapStore, name: str, load, final: Path) -> None:
         del vals
         sorted_vals = _load(tmp / "values.npy")
         ncat = len(c.categories)
+        # cells and counts as unsigned 32-bit where they fit (exact: converted on use)
+        cell_dt = np.uint32 if n < (1 << 32) else np.int64
+        count_dt = np.uint32 if n < (1 << 32) else np.float64
         # finest level from the points, in chunks of cells; coarser ones merged up
         fine = store.level(levels)["starts"]
         m = len(fine) - 1
         step = max(1, CHUNK_ROWS)
         if c.kind == "categorical":
             w = {k: _Growing(tmp / f"L{levels}.{k}.npy", dt) for k, dt in
-                 (("pc", np.int64), ("pcat", np.uint8 if ncat <= 256 else np.int64),
-                  ("pn", np.float64))}
+                 (("pc", cell_dt), ("pcat", np.uint8 if ncat <= 256 else np.int64),
+                  ("pn", count_dt))}
             offs = _Growing(tmp / f"L{levels}.offs.npy", np.int64)
             done = 0
             for a in range(0, m, step):
@@ -770,7 +784,8 @@ def _merge_level(tmp: Path, store: MapStore, level: int, ncat: int) -> None:
     from ..kernels import zorder as zk
 
     child = {k: _load(tmp / f"L{level + 1}.{k}.npy") for k in ("pcat", "pn", "offs")}
-    w = {k: _Growing(tmp / f"L{level}.{k}.npy", child[k].dtype if k != "pc" else np.int64)
+    w = {k: _Growing(tmp / f"L{level}.{k}.npy", child[k].dtype if k != "pc" else
+                     (np.uint32 if store.n < (1 << 32) else np.int64))
          for k in ("pc", "pcat", "pn")}
     offs = _Growing(tmp / f"L{level}.offs.npy", np.int64)
     done = 0
