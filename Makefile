@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "from bigembed.analysis.units import warm_contrast_cache; warm_contrast_cache()" \
 	  || echo "note: could not warm the contrast kernel's cache; the first contrast compiles it"
 	# ... and the map's on-disk index kernels: a first frame of a big map compiles nothing
-	$(PY) -c "from bigembed.view.store import warm_up; warm_up()" \
+	$(PY) -c "from bigembed.view.warm import warm_map_cache; warm_map_cache()" \
 	  || echo "note: could not warm the map's kernels; the first big map compiles them"
 	touch $(STAMP)
 

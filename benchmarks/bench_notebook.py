@@ -46,11 +46,20 @@ def make_dataset(path: Path, n: int) -> Path:
     from bigembed.ingest.synth import synth
     from bigembed.reduce.run import reduce
 
-    if (path / "manifest.json").exists() and Dataset.open(path, verify="none").rows == n \
-            and Dataset.open(path, verify="none").manifest.get("layouts"):
-        return path
-    synth(path, n=n, dim=16, clusters=10, seed=0, overwrite=True, progress=False)
-    reduce(path, method="pca", progress=False)
+    from bigembed.view.frames import FrameRenderer
+    from bigembed.view.store import build_map
+
+    if not ((path / "manifest.json").exists() and Dataset.open(path, verify="none").rows == n
+            and Dataset.open(path, verify="none").manifest.get("layouts")):
+        synth(path, n=n, dim=16, clusters=10, seed=0, overwrite=True, progress=False)
+        reduce(path, method="pca", progress=False)
+    # the layout's map artifacts (Z-order, pyramid, label colouring), derived once with the
+    # layout, as `bigembed serve` or a first show() leaves them: every kernel then maps them
+    t0 = time.perf_counter()
+    b = build_map(path, progress=False)
+    FrameRenderer(path).colouring("label")
+    log.info("map artifacts of %d points: %s in %.1fs", n, "built" if b.built else "there",
+             time.perf_counter() - t0)
     return path
 
 

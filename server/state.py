@@ -189,7 +189,7 @@ class Explorer:
         """Whether the metadata has an ``image`` column (hover shows thumbnails)."""
         from .thumbs import IMAGE_COLUMN
 
-        return IMAGE_COLUMN in self.ds.meta.columns
+        return IMAGE_COLUMN in self.ds.meta_columns()
 
     def thumbnail(self, id: int, size: int | None = None) -> bytes:
         """PNG bytes of ``id``'s image, scaled to fit ``size`` px (default 96); cached.
@@ -272,18 +272,25 @@ class Explorer:
         else:
             raise InputError("give a box or a polygon to select")
         ids = np.sort(r.index.ids[pos])
-        meta = self.ds.meta
+        cols = self.ds.meta_columns()
         mix = {}
-        if "label" in meta.columns and len(ids):
-            vc = meta["label"].iloc[ids].astype(str).value_counts()
-            mix = {str(k): int(v) for k, v in vc.head(20).items()}
+        if "label" in cols and len(ids):
+            if r.store is not None and r.colouring("label").kind == "categorical":
+                # a big map: the stored label codes of the selected positions, counted
+                lab = r.colouring("label")
+                counts = np.bincount(np.asarray(lab.values)[pos], minlength=len(lab.categories))
+                top = np.argsort(-counts, kind="stable")[:20]
+                mix = {lab.categories[i]: int(counts[i]) for i in top if counts[i]}
+            else:
+                vc = self.ds.meta["label"].iloc[ids].astype(str).value_counts()
+                mix = {str(k): int(v) for k, v in vc.head(20).items()}
         err = err_all = conf = conf_all = None
-        if "correct" in meta.columns:
-            c = meta["correct"].to_numpy().astype(np.float64)
+        if "correct" in cols:
+            c = self.ds.meta_column("correct").astype(np.float64)
             err_all = _finite_or_none(1 - c.mean()) if len(c) else None
             err = _finite_or_none(1 - c[ids].mean()) if len(ids) else None
-        if "confidence" in meta.columns:
-            c = meta["confidence"].to_numpy().astype(np.float64)
+        if "confidence" in cols:
+            c = self.ds.meta_column("confidence").astype(np.float64)
             conf_all = _finite_or_none(np.nanmean(c)) if len(c) else None
             conf = _finite_or_none(np.nanmean(c[ids])) if len(ids) else None
         return GroupSummary(int(len(ids)), self.ds.rows, ids, mix, err, err_all, conf, conf_all)

@@ -199,6 +199,7 @@ class Dataset:
             if rec.get("status", "complete") == "complete"
         }
         self._meta = None
+        self._meta_cols: dict[str, np.ndarray] = {}
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.path)!r}, rows={self.rows}, spaces={list(self.spaces)})"
@@ -368,10 +369,16 @@ class Dataset:
                                f"re-ingest the metadata") from None
 
     def meta_column(self, name: str) -> np.ndarray:
-        """One metadata column as a numpy array in id order, read alone when the metadata is
-        not loaded (a billion-row dataset's label, without the rest)."""
+        """One metadata column as a numpy array in id order, read alone (and kept) when the
+        metadata is not loaded (a billion-row dataset's label, without the rest)."""
         if self._meta is not None or not self.manifest.get("meta"):
             return self.meta[name].to_numpy()
+        got = self._meta_cols.get(name)
+        if got is None:
+            got = self._meta_cols[name] = self._read_meta_column(name)
+        return got
+
+    def _read_meta_column(self, name: str) -> np.ndarray:
         import pyarrow.parquet as pq
 
         if name not in self.meta_columns():

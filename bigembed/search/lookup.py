@@ -96,8 +96,9 @@ def _meta_columns(ds: Dataset) -> dict:
     few rows out of it takes microseconds, where pandas' ``iloc`` takes milliseconds."""
     cols = _META_COLS.get(ds)
     if cols is None:
-        meta = ds.meta
-        cols = {c: meta[c].to_numpy() for c in meta.columns}
+        # column by column (a billion-row label without the rest); ``id`` is the row's
+        # position by the dataset contract, so it is not read at all
+        cols = {c: ds.meta_column(c) for c in ds.meta_columns() if c != "id"}
         _META_COLS[ds] = cols
     return cols
 
@@ -106,7 +107,7 @@ def meta_rows(ds: Dataset, ids) -> list[dict]:
     """Metadata of ``ids`` as JSON-able dicts (id first)."""
     cols = _meta_columns(ds)
     ids = np.asarray(ids, dtype=np.int64)
-    picked = {c: a[ids] for c, a in cols.items()}
+    picked = {"id": ids, **{c: a[ids] for c, a in cols.items()}}
     return [{c: _jsonable(picked[c][j]) for c in picked} for j in range(len(ids))]
 
 
