@@ -67,7 +67,7 @@ MIN_ROWS = 1_000_000
 #: levels with at most this many cells keep their weight rows in memory once used (the
 #: coarse levels of zoomed-out frames; a few tens of MB)
 CACHED_LEVEL_CELLS = 1 << 20
-#: points per level-grid cell side above which a layout gets one more level than LEVELS
+#: layouts with more points than this get one more grid level than LEVELS
 BIG_ROWS = 200_000_000
 
 
