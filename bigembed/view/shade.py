@@ -324,10 +324,36 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fall
     _fast_zlib = None
 
 
+#: images at least this big are deflated in two halves at once (pigz's way: the first half
+#: ends on a sync flush, the second is compressed on its own; one valid zlib stream)
+SPLIT_DEFLATE_BYTES = 1 << 20
+_POOL = None
+
+
+def _raw_deflate(data, level: int, last: bool) -> bytes:
+    z = _fast_zlib if _fast_zlib is not None and level <= 3 else zlib
+    c = z.compressobj(min(level, 3) if z is _fast_zlib else level, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
 def _deflate(raw: np.ndarray, level: int) -> bytes:
     # Unfiltered rows at level 1: measured faster than Pillow's filtered PNG (2-3x) and
-    # than zlib's Z_RLE strategy on these images, at a similar size.
+    # than zlib's Z_RLE strategy on these images, at a similar size. A big image's two
+    # halves are compressed on two threads (the compressors release the GIL): a frame's
+    # PNG in about half the time, a few bytes larger.
+    global _POOL
     data = memoryview(raw).cast("B")
-    if _fast_zlib is not None and level <= 3:
-        return _fast_zlib.compress(data, min(level, 3))
-    return zlib.compress(data, level)
+    if len(data) < SPLIT_DEFLATE_BYTES:
+        if _fast_zlib is not None and level <= 3:
+            return _fast_zlib.compress(data, min(level, 3))
+        return zlib.compress(data, level)
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="bigembed-deflate")
+    half = len(data) // 2
+    second = _POOL.submit(_raw_deflate, data[half:], level, True)
+    first = _raw_deflate(data[:half], level, False)
+    # zlib header: deflate, 32 KiB window, the level's flag, a valid check (RFC 1950)
+    head = bytes([0x78, 0x01 if level <= 1 else 0x5E if level <= 5 else 0x9C])
+    return head + first + second.result() + struct.pack(">I", zlib.adler32(data))
