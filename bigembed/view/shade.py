@@ -28,11 +28,22 @@ def _rgb(colors) -> np.ndarray:
     return _rgb_cached(tuple(colors))
 
 
-@functools.lru_cache(maxsize=64)
-def _rgb_cached(colors: tuple) -> np.ndarray:
+def _hex_or_name(c) -> tuple:
+    """(r, g, b) 0-255 of '#rrggbb' (what colorcet's maps hold) without importing Datashader
+    (seconds of a first frame); other forms (names, tuples) through Datashader's ``rgb``."""
+    if isinstance(c, str) and len(c) == 7 and c[0] == "#":
+        try:
+            return int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
+        except ValueError:
+            pass
     from datashader.colors import rgb
 
-    out = np.array([rgb(c) for c in colors], dtype=np.float64)
+    return rgb(c)
+
+
+@functools.lru_cache(maxsize=64)
+def _rgb_cached(colors: tuple) -> np.ndarray:
+    out = np.array([_hex_or_name(c) for c in colors], dtype=np.float64)
     out.flags.writeable = False
     return out
 
