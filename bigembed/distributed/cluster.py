@@ -281,6 +281,21 @@ def map_blocks(fn, items, *, desc: str, weights=None, broadcast: dict | None = N
     return out
 
 
+def leave_task_slot() -> None:
+    """On a Dask worker: hand this task's slot back (``distributed.secede``), so the worker
+    starts its next task while this one finishes work that needs few cycles (writing its
+    files: mostly waiting on the disk). Where the single process overlaps its writes with the
+    compute in a background thread, a worker overlaps them this way; the task still returns
+    only once its files are written. Outside a worker it does nothing."""
+    try:
+        from distributed import get_worker, secede
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    secede()
+
+
 def map_reduce(map_fn, items, reduce_fn, *, desc: str, initial=None, weights=None,
                broadcast: dict | None = None, progress: bool | None = None, client=None):
     """Map ``map_fn(item, **broadcast)`` over ``items`` on the cluster and fold the results
