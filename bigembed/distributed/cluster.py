@@ -263,7 +263,9 @@ def map_blocks(fn, items, *, desc: str, weights=None, broadcast: dict | None = N
     if broadcast:
         kw = {k: client.scatter(v, broadcast=True, hash=False) for k, v in broadcast.items()}
     prefix = f"{_name(desc)}-{uuid.uuid4().hex[:8]}"
-    futures = [client.submit(fn, item, **kw, key=f"{prefix}-{i}", pure=False)
+    # In the order of items (Dask's own order among separate submissions is not that): the
+    # client commits finished chunks as a prefix, and a rerun resumes after the prefix.
+    futures = [client.submit(fn, item, **kw, key=f"{prefix}-{i}", pure=False, priority=-i)
                for i, item in enumerate(items)]
     where = {f.key: i for i, f in enumerate(futures)}
     out: list = [None] * len(items)
