@@ -12,7 +12,9 @@ are searched where the configuration says.
 
 Each configuration is warmed up first (a small extraction and graph, so workers have imported
 torch and FAISS), the cluster is started before timing (its start-up is reported on its own),
-and every figure is the median of ``--repeat`` runs. The per-worker rates are what
+and every figure is the median of ``--repeat`` runs. On a cluster, ``worker_s`` is the
+workers' time with the model in their task slots and ``write_s`` the time writing shards,
+which overlaps the next chunks' model (without a cluster: the background writer's time). The per-worker rates are what
 ``docs/scaling.md`` extrapolates from. LocalCluster workers get one task slot each and share
 the machine's cores as their BLAS/OpenMP threads (2 cores: local:1 gets 2 threads, local:2 one
 each), so ``local:2`` against ``local:1`` shows the cost of splitting, not a gain of cores.
@@ -178,7 +180,8 @@ def main(argv=None):
                     results["extract"][name] = {
                         "seconds": round(med, 2), "runs": [round(t, 2) for t in times],
                         "rows_per_s": round(args.rows / med, 1), "shards": r.shards,
-                        "bytes": r.bytes, "worker_s": r.timings.get("worker_s")}
+                        "bytes": r.bytes, "worker_s": r.timings.get("worker_s"),
+                        "write_s": r.timings.get("write_s")}
                     log.info("extract %s: %d rows in %.1fs (%.0f rows/s)", name, args.rows,
                              med, args.rows / med)
                     shutil.rmtree(work / "ex", ignore_errors=True)

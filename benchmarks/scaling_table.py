@@ -105,8 +105,9 @@ def main(argv=None):
                    f" + ids 8 B | " + " | ".join(gb(vec + 8 * n) for _ in W) + " |")
         out.append(f"| memory on the client: graph (indices + distances) | N x k x 12 B | "
                    + " | ".join(gb(n * K * 12) for _ in W) + " |")
-        out.append(f"| memory per worker: extract | model + 2 chunks of 256 MB | "
-                   + " | ".join("model + 0.5 GB" for _ in W) + " |")
+        out.append(f"| memory per worker: extract | model + 3 chunks of 256 MB (one in the "
+                   f"model, up to 2 being written) | "
+                   + " | ".join("model + 0.75 GB" for _ in W) + " |")
         out.append(f"| network: extract (shards written by workers + read back by the client) "
                    f"| 2 x N x {row_b} B | " + " | ".join(gb(2 * vec) for _ in W) + " |")
         out.append(f"| network: graph (index read by every worker, blocks written + read + "

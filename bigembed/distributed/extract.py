@@ -30,7 +30,7 @@ from ..dataset import _atomic
 from ..dataset.format import file_checksum
 from ..dataset.shards import write_shard
 from ..errors import InputError
-from .cluster import check_visible, map_blocks, worker_count
+from .cluster import check_visible, leave_task_slot, map_blocks, worker_count
 from .session import register
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 _loaded: dict = {}
 _loaded_lock = threading.Lock()
 _pads: dict = {}
+_pads_lock = threading.Lock()
+#: chunks being written at once in a worker process, after their task left its slot; a
+#: task with a chunk ready waits in its slot (so the model stops) while this many are
+#: being written, as the single process's writer queue bounds its memory
+WRITE_DEPTH = 2
+_write_slots = threading.BoundedSemaphore(WRITE_DEPTH)
 
 
 def _load(spec: dict):
@@ -76,23 +82,33 @@ def _load(spec: dict):
 
 
 class _ChunkFiles:
-    """What :class:`bigembed.extract.run._Chunker` submits to: writes the chunk's shards and
-    metadata part under their final names and keeps their records (no manifest)."""
+    """What :class:`bigembed.extract.run._Chunker` submits to: keeps the chunk (blocks and
+    metadata) until :meth:`write` puts its shards and metadata part under their final names
+    and keeps their records (no manifest)."""
 
     def __init__(self, spec: dict):
         self.spec = spec
+        self.chunk = None
         self.record = None
 
     def submit(self, index: int, start: int, blocks: dict, meta) -> None:
+        self.chunk = (index, start, blocks, meta)
+
+    def write(self) -> None:
         import pyarrow.parquet as pq
 
+        index, start, blocks, meta = self.chunk
         out = Path(self.spec["path"])
         shards = {}
         for name, block in blocks.items():
             d = out / self.spec["dirs"][name]
-            shards[name], _pads[name] = write_shard(
+            with _pads_lock:  # a hint (the pad that page-aligns), shared by concurrent writes
+                pad = _pads.get(name, 0)
+            shards[name], pad = write_shard(
                 d, block, space=name, index=index, start=start, dtype=self.spec["dtype"],
-                count=self.spec["count"], pad=_pads.get(name, 0))
+                count=self.spec["count"], pad=pad)
+            with _pads_lock:
+                _pads[name] = pad
         mdir = out / self.spec["meta_parts"]
         mdir.mkdir(parents=True, exist_ok=True)
         mfile = mdir / f"meta-{index:05d}.parquet"
@@ -103,6 +119,7 @@ class _ChunkFiles:
                        "meta": {"file": f"{self.spec['meta_parts']}/{mfile.name}",
                                 "bytes": mfile.stat().st_size,
                                 "xxh3_64": file_checksum(mfile)}}
+        self.chunk = None
 
 
 def extract_chunk(index: int, *, spec: dict) -> dict:
@@ -144,11 +161,17 @@ def extract_chunk(index: int, *, spec: dict) -> dict:
             chunker.add(host, None if logits is None else logits.to("cpu").numpy(),
                         _labels_numpy(y, n_b), rows)
         chunker.flush()
-    if files.record is None or files.record["rows"] != stop - start:
-        raise ExtractError(f"chunk {index}: the data yielded "
-                           f"{0 if files.record is None else files.record['rows']} of its "
-                           f"{stop - start} rows on worker {os.getpid()}")
-    files.record["seconds"] = time.perf_counter() - t0
+    got = 0 if files.chunk is None else files.chunk[3].num_rows
+    if got != stop - start:
+        raise ExtractError(f"chunk {index}: the data yielded {got} of its {stop - start} rows "
+                           f"on worker {os.getpid()}")
+    computed = time.perf_counter() - t0
+    with _write_slots:
+        leave_task_slot()  # the next chunk runs through the model while this one is written
+        t1 = time.perf_counter()
+        files.write()
+    files.record["seconds"] = computed
+    files.record["write_seconds"] = time.perf_counter() - t1
     files.record["worker_pid"] = os.getpid()
     return files.record
 
@@ -237,11 +260,12 @@ class ExtractOnCluster:
         log.info("extract: %d chunks of %d rows on %d workers (%d rows already done)",
                  len(todo), chunk_rows, worker_count(), resumed)
         ready: dict = {}
-        seconds = []
+        seconds, writes = [], []
 
         def on_result(_, rec):
             ready[rec["index"]] = rec
             seconds.append(rec["seconds"])
+            writes.append(rec.get("write_seconds", 0.0))
             batch = []
             nxt = store.done_chunks
             while nxt in ready:
@@ -261,7 +285,10 @@ class ExtractOnCluster:
                                f"written; rerun the same command to resume")
         secs = time.perf_counter() - t0
         computed = total - resumed
-        timings = {"worker_s": round(float(np.sum(seconds)), 3), "chunks": len(todo),
+        # worker_s: the model's time in the workers' task slots; write_s: writing, overlapped
+        # with the next chunks' model (as the single process's background writer does)
+        timings = {"worker_s": round(float(np.sum(seconds)), 3),
+                   "write_s": round(float(np.sum(writes)), 3), "chunks": len(todo),
                    "workers": worker_count()}
         store.finish({"rows": total, "rows_computed": computed, "seconds": round(secs, 3),
                       "items_per_s": round(computed / max(secs, 1e-9), 1),

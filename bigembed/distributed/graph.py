@@ -24,7 +24,7 @@ import pyarrow as pa
 from ..dataset import _atomic
 from ..dataset.format import file_checksum
 from ..errors import DatasetError
-from .cluster import blocks, check_visible, map_blocks, worker_count
+from .cluster import blocks, check_visible, leave_task_slot, map_blocks, worker_count
 from .session import register
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ BLOCK_ROWS = 65536
 
 _searchers: dict = {}
 _searchers_lock = threading.Lock()
+#: blocks being written at once in a worker process after their task left its slot
+_write_slots = threading.BoundedSemaphore(2)
 
 
 def _searcher(spec: dict):
@@ -104,11 +106,14 @@ def answer_block(block, *, spec):
         "distances": pa.FixedSizeListArray.from_arrays(pa.array(dist.reshape(-1)), k),
     })
     final = Path(spec["staging"]) / f"block-{start:012d}.arrow"
-    with _atomic.atomic_path(final) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
+    with _write_slots:
+        leave_task_slot()  # the next block is searched while this one is written
+        with _atomic.atomic_path(final) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+        checksum = file_checksum(final)
     return {"start": start, "stop": stop, "file": final.name, "bytes": final.stat().st_size,
-            "xxh3_64": file_checksum(final), "short": short}
+            "xxh3_64": checksum, "short": short}
 
 
 def read_block(staging: Path, rec: dict, k: int):
@@ -154,14 +159,17 @@ def knn_graph_blocks(*, ds, sp, k, metric, method, backend, index, params, ind, 
         parts = blocks(n, size)
         log.info("knn graph: %d blocks of up to %d rows on %d workers", len(parts), size,
                  worker_count())
-        recs = map_blocks(answer_block, parts, desc=f"knn graph k={k} ({method}, cluster)",
-                          weights=[b - a for a, b in parts], broadcast={"spec": spec},
-                          progress=progress)
-        short = 0
-        for rec in recs:
+        got = {"short": 0}
+
+        def gather(_, rec):  # while the workers search the other blocks
             ind[rec["start"]:rec["stop"]], dist[rec["start"]:rec["stop"]] = read_block(
                 staging, rec, k)
-            short += rec["short"]
-        return short
+            got["short"] += rec["short"]
+            (staging / rec["file"]).unlink()
+
+        map_blocks(answer_block, parts, desc=f"knn graph k={k} ({method}, cluster)",
+                   weights=[b - a for a, b in parts], broadcast={"spec": spec},
+                   on_result=gather, progress=progress)
+        return got["short"]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
