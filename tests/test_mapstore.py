@@ -216,23 +216,23 @@ print(json.dumps({"grew_kb": peak - base, "windows": b.windows, "disk": b.bytes_
 
 
 def test_build_under_a_memory_cap_below_the_data(tmp_path):
-    """2M points (16 MB of coordinates in, ~40 MB of sorted arrays out) built with windows of
-    2 MB: the process grows by far less than the data (a whole-array sort would need it all)."""
+    """1M points (8 MB of coordinates in, 20 MB of sorted arrays out) built with windows of
+    1 MB: the process grows by far less than the data (a whole-array sort would need it all)."""
     from bigembed.ingest.synth import synth_layout
 
     big, small = tmp_path / "big", tmp_path / "small"
-    n = 2_000_000
-    synth_layout(big, n=n, clusters=20, batch_rows=500_000, progress=False)
+    n = 1_000_000
+    synth_layout(big, n=n, clusters=20, batch_rows=250_000, progress=False)
     synth_layout(small, n=20_000, clusters=5, progress=False)  # warms the kernels first
     env = dict(os.environ, BIGEMBED_NO_PROGRESS="1")
-    out = subprocess.run([sys.executable, "-c", _CAPPED, str(big), str(small), str(2 << 20)],
+    out = subprocess.run([sys.executable, "-c", _CAPPED, str(big), str(small), str(1 << 20)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     data = n * 8 + n * 20  # coordinates in + sorted arrays and inverse permutation out
     assert got["windows"] >= 20
-    assert got["grew_kb"] * 1024 < data / 3, got
-    assert got["disk"] > n * 20 and got["mode"] == "pyramid"
+    assert got["grew_kb"] * 1024 < data / 4, got
+    assert got["disk"] > n * 20 and got["mode"] in ("exact", "pyramid")
 
 
 def test_layout_only_dataset(tmp_path):
