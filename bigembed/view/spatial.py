@@ -184,13 +184,16 @@ class SpatialIndex:
         if self.n == 0:
             return np.empty(0, np.int64), np.empty(0, np.float64)
         want = k + (1 if exclude is not None else 0)
+        area = float(self.span[0] * self.span[1])
+        r = max(np.sqrt(area * want / max(self.n, 1)), 1e-12 * max(self.span))
+        rounds = 64
+        cap = None
         if radius is not None:
-            r = float(radius)
-            rounds = 1
-        else:
-            area = float(self.span[0] * self.span[1])
-            r = max(np.sqrt(area * want / max(self.n, 1)), 1e-12 * max(self.span))
-            rounds = 64
+            # from the radius that holds ``want`` points on average, doubling up to
+            # ``radius``: under the cursor of a zoomed-out billion-point map the circle of
+            # ``radius`` holds millions, the first small one a handful
+            cap = float(radius)
+            r = min(r, cap)
         diag = float(np.hypot(self.span[0], self.span[1])) + abs(x) + abs(y)
         ids = np.empty(0, np.int64)
         d = np.empty(0, np.float64)
@@ -203,12 +206,15 @@ class SpatialIndex:
                 ids, d = ids[m], d[m]
             inside = d <= r
             # k points inside the circle of radius r are the k nearest; or nothing is left.
-            if radius is not None or int(inside.sum()) >= k:
+            if int(inside.sum()) >= k or (cap is not None and r >= cap):
                 ids, d = ids[inside], d[inside]
                 break
             if r > diag:
                 break
-            r *= 2
+            r = r * 2 if cap is None else min(r * 2, cap)
+        if cap is not None:
+            keep = d <= cap
+            ids, d = ids[keep], d[keep]
         order = np.lexsort((ids, d))[:k]
         return ids[order], d[order]
 
