@@ -372,7 +372,8 @@ def _build(d: Path, layout_file: Path, n: int, levels: int, memory: int, chunk_r
         if level not in lv_files:
             lv_files[level] = {k: _Growing(d / f"L{level}.{k}.npy", dt) for k, dt in
                                (("starts", np.int64), ("first", np.int64), ("cx", np.float32),
-                                ("cy", np.float32), ("cnt", np.float32))}
+                                ("cy", np.float32), ("cnt", np.float32))
+                               if k != "first" or level < levels}  # the finest has no children
         return lv_files[level]
 
     # per level: cells written so far (the offset of a window's "first" entries one level up)
@@ -722,23 +723,12 @@ def _build_colouring(store: MapStore, name: str, load, final: Path) -> None:
         m = len(fine) - 1
         step = max(1, CHUNK_ROWS)
         if c.kind == "categorical":
-            w = {k: _Growing(tmp / f"L{levels}.{k}.npy", dt) for k, dt in
-                 (("pc", cell_dt), ("pcat", np.uint8 if ncat <= 256 else np.int64),
-                  ("pn", count_dt))}
-            offs = _Growing(tmp / f"L{levels}.offs.npy", np.int64)
-            done = 0
+            out = _Pairs(tmp, levels, cell_dt, np.uint8 if ncat <= 256 else np.int64, count_dt)
             for a in range(0, m, step):
                 b = min(m, a + step)
                 st = np.asarray(fine[a:b + 1])
-                pc, pcat, pn = zk.category_pairs(st - st[0], sorted_vals[st[0]:st[-1]], ncat)
-                offs.write(np.searchsorted(pc, np.arange(b - a)) + done)
-                w["pc"].write(pc + a)
-                w["pcat"].write(pcat)
-                w["pn"].write(pn)
-                done += len(pc)
-            offs.write(np.array([done], np.int64))
-            for f in (*w.values(), offs):
-                f.close()
+                out.add(a, b, *zk.category_pairs(st - st[0], sorted_vals[st[0]:st[-1]], ncat))
+            out.close()
             for level in range(levels - 1, -1, -1):
                 _merge_level(tmp, store, level, ncat)
         else:
@@ -771,6 +761,29 @@ def _build_colouring(store: MapStore, name: str, load, final: Path) -> None:
     log.info("colouring %r of %d points stored in %.1fs", name, store.n, time.perf_counter() - t0)
 
 
+class _Pairs:
+    """The (cell, category, count) pairs of one level of a categorical colouring, written as
+    they come in chunks of cells, with each cell's first pair (``offs``) and the end."""
+
+    def __init__(self, d: Path, level: int, cell_dt, cat_dt, count_dt):
+        self.w = {k: _Growing(d / f"L{level}.{k}.npy", dt) for k, dt in
+                  (("pc", cell_dt), ("pcat", cat_dt), ("pn", count_dt), ("offs", np.int64))}
+        self.done = 0
+
+    def add(self, a: int, b: int, pc, pcat, pn) -> None:
+        """The pairs of cells a .. b - 1 (``pc`` counted from a)."""
+        self.w["offs"].write(np.searchsorted(pc, np.arange(b - a)) + self.done)
+        self.w["pc"].write(pc + a)
+        self.w["pcat"].write(pcat)
+        self.w["pn"].write(pn)
+        self.done += len(pc)
+
+    def close(self) -> None:
+        self.w["offs"].write(np.array([self.done], np.int64))
+        for f in self.w.values():
+            f.close()
+
+
 def _groups(store: MapStore, level: int, step: int):
     """Chunks of a level's cells: (first cell a, last b, their children's first indices)."""
     first = store.level(level)["first"]
@@ -783,25 +796,14 @@ def _groups(store: MapStore, level: int, step: int):
 def _merge_level(tmp: Path, store: MapStore, level: int, ncat: int) -> None:
     from ..kernels import zorder as zk
 
-    child = {k: _load(tmp / f"L{level + 1}.{k}.npy") for k in ("pcat", "pn", "offs")}
-    w = {k: _Growing(tmp / f"L{level}.{k}.npy", child[k].dtype if k != "pc" else
-                     (np.uint32 if store.n < (1 << 32) else np.int64))
-         for k in ("pc", "pcat", "pn")}
-    offs = _Growing(tmp / f"L{level}.offs.npy", np.int64)
-    done = 0
+    child = {k: _load(tmp / f"L{level + 1}.{k}.npy") for k in ("pc", "pcat", "pn", "offs")}
+    out = _Pairs(tmp, level, child["pc"].dtype, child["pcat"].dtype, child["pn"].dtype)
     for a, b, fst in _groups(store, level, CHUNK_ROWS):
         o = np.asarray(child["offs"][fst[0]:fst[-1] + 1])
-        pc, pcat, pn = zk.merge_pairs(fst - fst[0], o - o[0],
+        out.add(a, b, *zk.merge_pairs(fst - fst[0], o - o[0],
                                       np.asarray(child["pcat"][o[0]:o[-1]]),
-                                      np.asarray(child["pn"][o[0]:o[-1]]), ncat)
-        offs.write(np.searchsorted(pc, np.arange(b - a)) + done)
-        w["pc"].write(pc + a)
-        w["pcat"].write(pcat)
-        w["pn"].write(pn)
-        done += len(pc)
-    offs.write(np.array([done], np.int64))
-    for f in (*w.values(), offs):
-        f.close()
+                                      np.asarray(child["pn"][o[0]:o[-1]]), ncat))
+    out.close()
 
 
 def _sum_level(tmp: Path, store: MapStore, level: int) -> None:
