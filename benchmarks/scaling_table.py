@@ -95,7 +95,7 @@ def main(argv=None):
         out.append(f"| same, nprobe 16 of {nl:,} lists (f = {f2:.5f}) | same | "
                    + " | ".join(dur(scan2 / (w * macs_per_s)) for w in W) + " |")
         out.append(f"| same, CPU workers at an assumed 200 GMAC/s (a 16-core AVX2 node; "
-                   f"this machine under load gave {macs_per_s / 1e9:.2f}) | "
+                   f"this 2-core machine gave {macs_per_s / 1e9:.2f}) | "
                    f"N^2 x f x d / (W x 2e11) | "
                    + " | ".join(dur(scan2 / (w * 2e11)) for w in W) + " |")
         out.append(f"| kNN graph on GPU workers (FAISS GPU, ~10 TMAC/s each), nprobe 16 | "
