@@ -575,7 +575,27 @@ def _show(ds_or_path, layout, color, compare, display) -> Map:
         from IPython.display import display as ipy_display
 
         ipy_display(widget)
+    _warm_later(session, r)
     return m
+
+
+def _warm_later(session, r) -> None:
+    """Load the map's compiled kernels and coarse pyramid levels on the pool, once per
+    renderer, after the first frame is shown: the first frame may have been read from the
+    stored map (no kernel loaded), and the user's first pan should not wait for them."""
+    from .server.app import FRAME_H, FRAME_W
+
+    if getattr(r, "_notebook_warm", False):
+        return
+    r._notebook_warm = True
+
+    def work():
+        try:
+            r.warm_up(FRAME_W, FRAME_H, session.color_key)
+        except Exception as e:  # the frames say what is wrong when the user asks for one
+            log.warning("warming the map's kernels failed: %s", e)
+
+    session.executor.submit(work)
 
 
 def _running_loop():

@@ -144,14 +144,31 @@ class Explorer:
         with self._lock:
             opts = self._filter_options.get(column)
         if opts is None:
-            import pandas as pd
-
-            vals = pd.unique(self.renderer().column(column))
-            opts = sorted(set(np.asarray(vals).astype(str).tolist()),
+            opts = sorted(self._distinct_text(column),
                           key=lambda v: (len(v), v))[:MAX_FILTER_OPTIONS]
             with self._lock:
                 self._filter_options[column] = opts
         return list(opts)
+
+    def _distinct_text(self, column: str) -> set:
+        """The distinct values of ``column`` as text (what a filter compares): a categorical
+        colouring's categories when it has one (a stored map keeps them: no pass over N rows),
+        else from the column."""
+        r = self.renderer()
+        c = None
+        if column != "correct":  # filters compare `correct` as text, not as its colouring
+            try:
+                c = r.colouring(column)
+            except InputError:  # too many values to colour
+                c = None
+        if c is not None and c.kind == "categorical":
+            return set(c.categories)
+        v = np.asarray(r.column(column))
+        if v.dtype.kind in "biuf":
+            return set(np.unique(v).astype(str).tolist())
+        import pandas as pd
+
+        return set(np.asarray(pd.unique(v)).astype(str).tolist())
 
     def warm(self, *, width: int = 800, height: int = 800, columns=()) -> None:
         """Do once what the first visitor would otherwise wait for: the default layout's

@@ -150,6 +150,52 @@ def test_opened_again_without_rebuilding(pair):
                                   np.asarray(pair["st"].colouring("label").values))
 
 
+def test_whole_layout_frame_kept(pair):
+    """The frame of the whole layout is kept in the stored map: a new renderer (a new page or
+    notebook kernel) reads it without rendering; its bytes are those a render gives; other
+    views, filters and columns set in memory are not kept; a damaged file is rendered again."""
+    from bigembed.view.frames import FrameRenderer
+
+    st = pair["st"]
+    kw = dict(width=150, height=110, color_by="label")
+    first = st.render(**kw)
+    fresh = st.render(cache=False, **kw)
+    assert first.png == fresh.png
+    frames = st.store.path / "frames"
+    kept = sorted(frames.glob("*.frame"))
+    assert len(kept) >= 1
+
+    other = FrameRenderer(pair["ds"], "blobs")
+    assert other.store is not None
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered instead of read")
+
+    other._plan = no_render
+    got = other.render(**kw)
+    assert got.png == fresh.png and (got.mode, got.level, got.points) == (
+        fresh.mode, fresh.level, fresh.points)
+    with pytest.raises(AssertionError, match="rendered"):  # another size: not kept yet
+        other.render(width=151, height=110, color_by="label")
+    del other._plan
+
+    n = len(list(frames.glob("*.frame")))
+    (x0, x1), (y0, y1) = st.default_range()
+    st.render(where={"label": ["1"]}, **kw)
+    st.render(x_range=(x0, (x0 + x1) / 2), y_range=(y0, y1), **kw)
+    st.set_column("kept_test", (pair["blob"] % 3).astype(np.int64))
+    st.render(width=150, height=110, color_by="kept_test")
+    assert len(list(frames.glob("*.frame"))) == n
+    st.render(width=150, height=110)  # density: a key of its own
+    assert len(list(frames.glob("*.frame"))) == n + 1
+
+    path = [p for p in frames.glob("*.frame") if p not in kept and p.stat().st_size][0]
+    path.write_bytes(path.read_bytes()[:-7])  # damaged: rendered and kept again
+    again = FrameRenderer(pair["ds"], "blobs").render(width=150, height=110)
+    assert again.png == st.render(width=150, height=110, cache=False).png
+    assert path.read_bytes().endswith(again.png)
+
+
 _KILLED = r'''
 import sys
 from bigembed.view import store

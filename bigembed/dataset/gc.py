@@ -16,8 +16,9 @@ What counts, and why it is safe to remove:
   removal was interrupted). Partial spaces (an extraction in progress or to resume) are not
   looked into: their shards are written before being listed, and a resume rewrites them.
 
-* a temporary directory of a map build (``cache/map/``, :mod:`bigembed.view.store`) whose
-  process is gone. Nothing else under ``cache/`` is touched, nor files bigembed does not name.
+* a temporary directory of a map build (``cache/map/``, :mod:`bigembed.view.store`), or a
+  temporary of one of its colourings or kept frames (``frames/``), whose process is gone.
+  Nothing else under ``cache/`` is touched, nor files bigembed does not name.
 """
 
 from __future__ import annotations
@@ -170,6 +171,10 @@ def find_orphans(path, manifest: dict | None = None) -> list[Orphan]:
                     for f in sorted(d.iterdir()):
                         if _temp_pid(f.name) is not None:
                             add(_temp(f, "temporary map colouring"))
+                    kept = d / "frames"  # whole-layout frames the renderer keeps
+                    for f in sorted(kept.iterdir()) if kept.is_dir() else ():
+                        if _temp_pid(f.name) is not None:
+                            add(_temp(f, "temporary kept frame"))
     return out
 
 

@@ -16,6 +16,7 @@ pixel, with a colour bar).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -41,6 +42,9 @@ DENSITY_FROM = 30  # skip the near-black start of "fire" so sparse pixels stay v
 CAT_MIN_ALPHA = 120  # sparse categorical pixels must stay visible on white
 SPREAD_THRESHOLD = 0.5
 SPREAD_MAX_PX = 2
+#: bump when the same data would give other frame bytes (shading, palettes, spreading, PNG):
+#: part of the key of the whole-layout frames a stored map keeps (see ``FrameRenderer.render``)
+FRAME_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,33 @@ class Frame:
     level: int | None
     points: int
     seconds: float
+
+
+def _read_kept_frame(path) -> Frame | None:
+    """A frame kept by :func:`_keep_frame` (one file: a JSON header line, then the PNG), or
+    None when there is none or it cannot be read."""
+    try:
+        data = path.read_bytes()
+        head, png = data.split(b"\n", 1)
+        meta = json.loads(head)
+        if len(png) != meta["bytes"]:
+            return None
+        return Frame(png, meta["mode"], meta["level"], int(meta["points"]), 0.0)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _keep_frame(path, frame: Frame) -> None:
+    """Write ``frame`` under ``path`` atomically; a map on a read-only disk keeps none."""
+    from ..dataset import _atomic
+
+    head = json.dumps({"mode": frame.mode, "level": frame.level, "points": int(frame.points),
+                       "bytes": len(frame.png)}).encode()
+    try:
+        path.parent.mkdir(exist_ok=True)
+        _atomic.write_bytes(path, head + b"\n" + frame.png)
+    except OSError as e:
+        log.debug("frame not kept at %s: %s", path, e)
 
 
 def _centres(r, n: int) -> np.ndarray:
@@ -555,23 +586,66 @@ class FrameRenderer:
         for z in (1, 2, 4, 64):
             hw, hh = (x1 - x0) / z / 2, (y1 - y0) / z / 2
             self.render(x_range=(cx - hw, cx + hw), y_range=(cy - hh, cy + hh), width=width,
-                        height=height, color_by=color_by)
+                        height=height, color_by=color_by, cache=False)
 
     def render(self, *, x_range=None, y_range=None, width=800, height=800, color_by=None,
-               mode="auto", where=None) -> Frame:
+               mode="auto", where=None, cache: bool = True) -> Frame:
         """Render one frame to PNG bytes; ``None`` ranges mean the whole layout.
 
-        ``where`` filters points (see :meth:`filter_mask`).
+        ``where`` filters points (see :meth:`filter_mask`). ``cache``: the frame of the whole
+        layout (:meth:`default_range`, no filter, ``mode="auto"``) of a stored map is kept in
+        the map's directory (``frames/``, keyed by the colouring's stored key, the size, the
+        exact budget, the raster backend and :data:`FRAME_CACHE_FORMAT`), so the first frame
+        a new page or notebook cell shows is read, not rendered (no JIT code to load).
         """
         t0 = time.perf_counter()
-        if x_range is None or y_range is None:
-            dx, dy = self.default_range()
-            x_range = dx if x_range is None else x_range
-            y_range = dy if y_range is None else y_range
+        dx, dy = self.default_range()
+        x_range = dx if x_range is None else x_range
+        y_range = dy if y_range is None else y_range
+        kept = None
+        if cache and self.store is not None and where is None and mode == "auto":
+            kept = self._kept_frame_path(x_range, y_range, width, height, color_by)
+            got = _read_kept_frame(kept) if kept is not None else None
+            if got is not None:
+                return replace(got, seconds=time.perf_counter() - t0)
         view = self._plan(x_range, y_range, width, height, color_by, mode, where)
         img, items = self._image(view)
         png = png_rgba(np.asarray(getattr(img, "data", img)))
-        return Frame(png, view.mode, view.level, items, time.perf_counter() - t0)
+        frame = Frame(png, view.mode, view.level, items, time.perf_counter() - t0)
+        if kept is not None:
+            _keep_frame(kept, frame)
+        return frame
+
+    def _kept_frame_path(self, x_range, y_range, width, height, color_by):
+        """Where the whole-layout frame of this colouring and size is kept in the stored map,
+        or None when the view is not the whole layout or the colouring is not stored (a
+        column set or added in memory has no key on disk)."""
+        from .store import StoredColouring
+
+        try:
+            view = (tuple(map(float, x_range)), tuple(map(float, y_range)))
+        except (TypeError, ValueError):
+            return None  # _plan says what is wrong
+        if view != tuple(tuple(map(float, r)) for r in self.default_range()):
+            return None
+        try:
+            c = self.colouring(color_by)
+        except InputError:
+            return None
+        if c.kind == "density":
+            ck = "density"
+        elif isinstance(c, StoredColouring):
+            ck = c.path.name
+        else:
+            return None
+        import xxhash
+
+        from .._version import __version__
+
+        backend = self.backend.name if self.backend else type(self.raster).__name__
+        key = xxhash.xxh3_64(json.dumps([ck, int(width), int(height), self.exact_budget, backend,
+                                         FRAME_CACHE_FORMAT, __version__]).encode()).hexdigest()
+        return self.store.path / "frames" / f"{key}.frame"
 
 
     def render_png(self, *, x_range, y_range, width, height, color_by=None) -> bytes:
