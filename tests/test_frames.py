@@ -362,11 +362,16 @@ def test_torch_cpu_backend_frames_match_datashader(pts, color):
     a = FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="torch-cpu")
     b = FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="datashader")
     for mode in ("exact", "pyramid"):
-        kw = dict(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=90, height=70, color_by=color,
-                  mode=mode)
-        ga = np.asarray(a.aggregate(**kw)[0], float)
-        gb = np.asarray(b.aggregate(**kw)[0], float)
-        np.testing.assert_allclose(np.nan_to_num(ga), np.nan_to_num(gb), rtol=1e-6, atol=1e-9)
+        for where in (None, {"label": ["1", "3"]}):  # (filtered pyramid: gathered pairs)
+            kw = dict(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=90, height=70,
+                      color_by=color, mode=mode, where=where)
+            ga, ma, *_ = a.aggregate(**kw)
+            gb, mb, *_ = b.aggregate(**kw)
+            pyr = mode == "pyramid" and (where is None or color != "val")
+            assert ma == mb == ("pyramid" if pyr else "exact")
+            ga, gb = np.asarray(ga, float), np.asarray(gb, float)
+            np.testing.assert_allclose(np.nan_to_num(ga), np.nan_to_num(gb), rtol=1e-6,
+                                       atol=1e-9)
 
 
 def test_run_positions_torch_equals_numpy():
