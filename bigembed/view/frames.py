@@ -252,6 +252,7 @@ class FrameRenderer:
         self._added: dict[str, tuple] = {}
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
+        self._pyramid_filters: dict[tuple, tuple] = {}
         log.info("frames: %d points in Z-order%s, raster backend %r", self.n,
                  f" (memory-mapped from {store.path})" if store is not None else "",
                  self.backend.name if self.backend else type(self.raster).__name__)
@@ -305,6 +306,7 @@ class FrameRenderer:
         self._set_columns.add(name)
         self._colourings.pop(name, None)
         self._filters.clear()
+        self._pyramid_filters.clear()
 
     def column(self, name: str) -> np.ndarray:
         """A per-point column in id order: a layout column or a metadata column."""
@@ -438,10 +440,14 @@ class FrameRenderer:
         """
         if not where or len(where) != 1 or not self.index.sorted:
             return None
-        ((col, allowed),) = _filter_key(where)
-        if col in ("density", "correct") or col not in self.columns():
-            return None
+        key = _filter_key(where)
+        ((col, allowed),) = key
         if colouring.kind != "density" and colouring.name != col:
+            return None
+        got = self._pyramid_filters.get(key)
+        if got is not None and self._colourings.get(col) is got[0]:  # (no schema read)
+            return got if colouring.kind == "density" or got[0] is colouring else None
+        if col in ("density", "correct") or col not in self.columns():
             return None
         try:
             fc = self.colouring(col)
@@ -449,7 +455,11 @@ class FrameRenderer:
             return None
         if fc.kind != "categorical" or (colouring.kind != "density" and fc is not colouring):
             return None
-        return fc, tuple(sorted(set(_allowed_codes(col, fc, allowed))))
+        got = (fc, tuple(sorted(set(_allowed_codes(col, fc, allowed)))))
+        if len(self._pyramid_filters) > 32:
+            self._pyramid_filters.clear()
+        self._pyramid_filters[key] = got
+        return got
 
     def _plan(self, x_range, y_range, width, height, color_by, mode, where=None) -> View:
         """Validate a view and pick what it aggregates: the points in view or pyramid cells.
