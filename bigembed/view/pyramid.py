@@ -15,6 +15,8 @@ from .spatial import SpatialIndex
 
 #: cached entries beyond which the weight rows are dropped (a few levels x colourings)
 MAX_CACHED = 64
+#: filtered weight rows kept (levels x colourings x filters; the oldest dropped first)
+MAX_KEPT = 8
 
 
 def category_lut(colouring, mix: bool) -> np.ndarray:
@@ -140,6 +142,7 @@ class Pyramid:
     def __init__(self, index: SpatialIndex):
         self.index = index
         self._cache: dict[tuple, tuple] = {}
+        self._kept: dict[tuple, tuple] = {}
         self._tree: dict | None = None
         self._trees: dict[str, dict] = {}
 
@@ -221,16 +224,16 @@ class Pyramid:
         allowed point weigh 0 and draw nothing."""
         fc, codes = keep
         key = (level, colouring.name, "keep", fc.name, tuple(codes), mix)
-        got = self._cache.get(key)
+        got = self._kept.get(key)
         if got is not None and got[0] is colouring and got[1] is fc:
             return got[2]
         fc, lut = kept_lut(colouring, keep, mix)
         mx, my, cnt, (pc, pcat, pn, _) = self.cells(level, fc)
         got = (np.asarray(mx), np.asarray(my),
                np.ascontiguousarray(pair_weights(pc, pcat, pn, len(cnt), lut)))
-        if len(self._cache) > 16:
-            self._cache.clear()
-        self._cache[key] = (colouring, fc, got)
+        if len(self._kept) >= MAX_KEPT:  # (one filter's rows may be tens of MB)
+            self._kept.pop(next(iter(self._kept)))
+        self._kept[key] = (colouring, fc, got)
         return got
 
     def bin_view(self, view, *, mix: bool = False):
