@@ -11,7 +11,8 @@ the first frame after opening (pages partly cold), then every view (full extent,
 4096x at several positions) by density and by label, once to bring its pages in and again
 timed (p95 "once the pages are cached"); hover (``pick`` under the cursor), tap (2-D
 neighbours), box-selection statistics (the selected rows' label counts) and a label filter
-(first use builds the mask over N points; then cached). Datashader cannot hold a billion
+(frames of many points from the pyramid's per-cell label counts, p95 per zoom, with no mask;
+the mask over N points, built on first use by the exact views of few points, timed apart). Datashader cannot hold a billion
 points on this machine, so its figures come from ``bench_view`` at the sizes it can run.
 """
 
@@ -173,21 +174,59 @@ def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int 
         log.info("box selection of %d rows + label counts: %.1f ms", cnt, 1e3 * secs)
     out["box_selection"] = sel
 
+    # a label filter: frames with many points in view (coloured by density or by the label)
+    # are drawn from the pyramid's per-cell label counts, without the filter mask of the n
+    # points; views with few points in view are exact and need the mask (built on first use
+    # over the n points, then cached), measured on its own first
     where = {"label": ["3", "7"]}
+    f_first = r.render(width=W, height=H, where=where)
+    out_f: dict = {"where": where, "full_view_first_s": f_first.seconds,
+                   "full_view_mode": f_first.mode,
+                   "mask_built_by_pyramid_frames": bool(r._filters)}
+    # the views an unfiltered frame draws from the pyramid (the same test picks a filtered
+    # frame's mode); the others are exact, measured after the mask below
+    pyr_views = [(z, xr, yr) for z, xr, yr in views
+                 if r.render(x_range=xr, y_range=yr, width=W, height=H).mode == "pyramid"]
+    filt = {}
+    for color in (None, "label"):
+        per, allt, modes = {}, [], {}
+        for z, xr, yr in pyr_views:
+            r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color, where=where)
+            ts = []
+            for _ in range(3):
+                f = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color,
+                             where=where)
+                ts.append(f.seconds)
+            per.setdefault(str(z), []).extend(ts)
+            allt.extend(ts)
+            modes.setdefault(str(z), set()).add(f"{f.mode}:{f.points}")
+        name = color or "density"
+        filt[name] = {"p95_pyramid_views_s": _p95(allt),
+                      "max_s": float(max(allt)) if allt else None,
+                      "p95_per_zoom_s": {z: _p95(v) for z, v in per.items()},
+                      "modes": {z: sorted(v)[:3] for z, v in modes.items()}}
+        log.info("filtered frames by %s from the pyramid: p95 %.1f ms over %d views (zooms %s)",
+                 name, 1e3 * (filt[name]["p95_pyramid_views_s"] or 0), len(allt) // 3,
+                 sorted(per, key=int))
+    out_f["pyramid_frames"] = filt
+    out_f["mask_built_by_pyramid_frames"] = bool(r._filters)
     t_mask, _ = _timed(lambda: r.filter_mask(where))
-    # a filter is drawn from the matching points themselves (exact), so its cost follows the
-    # points in view: the full map once, and the views of 16x and closer
-    fl = {}
+    out_f["mask_build_s"] = t_mask
+    # the views with few points in view: exact frames of the matching points (mask cached)
+    ex, exm = {}, {}
     for z, xr, yr in views:
-        if z == 1 or z >= 16:
-            fl.setdefault(str(z), []).append(
-                r.render(x_range=xr, y_range=yr, width=W, height=H, where=where).seconds)
-    out["filter"] = {"mask_build_s": t_mask, "full_view_s": fl["1"][0],
-                     "p95_zoom16_and_closer_s": _p95([t for z, v in fl.items() if z != "1"
-                                                      for t in v]),
-                     "per_zoom_s": fl}
-    log.info("filter: mask over %d points %.2fs; full view %.2fs, views of 16x+ p95 %.1f ms",
-             n, t_mask, fl["1"][0], 1e3 * out["filter"]["p95_zoom16_and_closer_s"])
+        f = r.render(x_range=xr, y_range=yr, width=W, height=H, where=where)
+        if f.mode == "exact":
+            ex.setdefault(str(z), []).append(f.seconds)
+            exm.setdefault(str(z), set()).add(f"{f.mode}:{f.points}")
+    out_f["exact_frames"] = {"p95_s": _p95([t for v in ex.values() for t in v]),
+                             "per_zoom_s": ex,
+                             "modes": {z: sorted(v)[:3] for z, v in exm.items()}}
+    out["filter"] = out_f
+    log.info("filter: full view %.1f ms (%s, mask built: %s); mask over %d points %.2fs, "
+             "needed only by the exact views (zooms %s), p95 %.1f ms once built",
+             1e3 * f_first.seconds, f_first.mode, out_f["mask_built_by_pyramid_frames"], n,
+             t_mask, sorted(ex, key=int), 1e3 * (out_f["exact_frames"]["p95_s"] or 0))
     if not keep:
         shutil.rmtree(path, ignore_errors=True)
     return out

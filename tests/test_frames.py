@@ -148,6 +148,66 @@ def test_pyramid_frame_close_to_exact(fr, pts, color):
     assert np.abs(sa - sr).sum() < 0.15 * sr.sum()
 
 
+def _pyramid_error(a, ref):
+    """How far a pyramid aggregate is from the exact one at the scale of a 3 x 3
+    neighbourhood (points move by less than a pixel): (correlation, share of counts moved)."""
+    from scipy.ndimage import uniform_filter
+
+    sa, sr = uniform_filter(a, 3), uniform_filter(ref, 3)
+    return np.corrcoef(sa.ravel(), sr.ravel())[0, 1], np.abs(sa - sr).sum() / sr.sum()
+
+
+@pytest.mark.parametrize("color", [None, "label"])
+def test_filtered_pyramid_frame_close_to_exact_filtered(fr, pts, color):
+    """A filter on one categorical column, coloured by density or that column, is drawn from
+    the pyramid's per-cell category counts: every matching point counted once, in its
+    category, within a pixel of the exact filtered frame (no further than the unfiltered
+    pyramid frame is from its exact frame); no filter mask is made."""
+    from PIL import Image
+
+    where = {"label": ["1", "3"]}
+    kw = dict(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=100, height=80, color_by=color)
+    fr._filters.clear()
+    agg, mode, level, items = fr.aggregate(where=where, **kw)
+    assert mode == "pyramid" and level is not None and items < len(pts["x"])
+    assert not fr._filters  # no mask of the n points for a pyramid frame
+    ex, emode, *_ = fr.aggregate(where=where, mode="exact", **kw)
+    un, umode, ulevel, uitems = fr.aggregate(**kw)
+    unex, *_ = fr.aggregate(mode="exact", **kw)
+    assert emode == "exact" and umode == "pyramid" and ulevel == level
+    a, e, u, ue = (np.asarray(v, float) for v in (agg, ex, un, unex))
+    inside = ((pts["x"] >= -4) & (pts["x"] <= 6) & (pts["y"] >= -8) & (pts["y"] <= 7))
+    assert e.sum() == np.isin(pts["label"], [1, 3])[inside].sum() > 0
+    if a.ndim == 3:
+        # per category the same totals; the categories filtered out are empty
+        np.testing.assert_array_equal(a.sum((0, 1)), e.sum((0, 1)))
+        assert a[..., [0, 2, 4]].sum() == 0
+        a, e, u, ue = a.sum(2), e.sum(2), u.sum(2), ue.sum(2)
+    assert a.sum() == e.sum()
+    corr, moved = _pyramid_error(a, e)
+    ucorr, umoved = _pyramid_error(u, ue)
+    assert corr > 0.97 and moved < 0.15
+    assert moved <= max(1.5 * umoved, umoved + 0.02)  # (fewer points: a little noisier)
+    if fr.backend.name == "numba":  # items: the cells visited, as unfiltered
+        assert items == uitems
+    # the frame's PNG is Datashader's shading of that aggregate
+    fr._filters.clear()  # (the exact frame above made the mask)
+    f = fr.render(where=where, **kw)
+    assert f.mode == "pyramid" and not fr._filters
+    got = np.asarray(Image.open(io.BytesIO(f.png)).convert("RGBA")).astype(int)
+    want = np.asarray(fr.shade_reference(agg, color).to_pil().convert("RGBA")).astype(int)
+    assert np.abs(got - want).max() <= (1 if color else 0)
+    # values are checked against the colouring's categories, still without a mask
+    for bad, frag in (({"label": ["1", "99"]}, "no value '99'"), ({"nope": ["1"]}, "nope")):
+        with pytest.raises(InputError, match=frag):
+            fr.render(where=bad, **kw)
+    assert not fr._filters
+    # a filter on one column coloured by another, several columns, a mean: exact, as before
+    for c2, w2 in (("label", {"correct": ["False"]}), (None, {"label": ["1"], "correct":
+                                                                ["True"]}), ("val", where)):
+        assert fr.render(where=w2, **dict(kw, color_by=c2)).mode == "exact"
+
+
 @pytest.mark.parametrize("color", [None, "label", "val", "correct"])
 def test_fast_shading_equals_tf_shade_on_pyramid_frames(fr, color):
     agg, mode, *_ = fr.aggregate(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=100,
@@ -302,11 +362,16 @@ def test_torch_cpu_backend_frames_match_datashader(pts, color):
     a = FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="torch-cpu")
     b = FrameRenderer.from_arrays(pts["x"], pts["y"], columns=cols, backend="datashader")
     for mode in ("exact", "pyramid"):
-        kw = dict(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=90, height=70, color_by=color,
-                  mode=mode)
-        ga = np.asarray(a.aggregate(**kw)[0], float)
-        gb = np.asarray(b.aggregate(**kw)[0], float)
-        np.testing.assert_allclose(np.nan_to_num(ga), np.nan_to_num(gb), rtol=1e-6, atol=1e-9)
+        for where in (None, {"label": ["1", "3"]}):  # (filtered pyramid: gathered pairs)
+            kw = dict(x_range=(-4.0, 6.0), y_range=(-8.0, 7.0), width=90, height=70,
+                      color_by=color, mode=mode, where=where)
+            ga, ma, *_ = a.aggregate(**kw)
+            gb, mb, *_ = b.aggregate(**kw)
+            pyr = mode == "pyramid" and (where is None or color != "val")
+            assert ma == mb == ("pyramid" if pyr else "exact")
+            ga, gb = np.asarray(ga, float), np.asarray(gb, float)
+            np.testing.assert_allclose(np.nan_to_num(ga), np.nan_to_num(gb), rtol=1e-6,
+                                       atol=1e-9)
 
 
 def test_run_positions_torch_equals_numpy():

@@ -107,8 +107,67 @@ def test_frames_bit_identical(pair, color):
                 a, b = mem.render(**kw), st.render(**kw)
                 assert (a.mode, a.level, a.points) == (b.mode, b.level, b.points)
                 assert a.png == b.png, kw
+                if where and mode == "pyramid" and a.level is not None:
+                    # filtered on label: from the pyramid when coloured by density or label
+                    assert a.mode == ("pyramid" if color in (None, "label") else "exact")
                 n += 1
     assert n == 30
+
+
+def test_filtered_pyramid_frames_bit_identical_without_a_mask(pair):
+    """Frames filtered on one categorical column, coloured by density or by that column, with
+    many points in view ("auto" picks the pyramid): the same bytes in memory and from the
+    map, and the map's renderer never builds the filter mask of its n points; bad values
+    still raise."""
+    from bigembed.errors import InputError
+    from bigembed.view.frames import FrameRenderer
+
+    ds = pair["ds"]
+    mem = FrameRenderer(ds, "blobs", store="never", exact_budget=2_000)
+    st = FrameRenderer(ds, "blobs", store="always", exact_budget=2_000)
+    (x0, x1), (y0, y1) = mem.default_range()
+    n = 0
+    for where, colors in (({"label": ["1", "4"]}, (None, "label")),
+                          ({"label": ["0"]}, (None,)),
+                          ({"prediction": ["2", "3", "5"]}, (None, "prediction")),
+                          ({"label": []}, ("label",))):
+        for z, fx, fy in VIEWS[:2]:
+            cx, cy = x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)
+            hw, hh = (x1 - x0) / z / 2, (y1 - y0) / z / 2
+            for color in colors:
+                kw = dict(x_range=(cx - hw, cx + hw), y_range=(cy - hh, cy + hh), width=160,
+                          height=120, color_by=color, where=where)
+                a, b = mem.render(**kw), st.render(**kw)
+                assert a.mode == b.mode == "pyramid", kw
+                assert (a.level, a.points) == (b.level, b.points)
+                assert a.png == b.png, kw
+                n += 1
+    assert n == 12 and not st._filters and not mem._filters
+    # levels of more than CACHED_LEVEL_CELLS cells (a billion points' finer levels) are
+    # binned in place from the memory-mapped pairs: the same aggregates, the same frames
+    from bigembed.view import store
+
+    old = store.CACHED_LEVEL_CELLS
+    store.CACHED_LEVEL_CELLS = 0
+    try:
+        for color in (None, "label"):
+            kw = dict(width=160, height=120, color_by=color, where={"label": ["1", "4"]})
+            a, b = mem.aggregate(x_range=(x0, x1), y_range=(y0, y1), **kw), \
+                st.aggregate(x_range=(x0, x1), y_range=(y0, y1), **kw)
+            assert a[1:] == b[1:] and a[1] == "pyramid"
+            np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+            assert mem.render(**kw).png == st.render(**kw).png
+    finally:
+        store.CACHED_LEVEL_CELLS = old
+    assert not st._filters
+    kw = dict(width=80, height=60, color_by="label")
+    for bad in ({"label": ["1", "99"]}, {"prediction": ["x"]}):
+        with pytest.raises(InputError, match="has no value"):
+            st.render(where=bad, **kw)
+    assert not st._filters
+    # colouring by another column: exact, from the mask (as before)
+    f = st.render(where={"label": ["1"]}, width=80, height=60, color_by="prediction")
+    assert f.mode == "exact" and len(st._filters) == 1
 
 
 def test_hover_tap_and_filter_equal(pair):

@@ -6,7 +6,9 @@ same aggregate Datashader makes from the whole dataframe, since points outside t
 are dropped either way). A frame that would touch many points is answered from the
 aggregate pyramid instead: each non-empty cell of the coarsest level whose cells are at most
 one pixel wide becomes one weighted point at its points' centroid. So frame cost follows
-the visible points or the pixels, whichever is smaller, never N.
+the visible points or the pixels, whichever is smaller, never N. A filter on one categorical
+column, with the frame coloured by density or by that column, is drawn from the pyramid too
+(each cell's counts of the allowed categories); other filters are drawn exactly.
 
 Colourings: ``None``/``"density"`` (count, histogram-equalised), a categorical column such
 as ``label`` or ``prediction`` (count per category, with a legend), ``"correct"`` (error rate
@@ -120,6 +122,21 @@ def _check_side(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_SIDE:
         raise InputError(f"{name} must be an integer in 1..{MAX_SIDE}, got {v!r}")
     return int(v)
+
+
+def _filter_key(where: dict) -> tuple:
+    """A filter as a key: ((column, sorted allowed values as text), ...) by column."""
+    return tuple(sorted((k, tuple(sorted(map(str, v)))) for k, v in where.items()))
+
+
+def _allowed_codes(col: str, c, allowed) -> list:
+    """The codes of the ``allowed`` values (text) of a categorical colouring ``c`` of column
+    ``col``; InputError naming the first value it does not have."""
+    bad = [a for a in allowed if a not in c.categories]
+    if bad:
+        raise InputError(f"filter: column {col!r} has no value {bad[0]!r}; it has "
+                         f"{sorted(c.categories)[:20]}")
+    return [c.categories.index(a) for a in allowed]
 
 
 class _LayoutRef:
@@ -266,6 +283,7 @@ class FrameRenderer:
         self._added: dict[str, tuple] = {}
         self._colourings: dict[str, Colouring] = {}
         self._filters: dict[tuple, np.ndarray] = {}
+        self._pyramid_filters: dict[tuple, tuple] = {}
         log.info("frames: %d points in Z-order%s, raster backend %r", self.n,
                  f" (memory-mapped from {store.path})" if store is not None else "",
                  self.backend.name if self.backend else type(self.raster).__name__)
@@ -319,6 +337,7 @@ class FrameRenderer:
         self._set_columns.add(name)
         self._colourings.pop(name, None)
         self._filters.clear()
+        self._pyramid_filters.clear()
 
     def column(self, name: str) -> np.ndarray:
         """A per-point column in id order: a layout column or a metadata column."""
@@ -404,7 +423,7 @@ class FrameRenderer:
         """
         if not where:
             return None
-        key = tuple(sorted((k, tuple(sorted(map(str, v)))) for k, v in where.items()))
+        key = _filter_key(where)
         got = self._filters.get(key)
         if got is not None:
             return got
@@ -419,11 +438,7 @@ class FrameRenderer:
             if c is not None and c.kind == "categorical":
                 # the colouring's codes, already in spatial order (a stored map's, memory-
                 # mapped: no text of n values); its categories are the values as text
-                bad = [a for a in allowed if a not in c.categories]
-                if bad:
-                    raise InputError(f"filter: column {col!r} has no value {bad[0]!r}; it has "
-                                     f"{sorted(c.categories)[:20]}")
-                codes = [c.categories.index(a) for a in allowed]
+                codes = _allowed_codes(col, c, allowed)
                 mask &= np.isin(np.asarray(c.values), np.asarray(codes, c.values.dtype))
                 continue
             v = np.asarray(self.column(col))
@@ -442,13 +457,53 @@ class FrameRenderer:
         self._filters[key] = mask
         return mask
 
+    def pyramid_filter(self, where: dict | None, colouring: Colouring):
+        """The filter ``where`` as a pyramid frame applies it to its cells, or None when it
+        cannot: (filter colouring, sorted allowed codes) (:attr:`View.keep
+        <bigembed.view.raster.View.keep>`).
+
+        A pyramid frame can filter when ``where`` has one column, that column has a
+        categorical colouring (not ``correct``: a text filter), and the frame is coloured
+        by density or by that same column: the pyramid holds each cell's count per
+        category, so the cell keeps the counts of the allowed categories. The allowed
+        values are checked against the colouring's categories (InputError naming an unknown
+        one), with no pass over the points: a stored map's filter mask is not computed.
+        """
+        if not where or len(where) != 1 or not self.index.sorted:
+            return None
+        key = _filter_key(where)
+        ((col, allowed),) = key
+        if colouring.kind != "density" and colouring.name != col:
+            return None
+        got = self._pyramid_filters.get(key)
+        if got is not None and self._colourings.get(col) is got[0]:  # (no schema read)
+            return got if colouring.kind == "density" or got[0] is colouring else None
+        if col in ("density", "correct") or col not in self.columns():
+            return None
+        try:
+            fc = self.colouring(col)
+        except InputError:  # too many values to colour: a text filter (exact)
+            return None
+        if fc.kind != "categorical" or (colouring.kind != "density" and fc is not colouring):
+            return None
+        got = (fc, tuple(sorted(set(_allowed_codes(col, fc, allowed)))))
+        if len(self._pyramid_filters) > 32:
+            self._pyramid_filters.clear()
+        self._pyramid_filters[key] = got
+        return got
+
     def _plan(self, x_range, y_range, width, height, color_by, mode, where=None) -> View:
         """Validate a view and pick what it aggregates: the points in view or pyramid cells.
 
         Returns a :class:`~bigembed.view.raster.View`: runs (r, 2) of point positions (exact)
-        or of cell numbers at ``level`` (pyramid). A filter (``where``) aggregates the
-        matching points in view exactly (the pyramid holds all points), so its cost follows
-        the visible points.
+        or of cell numbers at ``level`` (pyramid). A filter (``where``) on one categorical
+        column, in a frame coloured by density or by that column, is drawn from the pyramid
+        when the frame would be anyway (``mode`` "pyramid", or "auto" with more than
+        ``exact_budget`` points in view): each cell counts only its points of the allowed
+        values (:meth:`pyramid_filter`), and no filter mask of the n points is made. Every
+        other filter (several columns, ``correct``, a numeric column, a colouring by another
+        column or a mean) aggregates the matching points in view exactly (the filter mask,
+        :meth:`filter_mask`), so its cost follows the visible points.
         """
         x_range = _check_range("x_range", x_range)
         y_range = _check_range("y_range", y_range)
@@ -458,8 +513,9 @@ class FrameRenderer:
             raise InputError(f"mode must be 'auto', 'exact' or 'pyramid', got {mode!r}")
         c = self.colouring(color_by)
         level = self._pyramid_level(x_range, y_range, width, height)
-        fmask = self.filter_mask(where)
-        if fmask is not None or not self.index.sorted:
+        keep = self.pyramid_filter(where, c) if where else None
+        fmask = None
+        if (where and keep is None) or not self.index.sorted:
             mode = "exact"
         runs = None
         if mode == "auto":
@@ -469,6 +525,7 @@ class FrameRenderer:
         if mode == "pyramid" and level is None:
             mode = "exact"
         if mode == "exact":
+            fmask, keep = self.filter_mask(where), None
             if runs is None:
                 runs, _ = self.index.ranges(x_range, y_range)
             level = None
@@ -478,7 +535,7 @@ class FrameRenderer:
             runs = np.stack([np.searchsorted(starts, runs[:, 0]),
                              np.searchsorted(starts, runs[:, 1])], 1)
         return View(x_range=x_range, y_range=y_range, width=width, height=height, colouring=c,
-                    mode=mode, level=level, runs=runs, mask=fmask)
+                    mode=mode, level=level, runs=runs, mask=fmask, keep=keep)
 
     # -- shading ---------------------------------------------------------------------------
     def shade(self, agg, color_by=None):
@@ -592,9 +649,11 @@ class FrameRenderer:
                mode="auto", where=None, cache: bool = True) -> Frame:
         """Render one frame to PNG bytes; ``None`` ranges mean the whole layout.
 
-        ``where`` filters points (see :meth:`filter_mask`). ``cache``: the frame of the whole
-        layout (:meth:`default_range`, no filter, ``mode="auto"``) of a stored map is kept in
-        the map's directory (``frames/``, keyed by the colouring's stored key, the size, the
+        ``where`` filters points (see :meth:`filter_mask`); a frame of many points filtered
+        on one categorical column and coloured by density or by that column is drawn from
+        the pyramid (see :meth:`_plan`). ``cache``: the frame of the whole layout
+        (:meth:`default_range`, no filter, ``mode="auto"``) of a stored map is kept in the
+        map's directory (``frames/``, keyed by the colouring's stored key, the size, the
         exact budget, the raster backend and :data:`FRAME_CACHE_FORMAT`), so the first frame
         a new page or notebook cell shows is read, not rendered (no JIT code to load).
         """

@@ -15,6 +15,8 @@ from .spatial import SpatialIndex
 
 #: cached entries beyond which the weight rows are dropped (a few levels x colourings)
 MAX_CACHED = 64
+#: filtered weight rows kept (levels x colourings x filters; the oldest dropped first)
+MAX_KEPT = 8
 
 
 def category_lut(colouring, mix: bool) -> np.ndarray:
@@ -25,6 +27,33 @@ def category_lut(colouring, mix: bool) -> np.ndarray:
     from .shade import _rgb
 
     return np.c_[np.ones(len(colouring.categories)), _rgb(colouring.colors)]
+
+
+def kept_lut(colouring, keep, mix: bool = False):
+    """What a point of each category of a filter's colouring adds to a pixel of a filtered
+    pyramid frame: (filter colouring, float64 array (C, ch)). ``keep``: (filter colouring,
+    allowed codes) (:attr:`~bigembed.view.raster.View.keep`). Density: 1 for an allowed
+    category, 0 else (ch = 1); colouring by the filter column: :func:`category_lut`'s rows,
+    zero for the categories not allowed."""
+    fc, codes = keep
+    on = np.zeros(len(fc.categories), np.float64)
+    on[list(codes)] = 1.0
+    if colouring.kind == "density":
+        return fc, on[:, None]
+    if colouring is not fc:
+        raise ValueError(f"a pyramid filter on {fc.name!r} cannot colour by {colouring.name!r}")
+    return fc, category_lut(colouring, mix) * on[:, None]
+
+
+def pair_weights(pc, pcat, pn, cells: int, lut) -> np.ndarray:
+    """Per-cell weight rows (cells, ch) float64 from (cell, category, count) pairs: each
+    cell's sum of count * lut[category] (the pairs' work, never the points')."""
+    cat = np.asarray(pcat, np.int64)
+    pn = np.asarray(pn, np.float64)
+    w = np.zeros((cells, lut.shape[1]))
+    for j in range(lut.shape[1]):
+        w[:, j] = np.bincount(pc, weights=pn * lut[cat, j], minlength=cells)
+    return w
 
 
 class Level:
@@ -113,6 +142,7 @@ class Pyramid:
     def __init__(self, index: SpatialIndex):
         self.index = index
         self._cache: dict[tuple, tuple] = {}
+        self._kept: dict[tuple, tuple] = {}
         self._tree: dict | None = None
         self._trees: dict[str, dict] = {}
 
@@ -186,20 +216,59 @@ class Pyramid:
         self._cache[key] = got
         return got
 
+    def kept_weights(self, level: int, colouring, keep, *, mix: bool = False):
+        """(x, y, weights) of ``level`` for a filtered pyramid frame (``keep``: see
+        :attr:`~bigembed.view.raster.View.keep`): :meth:`weights`' rows counting only the
+        points of the allowed categories, summed from the filter colouring's (cell,
+        category, count) pairs (:func:`pair_weights`); cached per filter. Cells with no
+        allowed point weigh 0 and draw nothing."""
+        fc, codes = keep
+        key = (level, colouring.name, "keep", fc.name, tuple(codes), mix)
+        got = self._kept.get(key)
+        if got is not None and got[0] is colouring and got[1] is fc:
+            return got[2]
+        fc, lut = kept_lut(colouring, keep, mix)
+        mx, my, cnt, (pc, pcat, pn, _) = self.cells(level, fc)
+        got = (np.asarray(mx), np.asarray(my),
+               np.ascontiguousarray(pair_weights(pc, pcat, pn, len(cnt), lut)))
+        if len(self._kept) >= MAX_KEPT:  # (one filter's rows may be tens of MB)
+            self._kept.pop(next(iter(self._kept)))
+        self._kept[key] = (colouring, fc, got)
+        return got
+
     def bin_view(self, view, *, mix: bool = False):
         """The run kernel's accumulators of a pyramid ``view`` (array (H*W, ch), hits): the
-        level's whole weight rows (:meth:`weights`, cached) binned over the view's runs."""
+        level's whole weight rows (:meth:`weights`, or :meth:`kept_weights` with a filter;
+        cached) binned over the view's runs."""
         from ..kernels.raster import bin_runs
 
-        mx, my, w = self.weights(view.level, view.colouring, mix=mix)
+        if view.keep is not None:
+            mx, my, w = self.kept_weights(view.level, view.colouring, view.keep, mix=mix)
+        else:
+            mx, my, w = self.weights(view.level, view.colouring, mix=mix)
         return bin_runs(mx, my, view.runs, weights=w, **view.grid)
 
     def gather(self, view):
         """The visible cells of a pyramid view as weighted points: (x, y, count, values),
         values None (density), (sum, count) per cell (mean), or (category, count) per
-        (cell, category) pair (categorical; x, y then per pair too)."""
+        (cell, category) pair (categorical; x, y then per pair too). A filtered view
+        (``view.keep``) gives the filter colouring's pairs of allowed categories in view,
+        each a point at its cell's centroid weighted by its count: (x, y, count, None)
+        (density) or (x, y, count, (category, count))."""
         c = view.colouring
         runs = view.runs
+        if view.keep is not None:
+            fc, codes = view.keep
+            kept_lut(c, view.keep)  # (checks the colouring goes with the filter)
+            mx, my, _, (pc, pcat, pn, offs) = self.cells(view.level, fc)
+            pairs = SpatialIndex.positions(np.stack([offs[runs[:, 0]], offs[runs[:, 1]]], 1))
+            cat = np.asarray(pcat)[pairs].astype(np.int64)
+            ok = np.isin(cat, np.asarray(codes, np.int64))
+            pairs, cat = pairs[ok], cat[ok]
+            cell = np.asarray(pc)[pairs]
+            w = np.asarray(pn)[pairs].astype(np.float64)
+            x, y = np.asarray(mx)[cell], np.asarray(my)[cell]
+            return (x, y, w, None) if c.kind == "density" else (x, y, w, (cat, w))
         cells = SpatialIndex.positions(runs)
         mx, my, cnt, extra = self.cells(view.level, c)
         x, y, w = mx[cells], my[cells], cnt[cells]

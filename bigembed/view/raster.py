@@ -33,7 +33,11 @@ class View:
     ``colouring``: a :class:`~bigembed.view.frames.Colouring`; ``mode``: "exact" (``runs``
     are (r, 2) [start, end) runs of point positions in spatial order, ``level`` None) or
     "pyramid" (``runs`` are runs of cell numbers at ``level``); ``mask``: bool array of
-    shape (n,) in spatial order (a filter: only matching points), or None.
+    shape (n,) in spatial order (a filter of an exact frame: only matching points), or None;
+    ``keep``: the filter of a pyramid frame, or None: (colouring, codes), a categorical
+    colouring (the filter column's: ``colouring`` itself, or any when ``colouring`` is
+    density) and the sorted codes of its allowed categories; each cell then counts only its
+    points of those categories (:meth:`~bigembed.view.pyramid.Pyramid.kept_weights`).
     """
 
     x_range: tuple
@@ -45,6 +49,7 @@ class View:
     level: int | None
     runs: np.ndarray
     mask: np.ndarray | None = None
+    keep: tuple | None = None
 
     @property
     def grid(self) -> dict:

@@ -46,7 +46,7 @@ import numpy as np
 from ..dataset import _atomic
 from ..errors import DatasetError, InputError
 from ..progress import progress_bar
-from .pyramid import Level, Pyramid, build_tree, category_lut, centroids_of
+from .pyramid import Level, Pyramid, build_tree, category_lut, centroids_of, kept_lut
 from .spatial import LEVELS, MAX_LEVELS, SpatialIndex
 
 log = logging.getLogger(__name__)
@@ -606,10 +606,17 @@ class StoredPyramid(Pyramid):
     def bin_view(self, view, *, mix: bool = False):
         """The run kernel's accumulators of a pyramid ``view``: the cells in view binned in
         place from the level's memory-mapped arrays (the same sums as the in-memory
-        pyramid's weight rows; nothing gathered)."""
+        pyramid's weight rows; nothing gathered). A filtered view (``view.keep``) bins the
+        filter colouring's pairs with the allowed categories' lut rows only."""
         from ..kernels.raster import bin_cells
 
         c = view.colouring
+        if view.keep is not None:  # a filter: the filter colouring's pairs, allowed ones
+            fc, lut = kept_lut(c, view.keep, mix)
+            mx, my, cnt, (pc, pcat, pn, offs) = self.cells(view.level, fc)
+            if len(cnt) <= CACHED_LEVEL_CELLS:
+                return super().bin_view(view, mix=mix)
+            return bin_cells(mx, my, view.runs, pairs=(offs, pcat, pn), lut=lut, **view.grid)
         mx, my, cnt, extra = self.cells(view.level, c)
         if len(cnt) <= CACHED_LEVEL_CELLS:  # a coarse level: its weight rows, kept
             return super().bin_view(view, mix=mix)
