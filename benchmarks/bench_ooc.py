@@ -12,8 +12,10 @@ the first frame after opening (pages partly cold), then every view (full extent,
 timed (p95 "once the pages are cached"); hover (``pick`` under the cursor), tap (2-D
 neighbours), box-selection statistics (the selected rows' label counts) and a label filter
 (frames of many points from the pyramid's per-cell label counts, p95 per zoom, with no mask;
-the mask over N points, built on first use by the exact views of few points, timed apart). Datashader cannot hold a billion
-points on this machine, so its figures come from ``bench_view`` at the sizes it can run.
+the mask over N points, built on first use by the exact views of few points, timed apart), and
+``bigembed serve`` of the map: start-up, a page, its first frame. Datashader cannot hold a
+billion points on this machine, so its figures come from ``bench_view`` at the sizes it can
+run.
 """
 
 from __future__ import annotations
@@ -58,6 +60,56 @@ def _timed(fn):
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+def bench_serve(path: Path, timeout: float = 900.0) -> dict:
+    """``bigembed serve`` of the built map: seconds until it says it is serving (its warm-up:
+    a few frames, a selection, the filter values), then a page (a session's document) and the
+    page's first frame (the whole layout by label), as a browser fetches them."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(path), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    out: dict = {}
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving" in line or time.perf_counter() - t0 > timeout:
+                break
+        if not lines or "serving" not in lines[-1]:
+            raise RuntimeError("bigembed serve did not start: " + "".join(lines[-20:]))
+        out["start_s"] = time.perf_counter() - t0
+        base = f"http://127.0.0.1:{port}"
+
+        def get(url):
+            with urllib.request.urlopen(base + url, timeout=300) as resp:
+                return resp.read()
+
+        out["page_s"], page = _timed(lambda: get("/"))
+        from bigembed.dataset.reader import Dataset
+        from bigembed.view.frames import FrameRenderer
+
+        (x0, x1), (y0, y1) = FrameRenderer(Dataset.open(path), "synth").default_range()
+        q = f"/frame.png?layout=synth&color=label&w={W}&h={H}&x0={x0!r}&x1={x1!r}&y0={y0!r}&y1={y1!r}"
+        out["first_frame_s"], png = _timed(lambda: get(q))
+        out["page_bytes"], out["frame_bytes"] = len(page), len(png)
+        log.info("serve: serving after %.1fs; page %.2fs; first frame %.1f ms", out["start_s"],
+                 out["page_s"], 1e3 * out["first_frame_s"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
 
 
 def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int = 6 << 30,
@@ -106,6 +158,12 @@ def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int 
     first_l = r.render(width=W, height=H, color_by="label")
     out["first_frame_label_s"] = first_l.seconds
     log.info("first frame %.1f ms (label %.1f ms)", 1e3 * first.seconds, 1e3 * first_l.seconds)
+    # a later page or kernel: the map opened again, its whole-layout frame read from frames/
+    t_again, again = _timed(lambda: FrameRenderer(Dataset.open(path), "synth").render(
+        width=W, height=H, color_by="label"))
+    out["reopened_first_frame_label_s"] = t_again
+    out["reopened_first_frame_kept"] = again.png == first_l.png
+    log.info("reopened + first frame by label (kept): %.1f ms", 1e3 * t_again)
 
     rng = np.random.default_rng(seed)
     (x0, x1), (y0, y1) = r.default_range()
@@ -123,11 +181,13 @@ def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int 
     for color in (None, "label"):
         per, cold, allt, modes = {}, [], [], {}
         for z, xr, yr in views:
-            f0 = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color)
+            f0 = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color,
+                          cache=False)
             cold.append(f0.seconds)
             ts = []
-            for _ in range(3):
-                f = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color)
+            for _ in range(3):  # rendered every time (the full view is not read from frames/)
+                f = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color,
+                             cache=False)
                 ts.append(f.seconds)
             per.setdefault(str(z), []).extend(ts)
             allt.extend(ts)
@@ -223,6 +283,11 @@ def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int 
                              "per_zoom_s": ex,
                              "modes": {z: sorted(v)[:3] for z, v in exm.items()}}
     out["filter"] = out_f
+    try:
+        out["serve"] = bench_serve(path)
+    except Exception as e:  # the figures above stand without it
+        log.error("bigembed serve of the map failed: %s", e)
+        out["serve"] = {"error": str(e)[-2000:]}
     log.info("filter: full view %.1f ms (%s, mask built: %s); mask over %d points %.2fs, "
              "needed only by the exact views (zooms %s), p95 %.1f ms once built",
              1e3 * f_first.seconds, f_first.mode, out_f["mask_built_by_pyramid_frames"], n,

@@ -141,15 +141,25 @@ def bench_torch(ds, *, note):
     return out
 
 
-def _layout_inputs(ds, k=15):
+def _layout_inputs(ds, k=15, keep=None):
     """(x, indices, distances, init) the reduce stage hands a layout backend: the neighbour
-    stage's kNN graph (self excluded) and the PCA initial layout."""
+    stage's kNN graph (self excluded) and the PCA initial layout. ``keep``: an .npz file
+    where they are kept and read back by a later run of the same data (the kNN graph of 1M
+    rows is minutes; it is not what is timed)."""
     from bigembed.reduce.run import _knn_full, initial_layout
 
     sp = ds.space()
     x = np.asarray(sp.vectors, dtype=np.float32)
+    if keep is not None and Path(keep).is_file():
+        d = np.load(keep)
+        if d["x"].shape == x.shape and np.array_equal(d["x"][:1000], x[:1000]):
+            print(f"kNN graph and init read from {keep}", flush=True)
+            return x, d["ind"], d["dist"], d["init"]
     ind, dist = _knn_full(ds, sp, k - 1, "l2", False)
-    return x, ind, dist, initial_layout(x, seed=0)
+    init = initial_layout(x, seed=0)
+    if keep is not None:
+        np.savez(keep, x=x, ind=ind, dist=dist, init=init)
+    return x, ind, dist, init
 
 
 def _layout_quality(ind, xy, x):
@@ -159,7 +169,7 @@ def _layout_quality(ind, xy, x):
     return q
 
 
-def bench_optimiser(ds, *, rounds=2, note=""):
+def bench_optimiser(ds, *, rounds=2, note="", keep=None):
     """The layout stage alone (fuzzy graph + SGD) on the same kNN graph and initial layout:
     bigembed's optimiser (backend ``numba``) against umap-learn's (backend ``cpu``: umap-learn
     with the graph precomputed), interleaved (ours, theirs, ours, theirs) so load on a shared
@@ -167,7 +177,7 @@ def bench_optimiser(ds, *, rounds=2, note=""):
     from bigembed.reduce.backends import CpuLayouts, NumbaLayouts, warm_numba_cache
 
     warm_numba_cache()
-    x, ind, dist, init = _layout_inputs(ds)
+    x, ind, dist, init = _layout_inputs(ds, keep=keep)
     backends = {"bigembed": NumbaLayouts(), "umap_learn": CpuLayouts()}
     times = {k: [] for k in backends}
     xy = {}
@@ -367,6 +377,9 @@ def main(argv=None):
                    help="vectors -> first frame vs Embedding Atlas's --vector path (0: skip)")
     p.add_argument("--atlas-python", default="/work/atlas-venv/bin/python",
                    help="the python of a venv with `pip install embedding-atlas torch==2.13.0`")
+    p.add_argument("--keep-inputs", default="",
+                   help="a directory where the layout stage's inputs (kNN graph, init) of "
+                        "--opt-n are kept between runs (the same synthetic data each time)")
     p.add_argument("--merge", action="store_true",
                    help="keep the sections of --out this run does not measure")
     p.add_argument("--out", default=str(RESULTS))
@@ -390,8 +403,11 @@ def main(argv=None):
     try:
         for n_opt in [int(v) for v in a.opt_n.split(",") if v]:
             synth(work / "opt", n=n_opt, dim=a.dim, clusters=10, seed=0)
+            keep = (Path(a.keep_inputs) / f"opt-inputs-{n_opt}x{a.dim}.npz"
+                    if a.keep_inputs else None)
             results[f"optimiser_{n_opt}"] = dict(command=command, **bench_optimiser(
-                Dataset.open(work / "opt"), rounds=a.opt_rounds, note=f"optimiser {n_opt}"))
+                Dataset.open(work / "opt"), rounds=a.opt_rounds, note=f"optimiser {n_opt}",
+                keep=keep))
             write_results(a.out, results_doc("reduce", results, params=params))
             shutil.rmtree(work / "opt", ignore_errors=True)
         if a.atlas_n:

@@ -34,7 +34,7 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 #: umap-learn's constants
@@ -42,6 +42,8 @@ SMOOTH_K_TOLERANCE = 1e-5
 MIN_K_DIST_SCALE = 1e-3
 #: chunks of vertices per epoch (fixed, so the random streams do not depend on the cores)
 N_CHUNKS = 256
+#: negative samples of an edge drawn (and their rows prefetched) before any is used
+NEG_AHEAD = 16
 
 _OPTS = dict(cache=True, nogil=True)
 #: the largest float64, umap-learn's "not bounded yet" (fastmath would fold away inf tests)
@@ -201,6 +203,31 @@ def _coef(tab, row, d2, a, b, gamma):
     return np.float32(2.0) * gamma * b / ((np.float32(0.001) + d2) * (a * pb + np.float32(1.0)))
 
 
+@intrinsic
+def _prefetch_row(typingctx, arr, i):
+    """Ask the CPU to start loading row ``i`` of the 2-D array ``arr`` into cache (LLVM's
+    ``prefetch``: read, keep in all levels); no effect on the result."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        zero = context.get_constant(types.intp, 0)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx, zero],
+                                       wraparound=False)
+        i8p = ir.PointerType(ir.IntType(8))
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
+
+
 @numba.njit(inline="always")
 def _clip(v):
     if v > 4.0:
@@ -241,6 +268,10 @@ def _chunk(tab, y, indptr, tail, eps, nxt, nxt_neg, v0, v1, c, epoch, alpha, a, 
     g32 = np.float32(gamma)
     rate = np.float32(neg_rate)
     s = _mix32((seed * 0x9E3779B1 + epoch * 0x7FEB352D + c * 0x846CA68B) & 0xFFFFFFFF) | 1
+    # an edge's negative samples are drawn before its attraction is applied and their rows
+    # prefetched, so the random reads of the layout overlap (the same draws in the same
+    # order as drawing each just before use: the result does not change)
+    negs = np.empty(NEG_AHEAD, np.int64)
     for v in range(v0, v1):
         e0 = indptr[v]
         e1 = indptr[v + 1]
@@ -251,6 +282,16 @@ def _chunk(tab, y, indptr, tail, eps, nxt, nxt_neg, v0, v1, c, epoch, alpha, a, 
             if nxt[e] > fe:
                 continue
             moved = True
+            eneg = eps[e] / rate
+            owed = int((fe - nxt_neg[e]) / eneg)
+            ahead = min(max(owed, 0), NEG_AHEAD)
+            for j in range(ahead):
+                # xorshift32, then a multiply-shift into [0, n)
+                s ^= (s << 13) & 0xFFFFFFFF
+                s ^= s >> 17
+                s ^= (s << 5) & 0xFFFFFFFF
+                negs[j] = (s * n) >> 32
+                _prefetch_row(y, negs[j])
             k = tail[e]
             ox = y[k, 0]
             oy = y[k, 1]
@@ -266,16 +307,16 @@ def _chunk(tab, y, indptr, tail, eps, nxt, nxt_neg, v0, v1, c, epoch, alpha, a, 
                 y[k, 0] = ox - gx
                 y[k, 1] = oy - gy
             nxt[e] += eps[e]
-            eneg = eps[e] / rate
-            owed = int((fe - nxt_neg[e]) / eneg)
             if owed <= 0:
                 continue
-            for _ in range(owed):
-                # xorshift32, then a multiply-shift into [0, n)
-                s ^= (s << 13) & 0xFFFFFFFF
-                s ^= s >> 17
-                s ^= (s << 5) & 0xFFFFFFFF
-                k = (s * n) >> 32
+            for j in range(owed):
+                if j < ahead:
+                    k = negs[j]
+                else:  # more owed than drawn ahead (rare): drawn now, in the same order
+                    s ^= (s << 13) & 0xFFFFFFFF
+                    s ^= s >> 17
+                    s ^= (s << 5) & 0xFFFFFFFF
+                    k = (s * n) >> 32
                 if k == v:
                     continue
                 dx = yx - y[k, 0]

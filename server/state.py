@@ -183,8 +183,11 @@ class Explorer:
             self.neighbors(id=0, k=1)
         except Exception as e:  # the map works without neighbours; the tap will say why
             log.warning("neighbour lookup not available: %s", e)
+        # a small box at the centre: the selection code is what is warmed, and a quarter of
+        # a billion-point map would be 250M rows to count before the server starts
         (x0, x1), (y0, y1) = r.default_range()
-        self.select(box=((x0, (x0 + x1) / 2), (y0, (y0 + y1) / 2)))
+        cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 64, (y1 - y0) / 64
+        self.select(box=((cx - hw, cx + hw), (cy - hh, cy + hh)))
         # The group panel's contrast kernel is not compiled here: `make install` puts it in
         # numba's on-disk cache (bigembed.analysis.units.warm_contrast_cache), and the first
         # contrast loads it from there.
