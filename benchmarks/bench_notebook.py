@@ -14,7 +14,8 @@ One dataset of ``n`` points (synthetic, 16-d, a PCA layout; built once under ``-
 - **pan/zoom frames**: the same sequence of views (the full map, zooms 2-64x, pans) at
   800 x 800. Notebook ``pan``: the comm message a pan in the page sends (the plot's
   ``RangesUpdate`` event, as jupyter_bokeh's front end wraps it), timed to the client receiving
-  the comm message with the new frame (render on the pool, PNG, document patch, comm);
+  the comm message with the new frame (render on the pool, PNG, document patch with the PNG as
+a binary buffer, comm);
   ``set_view``: ``m.set_view(...)`` run in a cell, timed the same way. Serve: ``GET /frame.png`` of ``bigembed serve`` on 127.0.0.1 for the
   same views, timed to the last byte. Colouring: ``label``. Medians per view and overall.
 
@@ -125,8 +126,13 @@ def _is_widget(msg) -> bool:
 
 
 def _is_frame(msg) -> bool:
-    return (msg["msg_type"] == "comm_msg"
-            and "data:image/png;base64" in json.dumps(msg["content"]["data"]))
+    """A comm message carrying a new frame: the PNG bytes as a binary buffer (frames after the
+    first), or a PNG data URL in a document patch."""
+    if msg["msg_type"] != "comm_msg":
+        return False
+    if any(bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" for b in msg.get("buffers") or ()):
+        return True
+    return "data:image/png;base64" in json.dumps(msg["content"]["data"])
 
 
 def first_frames(data: Path, repeat: int, prewarm: bool) -> dict:

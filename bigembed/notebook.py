@@ -10,10 +10,11 @@ the kernel's comms in both directions, so it works wherever ipywidgets do (Jupyt
 
 What differs from the server page is only what the page fetched over HTTP: a frame is rendered
 by the same :class:`~bigembed.view.frames.FrameRenderer` in the kernel, on a small thread pool,
-and travels as a PNG ``data:`` URL in the document's frame source (the latest view wins: views
-asked for while one renders are coalesced into one frame); thumbnails travel the same way; the
-selection's export links become the handle's :attr:`Map.selection`. Results of background work
-come back on the kernel's event loop, never from a worker thread.
+and travels as PNG bytes, a binary buffer of the document patch that the page turns into a blob
+URL (the first frame, in the document the cell loads, as a ``data:`` URL); the latest view
+wins: views asked for while one renders are coalesced into one frame. Thumbnails travel as
+``data:`` URLs; the selection's export links become the handle's :attr:`Map.selection`.
+Results of background work come back on the kernel's event loop, never from a worker thread.
 
 Dependencies: this module is an entry point like the CLI commands (it starts the view), so it
 is the one library module besides them allowed to import :mod:`bigembed.server`.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,6 +120,21 @@ def _resolve_layout(ex, layout) -> str:
     raise InputError(f"layout must be one of {ex.layouts}, got {layout!r}")
 
 
+#: the page's side of a frame sent as PNG bytes: a blob URL for the frame glyph (the previous
+#: one released once the new image has had time to load)
+_PNG_TO_URL = """
+const d = cb_obj.data;
+const png = d.png[0];
+if (png == null || png.length === 0) { return; }
+const url = URL.createObjectURL(new Blob([png], {type: "image/png"}));
+const old = frame.data.url[0];
+frame.data = {url: [url], x: [d.x[0]], y: [d.y[0]], w: [d.w[0]], h: [d.h[0]]};
+if (typeof old === "string" && old.startsWith("blob:")) {
+  setTimeout(() => URL.revokeObjectURL(old), 5000);
+}
+"""
+
+
 def _load_bokehjs() -> None:
     """BokehJS in the page, once per kernel (jupyter_bokeh's widget renders with it). Inline:
     the notebook may have no route to a CDN."""
@@ -162,10 +179,17 @@ def _session_class():
             self.frames = 0
             self.neighbours = None
             super().__init__(doc, explorer, executor, args=args)
-            from bokeh.models import ColumnDataSource
+            from bokeh.models import ColumnDataSource, CustomJS
 
             # the page keeps its state in the URL; a notebook's URL is the notebook's own
             self.state.js_property_callbacks = {}
+            # frames after the first travel as PNG bytes (a binary comm buffer, no base64 or
+            # JSON of the image); the page turns them into a blob URL for the frame glyph
+            self.png_src = ColumnDataSource(dict(png=[np.zeros(0, np.uint8)], x=[0.0],
+                                                 y=[0.0], w=[0.0], h=[0.0]), name="frame_png")
+            self.png_src.js_on_change("data", CustomJS(args=dict(frame=self.frame_src),
+                                                       code=_PNG_TO_URL))
+            doc.add_root(self.png_src)
             self.hl_src = ColumnDataSource(dict(x=[], y=[], id=[]))
             self.hl_layout = self.layout
             self.plot.scatter("x", "y", source=self.hl_src, size=9, fill_alpha=0,
@@ -174,7 +198,7 @@ def _session_class():
 
         # -- frames: rendered here, sent in the document ---------------------------------
         def _frame_url(self) -> str:
-            return ""  # the frame source is filled by _render_now / _frame_ready
+            return ""  # the frame source is filled by render_now / _frame_ready
 
         def _frame_key(self):
             return (self.layout, self.color, self.view, tuple(sorted(
@@ -188,33 +212,43 @@ def _session_class():
                          where=dict((k, list(v)) for k, v in where) or None)
             return key, f
 
-        def _show_frame(self, key, frame):
+        def _show_frame(self, key, frame, inline=False):
+            """Show ``frame``: ``inline`` (the first frame, in the document the cell loads) as
+            a PNG data URL in the frame source; later ones as PNG bytes in ``png_src``, a
+            binary buffer of the document patch, which the page's callback shows."""
             _, _, (x0, x1, y0, y1), _ = key
-            url = "data:image/png;base64," + base64.b64encode(frame.png).decode("ascii")
-            self.frame_src.data = dict(url=[url], x=[x0], y=[y0], w=[x1 - x0], h=[y1 - y0])
+            ext = dict(x=[x0], y=[y0], w=[x1 - x0], h=[y1 - y0])
+            if inline:
+                url = "data:image/png;base64," + base64.b64encode(frame.png).decode("ascii")
+                self.frame_src.data = dict(url=[url], **ext)
+            else:
+                self.png_src.data = dict(png=[np.frombuffer(frame.png, np.uint8)], **ext)
             self._frame_done = key
             self.frames += 1
             self.last_frame = frame
+            self.last_extent = (x0, x1, y0, y1)
 
         def render_now(self):
-            """Render the current view on this thread (the first frame, or a Python call)."""
+            """Render the current view on this thread: the first frame, in the document."""
             key, f = self._render(self._frame_key())
-            self._show_frame(key, f)
+            self._show_frame(key, f, inline=True)
+
+        def _sync_state(self):
+            pass  # the page keeps its view in its URL; a notebook's URL is the notebook's
 
         def _refresh_frame(self):
-            self._sync_state()
-            if self.hl_layout != self.layout:
-                self._place_highlight()
-            key = self._frame_key()
+            key, start = self._frame_key(), False
             with self._frame_lock:
                 if key in (self._frame_done, self._frame_job):
                     self._frame_next = None
-                    return
-                if self._frame_job is not None:
+                elif self._frame_job is not None:
                     self._frame_next = key  # rendered when the running one is done
-                    return
-                self._frame_job = key
-            self._submit_frame(key)
+                else:
+                    self._frame_job, start = key, True
+            if start:
+                self._submit_frame(key)  # first: the render starts before the rest
+            if self.hl_layout != self.layout:
+                self._place_highlight()
 
         def _submit_frame(self, key):
             def finished(fut):
@@ -593,7 +627,8 @@ def _warm_later(session, r) -> None:
         try:
             r.warm_up(FRAME_W, FRAME_H, session.color_key)
         except Exception as e:  # the frames say what is wrong when the user asks for one
-            log.warning("warming the map's kernels failed: %s", e)
+            if not sys.is_finalizing() and "shutdown" not in str(e):  # (a script ending)
+                log.warning("warming the map's kernels failed: %s", e)
 
     session.executor.submit(work)
 

@@ -542,7 +542,8 @@ class GroupsPanel:
         map, more as the view narrows."""
         cl = getattr(self, "clusters", None)
         if cl is None or not cl.n_clusters:
-            self.names_src.data = dict(x=[], y=[], text=[])
+            if any(len(v) for v in self.names_src.data.values()):  # (no patch per pan)
+                self.names_src.data = dict(x=[], y=[], text=[])
             return
         t = cl.table
         x, y = t["x"].to_numpy(), t["y"].to_numpy()

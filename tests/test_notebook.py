@@ -131,7 +131,19 @@ def test_python_changes_redraw_the_frame(shown):
     m.set_view(v.x0, (v.x0 + v.x1) / 2, v.y0, (v.y0 + v.y1) / 2)
     assert m._s.plot.x_range.end == pytest.approx((v.x0 + v.x1) / 2)
     _wait(lambda: m._s.frames > before, what="a new frame")
-    assert m._s.frame_src.data["w"][0] == pytest.approx((v.x1 - v.x0) / 2)
+    # later frames travel as PNG bytes (a binary buffer of the patch), not in the document
+    src = m._s.png_src.data
+    assert src["w"][0] == pytest.approx((v.x1 - v.x0) / 2)
+    png = np.asarray(src["png"][0])
+    assert png.dtype == np.uint8 and bytes(png[:8]) == b"\x89PNG\r\n\x1a\n"
+    assert bytes(png) == m._s.last_frame.png
+    from bokeh.document.events import ModelChangedEvent
+    from bokeh.protocol import Protocol
+
+    ev = ModelChangedEvent(m._s.doc, m._s.png_src, "data", m._s.png_src.data)
+    msg = Protocol().create("PATCH-DOC", [ev])
+    assert len(msg.buffers) == 1 and len(msg.buffers[0].to_bytes()) == len(png)
+    assert b"data:image" not in msg.content_json.encode()
     n = m._s.frames
     m.color_by("correct")
     assert m._s.color_select.value == "correct" and "error rate" in m._s.legend.text

@@ -61,6 +61,8 @@ def _notebook(path, data: str) -> None:
                              "print('HIGHLIGHTED', len(m.highlighted))"),
         nbf.v4.new_code_cell("bigembed.show('/no/such/dataset')"),
         nbf.v4.new_code_cell(f"bigembed.show({data!r}, layout='no-such-layout')"),
+        nbf.v4.new_code_cell("v = m.view\nm.set_view(v.x0, (v.x0 + v.x1) / 2, v.y0, "
+                             "(v.y0 + v.y1) / 2)\nprint('ZOOMED', m._s.frames)"),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
@@ -263,3 +265,14 @@ def _scenario(page):
         assert all(w in out for w in words), out
         assert "Traceback" not in out and "File " not in out, out
         assert len(out.strip().splitlines()) <= 2, out
+
+    # a new view from the kernel: the frame arrives as PNG bytes (a binary buffer of the
+    # patch) and the page shows it through a blob URL; the map's pixels change
+    _run_cell(page, 5, expect="ZOOMED")
+    wait_for(lambda: (page.evaluate(MAP_JS) or {}).get("url", "").startswith("blob:"), 30, page,
+             "the zoomed frame as a blob URL")
+    page.evaluate(MAP_JS, {"scroll": True})
+    page.wait_for_timeout(500)
+    zoomed = _map_png(page, _map(page))
+    assert _coloured_pixels(zoomed) > 2000, "the zoomed frame shows no points"
+    assert zoomed != after, "the map did not change"
