@@ -236,6 +236,31 @@ def _session_class():
         def _sync_state(self):
             pass  # the page keeps its view in its URL; a notebook's URL is the notebook's
 
+        def _filter_options(self, col):
+            """Filter values computed before, or none yet: the cell shows its map first and
+            fills the filter widgets from the pool (:meth:`fill_filters`)."""
+            got = self.ex.known_filter_options(col)
+            if got is None:
+                self._unfilled = getattr(self, "_unfilled", []) + [col]
+            return got or []
+
+        def fill_filters(self, here: bool = False):
+            """Compute the filter values the widgets were shown without (on this thread) and
+            set them on the kernel's loop (``here``: at once, from the loop's thread)."""
+            if here:  # every widget still empty (the pool may be filling it right now)
+                cols = [c for c, mc in self.filters.items() if not mc.options]
+            else:
+                cols, self._unfilled = getattr(self, "_unfilled", []), []
+            for col in cols:
+                opts = self.ex.filter_options(col)
+                mc = self.filters.get(col)
+                if mc is None:
+                    continue
+                if here:
+                    mc.options = opts
+                else:
+                    self._schedule(lambda mc=mc, opts=opts: setattr(mc, "options", opts))
+
         def _refresh_frame(self):
             key, start = self._frame_key(), False
             with self._frame_lock:
@@ -482,6 +507,7 @@ class Map:
         except InputError as e:
             raise _one_line(e) from None
         s.where = {k: v for k, v in w.items()}
+        s.fill_filters(here=True)  # (when the pool has not yet)
         for col, mc in s.filters.items():  # the cell's filter widgets show it too
             vals = [v for v in w.get(col, []) if v in mc.options]
             if list(mc.value) != vals:
@@ -614,18 +640,20 @@ def _show(ds_or_path, layout, color, compare, display) -> Map:
 
 
 def _warm_later(session, r) -> None:
-    """Load the map's compiled kernels and coarse pyramid levels on the pool, once per
-    renderer, after the first frame is shown: the first frame may have been read from the
-    stored map (no kernel loaded), and the user's first pan should not wait for them."""
+    """After the first frame is shown, on the pool: the filter widgets' values (when not
+    computed before), then, once per renderer, the map's compiled kernels and coarse pyramid
+    levels (the first frame may have been read from the stored map, with no kernel loaded,
+    and the user's first pan should not wait for them)."""
     from .server.app import FRAME_H, FRAME_W
 
-    if getattr(r, "_notebook_warm", False):
-        return
+    warm = not getattr(r, "_notebook_warm", False)
     r._notebook_warm = True
 
     def work():
         try:
-            r.warm_up(FRAME_W, FRAME_H, session.color_key)
+            session.fill_filters()
+            if warm:
+                r.warm_up(FRAME_W, FRAME_H, session.color_key)
         except Exception as e:  # the frames say what is wrong when the user asks for one
             if not sys.is_finalizing() and "shutdown" not in str(e):  # (a script ending)
                 log.warning("warming the map's kernels failed: %s", e)

@@ -177,7 +177,7 @@ class Session(BackgroundWork):
         self.filters = {}
         for col in FILTER_COLUMNS:
             if col in r.columns():
-                opts = explorer.filter_options(col)  # computed once, not per page load
+                opts = self._filter_options(col)
                 mc = MultiChoice(title=f"Show only {col}", options=opts,
                                  value=[v for v in self.where.get(col, []) if v in opts],
                                  name=f"filter_{col}", width=320)
@@ -231,6 +231,11 @@ class Session(BackgroundWork):
         self._sync_state()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _filter_options(self, col: str) -> list[str]:
+        """The values the filter widget of ``col`` offers: computed once per dataset (the
+        server's warm-up has them before the first page)."""
+        return self.ex.filter_options(col)
+
     @property
     def color_key(self):
         return None if self.color == "density" else self.color

@@ -150,6 +150,12 @@ class Explorer:
                 self._filter_options[column] = opts
         return list(opts)
 
+    def known_filter_options(self, column: str) -> list[str] | None:
+        """The filter values of ``column`` if computed already, else None (nothing read)."""
+        with self._lock:
+            opts = self._filter_options.get(column)
+        return None if opts is None else list(opts)
+
     def _distinct_text(self, column: str) -> set:
         """The distinct values of ``column`` as text (what a filter compares): a categorical
         colouring's categories when it has one (a stored map keeps them: no pass over N rows),
