@@ -56,6 +56,20 @@ def _p95(ts):
     return float(np.percentile(ts, 95)) if len(ts) else None
 
 
+def _time_views(r, views, **kw):
+    """Each view rendered once (its pages brought in), then 3 times timed: (seconds per zoom,
+    the first renders' seconds, all timed seconds, the modes per zoom)."""
+    per, cold, allt, modes = {}, [], [], {}
+    for z, xr, yr in views:
+        cold.append(r.render(x_range=xr, y_range=yr, width=W, height=H, **kw).seconds)
+        for _ in range(3):
+            f = r.render(x_range=xr, y_range=yr, width=W, height=H, **kw)
+            per.setdefault(str(z), []).append(f.seconds)
+            allt.append(f.seconds)
+        modes.setdefault(str(z), set()).add(f"{f.mode}:{f.points}")
+    return per, cold, allt, modes
+
+
 def _timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -179,19 +193,8 @@ def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int 
             views.append((z, (cx - hw, cx + hw), (cy - hh, cy + hh)))
     frames = {}
     for color in (None, "label"):
-        per, cold, allt, modes = {}, [], [], {}
-        for z, xr, yr in views:
-            f0 = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color,
-                          cache=False)
-            cold.append(f0.seconds)
-            ts = []
-            for _ in range(3):  # rendered every time (the full view is not read from frames/)
-                f = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color,
-                             cache=False)
-                ts.append(f.seconds)
-            per.setdefault(str(z), []).extend(ts)
-            allt.extend(ts)
-            modes.setdefault(str(z), set()).add(f"{f.mode}:{f.points}")
+        # rendered every time (cache=False: the full view is not read from frames/)
+        per, cold, allt, modes = _time_views(r, views, color_by=color, cache=False)
         name = color or "density"
         frames[name] = {"p95_all_views_s": _p95(allt), "max_s": float(max(allt)),
                         "p95_first_render_of_each_view_s": _p95(cold),
@@ -249,17 +252,7 @@ def bench_out_of_core(n: int, *, workdir: Path, positions: int = 3, memory: int 
                  if r.render(x_range=xr, y_range=yr, width=W, height=H).mode == "pyramid"]
     filt = {}
     for color in (None, "label"):
-        per, allt, modes = {}, [], {}
-        for z, xr, yr in pyr_views:
-            r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color, where=where)
-            ts = []
-            for _ in range(3):
-                f = r.render(x_range=xr, y_range=yr, width=W, height=H, color_by=color,
-                             where=where)
-                ts.append(f.seconds)
-            per.setdefault(str(z), []).extend(ts)
-            allt.extend(ts)
-            modes.setdefault(str(z), set()).add(f"{f.mode}:{f.points}")
+        per, _, allt, modes = _time_views(r, pyr_views, color_by=color, where=where)
         name = color or "density"
         filt[name] = {"p95_pyramid_views_s": _p95(allt),
                       "max_s": float(max(allt)) if allt else None,
