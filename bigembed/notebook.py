@@ -37,6 +37,8 @@ from .errors import BigembedError, InputError
 
 log = logging.getLogger(__name__)
 
+#: the BokehJS bundles a cell loads (inline, once per kernel)
+BOKEHJS_COMPONENTS = ("bokeh", "bokeh-widgets", "bokeh-tables")
 #: ids :meth:`Map.highlight` draws as markers at most (they are sent to the browser as points)
 MAX_HIGHLIGHT = 20_000
 _POOL_WORKERS = 2
@@ -142,9 +144,12 @@ def _load_bokehjs() -> None:
     if _bokehjs_loaded:
         return
     from bokeh.io import output_notebook
-    from bokeh.resources import INLINE
+    from bokeh.resources import Resources
 
-    output_notebook(INLINE, hide_banner=True)
+    # the parts the map's page uses (plot, widgets, the neighbour table): half of INLINE's
+    # bytes (no WebGL, no MathJax), sent once per kernel
+    output_notebook(Resources(mode="inline", components=list(BOKEHJS_COMPONENTS)),
+                    hide_banner=True)
     _bokehjs_loaded = True
 
 
@@ -635,15 +640,22 @@ def _show(ds_or_path, layout, color, compare, display) -> Map:
         from IPython.display import display as ipy_display
 
         ipy_display(widget)
-    _warm_later(session, r)
+    _warm_later(session, r, _running_loop())
     return m
 
 
-def _warm_later(session, r) -> None:
-    """After the first frame is shown, on the pool: the filter widgets' values (when not
-    computed before), then, once per renderer, the map's compiled kernels and coarse pyramid
-    levels (the first frame may have been read from the stored map, with no kernel loaded,
-    and the user's first pan should not wait for them)."""
+#: seconds after show() returns before its background work starts: that work holds the GIL
+#: in long stretches (imports, loading compiled code), and the kernel's IOPub thread must
+#: first send the cell's map to the page
+WARM_DELAY_S = 1.0
+
+
+def _warm_later(session, r, loop=None) -> None:
+    """After the first frame is shown (:data:`WARM_DELAY_S` later when the kernel's loop
+    runs), on the pool: the filter widgets' values (when not computed before), then, once per
+    renderer, the map's compiled kernels and coarse pyramid levels (the first frame may have
+    been read from the stored map, with no kernel loaded, and the user's first pan should
+    not wait for them)."""
     from .server.app import FRAME_H, FRAME_W
 
     warm = not getattr(r, "_notebook_warm", False)
@@ -658,7 +670,10 @@ def _warm_later(session, r) -> None:
             if not sys.is_finalizing() and "shutdown" not in str(e):  # (a script ending)
                 log.warning("warming the map's kernels failed: %s", e)
 
-    session.executor.submit(work)
+    if loop is None:
+        session.executor.submit(work)
+    else:
+        loop.call_later(WARM_DELAY_S, lambda: session.executor.submit(work))
 
 
 def _running_loop():
