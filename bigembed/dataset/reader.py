@@ -387,10 +387,7 @@ class Dataset:
         self._verify_meta()
         p = self.path / self.manifest["meta"]["file"]
         try:
-            # ParquetFile, not read_table: the same column without pyarrow.dataset's import
-            # (half a second, paid by a notebook's first map)
-            with pq.ParquetFile(p) as f:
-                col = f.read(columns=[name]).column(0)
+            col = pq.read_table(p, columns=[name]).column(0)
         except (OSError, ValueError) as e:
             raise DatasetError(f"{p} cannot be read as Parquet ({e}); restore it or "
                                f"re-ingest the metadata") from None
