@@ -273,7 +273,10 @@ def main(argv=None) -> int:
     log.info("first frame in a notebook kernel ...")
     res["first_frame"] = first_frames(data, args.repeat, False)
     if args.prewarm:
-        res["first_frame"].update(first_frames(data, args.repeat, True))
+        warm = first_frames(data, args.repeat, True)
+        res["first_frame"]["kernel_side_imports_done"] = warm.pop("kernel_side")
+        res["first_frame"]["again_same_kernel_imports_done"] = warm.pop("again_same_kernel")
+        res["first_frame"].update(warm)
     log.info("pan/zoom frames: notebook ...")
     nb = notebook_frames(data, vs, args.repeat)
     log.info("pan/zoom frames: bigembed serve ...")

@@ -231,7 +231,6 @@ def _session_class():
             self._frame_done = key
             self.frames += 1
             self.last_frame = frame
-            self.last_extent = (x0, x1, y0, y1)
 
         def render_now(self):
             """Render the current view on this thread: the first frame, in the document."""
