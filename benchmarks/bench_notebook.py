@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -218,21 +217,10 @@ def notebook_frames(data: Path, vs, repeat: int) -> dict:
 
 
 def serve_frames(data: Path, vs, repeat: int) -> dict:
-    import socket
+    from ._serve import served
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(data), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
-    try:
-        deadline = time.monotonic() + 600
-        for line in proc.stdout:
-            if "serving" in line or time.monotonic() > deadline:
-                break
-        base = f"http://127.0.0.1:{port}/frame.png?layout=&color=label&w={W}&h={H}"
+    with served(data) as (root, _):
+        base = f"{root}/frame.png?layout=&color=label&w={W}&h={H}"
 
         def get(v):
             q = "&x0=%r&x1=%r&y0=%r&y1=%r" % v
@@ -244,12 +232,6 @@ def serve_frames(data: Path, vs, repeat: int) -> dict:
         for _, v in vs:
             get(v)
         return {name: [get(v) for _ in range(repeat)] for name, v in vs}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main(argv=None) -> int:

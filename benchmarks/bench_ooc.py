@@ -80,28 +80,13 @@ def bench_serve(path: Path, timeout: float = 900.0) -> dict:
     """``bigembed serve`` of the built map: seconds until it says it is serving (its warm-up:
     a few frames, a selection, the filter values), then a page (a session's document) and the
     page's first frame (the whole layout by label), as a browser fetches them."""
-    import socket
     import urllib.request
 
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bigembed", "serve", str(path), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    from ._serve import served
+
     out: dict = {}
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving" in line or time.perf_counter() - t0 > timeout:
-                break
-        if not lines or "serving" not in lines[-1]:
-            raise RuntimeError("bigembed serve did not start: " + "".join(lines[-20:]))
-        out["start_s"] = time.perf_counter() - t0
-        base = f"http://127.0.0.1:{port}"
+    with served(path, timeout) as (base, start_s):
+        out["start_s"] = start_s
 
         def get(url):
             with urllib.request.urlopen(base + url, timeout=300) as resp:
@@ -117,12 +102,6 @@ def bench_serve(path: Path, timeout: float = 900.0) -> dict:
         out["page_bytes"], out["frame_bytes"] = len(page), len(png)
         log.info("serve: serving after %.1fs; page %.2fs; first frame %.1f ms", out["start_s"],
                  out["page_s"], 1e3 * out["first_frame_s"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     return out
 
 
