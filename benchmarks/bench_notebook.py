@@ -12,12 +12,20 @@ One dataset of ``n`` points (synthetic, 16-d, a PCA layout; built once under ``-
   ``again`` is a second ``show`` of the same dataset in the same kernel (renderers reused).
   ``--prewarm`` also reports a kernel that imported ``bigembed.notebook`` and Bokeh before.
 - **pan/zoom frames**: the same sequence of views (the full map, zooms 2-64x, pans) at
-  800 x 800. Notebook ``pan``: the comm message a pan in the page sends (the plot's
-  ``RangesUpdate`` event, as jupyter_bokeh's front end wraps it), timed to the client receiving
-  the comm message with the new frame (render on the pool, PNG, document patch with the PNG as
-a binary buffer, comm);
-  ``set_view``: ``m.set_view(...)`` run in a cell, timed the same way. Serve: ``GET /frame.png`` of ``bigembed serve`` on 127.0.0.1 for the
-  same views, timed to the last byte. Colouring: ``label``. Medians per view and overall.
+  800 x 800, colouring ``label``, each view reached from another one (a new frame is rendered).
+  A pan is timed the same way in both, from the message a pan in the page sends to the new
+  frame's last byte at the client:
+
+  - notebook ``pan``: the comm message BokehJS sends (the plot's ``RangesUpdate`` event, as
+    jupyter_bokeh's front end wraps it), to the comm message carrying the new frame (render on
+    the kernel's pool, PNG, a document patch with the PNG as a binary buffer);
+  - notebook ``set_view``: ``m.set_view(...)`` run in a cell, to the same comm message;
+  - serve ``pan``: the same event over the page's Bokeh websocket, the server's patch of the
+    frame glyph's URL, the GET of that frame (a kept-alive connection, as a browser's);
+  - serve ``get``: a bare ``GET /frame.png`` of the view (the render and HTTP alone).
+
+  Medians per view and overall, and the ratios notebook pan / serve pan (the headline),
+  notebook set_view / serve pan and notebook pan / serve get.
 
 The browser's own PNG decode and paint are outside both timings (the same work in both).
 """
@@ -216,7 +224,96 @@ def notebook_frames(data: Path, vs, repeat: int) -> dict:
         k.close()
 
 
+class ServePage:
+    """What a browser holds of a ``bigembed serve`` page: its Bokeh websocket session (the
+    page's token, this server's Origin, the ACK, the document pulled) and one keep-alive HTTP
+    connection for the frames, as the page's image requests use."""
+
+    def __init__(self, root: str, timeout: float = 120.0):
+        import http.client
+        import re
+
+        import websocket
+        from bokeh.protocol import Protocol
+
+        self.timeout = timeout
+        with urllib.request.urlopen(root + "/", timeout=timeout) as r:
+            page = r.read()
+        m = re.search(rb'"token":\s*"([^"]+)"', page)
+        if not m:
+            raise RuntimeError("no session token in the page")
+        self.ws = websocket.create_connection(root.replace("http://", "ws://") + "/ws",
+                                              subprotocols=["bokeh", m.group(1).decode()],
+                                              origin=root, timeout=timeout)
+        if self.message()[0] != "ACK":
+            raise RuntimeError("no ACK from the server")
+        self.send(Protocol().create("PULL-DOC-REQ"))
+        kind, content = self.message()
+        if kind != "PULL-DOC-REPLY":
+            raise RuntimeError(f"no document from the server ({kind})")
+        m = re.search(r'"name":"Figure","id":"([^"]+)"', content)
+        if not m:
+            raise RuntimeError("no plot in the page's document")
+        self.plot_id = m.group(1)
+        host = root.split("//", 1)[1]
+        self.http = http.client.HTTPConnection(host, timeout=timeout)
+
+    def send(self, msg) -> None:
+        for part in (msg.header_json, msg.metadata_json, msg.content_json):
+            self.ws.send(part)
+
+    def message(self) -> tuple[str, str]:
+        """The next Bokeh protocol message: (type, content JSON text); buffers are skipped."""
+        header = json.loads(self.ws.recv())
+        self.ws.recv()
+        content = self.ws.recv()
+        for _ in range(2 * header.get("num_buffers", 0)):
+            self.ws.recv()
+        return header["msgtype"], content
+
+    def pan(self, v) -> float:
+        """Send the ``RangesUpdate`` event a pan in the page sends; wait for the server's
+        patch of the frame glyph's URL; GET that frame to its last byte. Seconds."""
+        import re
+
+        from bokeh.protocol import Protocol
+
+        entries = [["model", {"id": self.plot_id}]] + [
+            [k, float(x)] for k, x in zip(("x0", "x1", "y0", "y1"), v)]
+        event = {"type": "event", "name": "rangesupdate",
+                 "values": {"type": "map", "entries": entries}}
+        cls = Protocol()._messages["PATCH-DOC"]
+        msg = cls(cls.create_header(), {}, {"events": [
+            {"kind": "MessageSent", "msg_type": "bokeh_event", "msg_data": event}]})
+        t0 = time.perf_counter()
+        self.send(msg)
+        deadline = t0 + self.timeout
+        url = None
+        while url is None:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no new frame URL in {self.timeout}s after a pan to {v}")
+            kind, content = self.message()
+            if kind == "PATCH-DOC":
+                m = re.search(r'"(/frame\.png\?[^"]+)"', content)
+                url = m.group(1) if m else None
+        self.http.request("GET", url)
+        r = self.http.getresponse()
+        body = r.read()
+        if r.status != 200 or body[:8] != b"\x89PNG\r\n\x1a\n":
+            raise RuntimeError(f"frame {url}: HTTP {r.status}")
+        return time.perf_counter() - t0
+
+    def close(self):
+        self.ws.close()
+        self.http.close()
+
+
 def serve_frames(data: Path, vs, repeat: int) -> dict:
+    """``bigembed serve``'s frames, two ways: ``pan``, the page's path for a pan (the
+    ``RangesUpdate`` event over the page's websocket, the server's patch of the frame URL, the
+    GET of that frame on a kept-alive connection), timed from the event sent to the frame's
+    last byte, as the notebook's ``pan`` is; ``get``, a bare ``GET /frame.png`` of the view on a
+    new connection (the render and HTTP alone)."""
     from ._serve import served
 
     with served(data) as (root, _):
@@ -229,9 +326,44 @@ def serve_frames(data: Path, vs, repeat: int) -> dict:
                 r.read()
             return time.perf_counter() - t0
 
-        for _, v in vs:
-            get(v)
-        return {name: [get(v) for _ in range(repeat)] for name, v in vs}
+        page = ServePage(root)
+        try:
+            def away_and_back(v):  # as the notebook's: a new frame must be rendered
+                page.pan((v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1))
+                return page.pan(v)
+
+            for _, v in vs:
+                get(v)
+                away_and_back(v)
+            return {"pan": {name: [away_and_back(v) for _ in range(repeat)] for name, v in vs},
+                    "get": {name: [get(v) for _ in range(repeat)] for name, v in vs}}
+        finally:
+            page.close()
+
+
+#: (notebook way, serve way) compared: a pan in the page in both; a pan or a cell's set_view in
+#: the notebook against serve's bare GET of the frame (render and HTTP alone)
+PAIRS = (("pan", "pan"), ("set_view", "pan"), ("pan", "get"))
+
+
+def compare_frames(nb: dict, sv: dict) -> dict:
+    """Medians per view and overall of each way, and the notebook/serve ratio of each pair."""
+    med = statistics.median
+    out = {"per_view": {}}
+    for name in sv["pan"]:
+        row = {f"serve_{how}_s": med(sv[how][name]) for how in sv}
+        row.update({f"notebook_{how}_s": med(nb[how][name]) for how in nb})
+        row.update({f"ratio_{a}_vs_serve_{b}": row[f"notebook_{a}_s"] / row[f"serve_{b}_s"]
+                    for a, b in PAIRS})
+        out["per_view"][name] = row
+    flat = {f"notebook_{how}": [t for v in got.values() for t in v] for how, got in nb.items()}
+    flat.update({f"serve_{how}": [t for v in got.values() for t in v] for how, got in sv.items()})
+    out.update({f"{k}_median_s": med(v) for k, v in flat.items()})
+    out.update({f"ratio_{a}_vs_serve_{b}_median": med(flat[f"notebook_{a}"])
+                / med(flat[f"serve_{b}"]) for a, b in PAIRS})
+    out.update({f"{k}_all_s": v for k, v in (("notebook_" + h, g) for h, g in nb.items())})
+    out.update({f"serve_{h}_all_s": g for h, g in sv.items()})
+    return out
 
 
 def main(argv=None) -> int:
@@ -240,6 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", default=None, help="where the dataset is built (kept)")
     ap.add_argument("--prewarm", action="store_true")
+    ap.add_argument("--frames-only", action="store_true", help="skip the first-frame kernels")
     ap.add_argument("--out", default="benchmarks/results/notebook.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -252,36 +385,22 @@ def main(argv=None) -> int:
     vs = views(r.default_range())
     del r
     res = {"n": args.n, "views": {name: v for name, v in vs}}
-    log.info("first frame in a notebook kernel ...")
-    res["first_frame"] = first_frames(data, args.repeat, False)
-    if args.prewarm:
-        warm = first_frames(data, args.repeat, True)
-        res["first_frame"]["kernel_side_imports_done"] = warm.pop("kernel_side")
-        res["first_frame"]["again_same_kernel_imports_done"] = warm.pop("again_same_kernel")
-        res["first_frame"].update(warm)
+    if not args.frames_only:
+        log.info("first frame in a notebook kernel ...")
+        res["first_frame"] = first_frames(data, args.repeat, False)
+        if args.prewarm:
+            warm = first_frames(data, args.repeat, True)
+            res["first_frame"]["kernel_side_imports_done"] = warm.pop("kernel_side")
+            res["first_frame"]["again_same_kernel_imports_done"] = warm.pop("again_same_kernel")
+            res["first_frame"].update(warm)
     log.info("pan/zoom frames: notebook ...")
     nb = notebook_frames(data, vs, args.repeat)
     log.info("pan/zoom frames: bigembed serve ...")
     sv = serve_frames(data, vs, args.repeat)
-    per = {}
-    for name in sv:
-        b = statistics.median(sv[name])
-        per[name] = {"serve_s": b}
-        for how, got in nb.items():
-            a = statistics.median(got[name])
-            per[name].update({f"notebook_{how}_s": a, f"ratio_{how}": a / b})
-    all_sv = [t for v in sv.values() for t in v]
-    res["frames"] = {"per_view": per, "serve_median_s": statistics.median(all_sv),
-                     "serve_all_s": sv}
-    for how, got in nb.items():
-        all_nb = [t for v in got.values() for t in v]
-        res["frames"].update({f"notebook_{how}_median_s": statistics.median(all_nb),
-                              f"ratio_{how}_median": statistics.median(all_nb)
-                              / statistics.median(all_sv),
-                              f"notebook_{how}_all_s": got})
+    res["frames"] = compare_frames(nb, sv)
     path = write_results(args.out, results_doc("notebook", res, params=vars(args)))
     print(json.dumps({"first_frame": {k: v.get("median_s") if isinstance(v, dict) else None
-                                      for k, v in res["first_frame"].items()},
+                                      for k, v in res.get("first_frame", {}).items()},
                       "frames": {k: v for k, v in res["frames"].items() if "all" not in k
                                  and k != "per_view"}}, indent=1))
     print(f"wrote {path}")

@@ -275,6 +275,14 @@ def guarded_ws_handler():
                 return
             await super().get(*args, **kwargs)
 
+        def open(self):
+            # Bokeh writes each protocol message as 3+ websocket frames (header, metadata,
+            # content): without TCP_NODELAY, Nagle's algorithm holds the second frame until
+            # the page ACKs the first, and a delayed ACK is 40 ms: every patch (a pan's new
+            # frame URL, a hover's point) came 40 ms late
+            self.set_nodelay(True)
+            return super().open()
+
     return GuardedWS
 
 
