@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# what installing bigembed's wheel does, and an editable install skips (data files): enable
+	# bigembed's Jupyter server extension (kernel websockets without Nagle's 40 ms stalls)
+	install -D -m 644 jupyter-config/jupyter_server_config.d/bigembed.json \
+	  $(VENV)/etc/jupyter/jupyter_server_config.d/bigembed.json
 	# compile bigembed's UMAP optimiser into the numba cache now, not in front of the first user
 	$(PY) -c "from bigembed.reduce.backends import warm_sgd_cache; warm_sgd_cache()" \
 	  || echo "note: could not warm the UMAP optimiser's cache; the first UMAP compiles it"

@@ -42,6 +42,15 @@ def wheel(tmp_path_factory):
 def test_wheel_contains_namespaced_subpackages(tmp_path, wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "bigembed/kernels/__init__.py" in names and "bigembed/server/__init__.py" in names
+    # the Jupyter server extension (kernel websockets without Nagle) is enabled by a config
+    # file the wheel installs under the environment's etc/jupyter
+    conf = [n for n in names if n.endswith(
+        ".data/data/etc/jupyter/jupyter_server_config.d/bigembed.json")]
+    assert len(conf) == 1, names
+    import json
+
+    on = json.loads(zipfile.ZipFile(wheel).read(conf[0]))["ServerApp"]["jpserver_extensions"]
+    assert on == {"bigembed.jupyter_server_extension": True}
     assert not any(n.startswith(("kernels/", "server/")) for n in names)
     # Installed from the wheel alone (no source tree on the path), both import.
     target = tmp_path / "site"
@@ -95,6 +104,8 @@ def test_plain_install_runs_the_core_commands(plain_venv, tmp_path):
                             "('umap', 'openTSNE', 'torch', 'sentence_transformers') "
                             "if u.find_spec(m)])"], capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "[]", "the plain environment must lack the extras"
+    assert (plain_venv.parent / "etc" / "jupyter" / "jupyter_server_config.d"
+            / "bigembed.json").is_file()
 
     def ok(*args):
         p = _run(plain_venv, *args, cwd=tmp_path)
