@@ -19,13 +19,17 @@ One dataset of ``n`` points (synthetic, 16-d, a PCA layout; built once under ``-
   - notebook ``pan``: the comm message BokehJS sends (the plot's ``RangesUpdate`` event, as
     jupyter_bokeh's front end wraps it), to the comm message carrying the new frame (render on
     the kernel's pool, PNG, a document patch with the PNG as a binary buffer);
+  - notebook ``jserver_pan``: the same comm message through a real Jupyter server (the
+    kernel's websocket, as the notebook page holds it), to the websocket message carrying the
+    frame: the notebook's real transport, with bigembed's server extension (TCP_NODELAY) on;
+    ``jserver_pan_nagle``: the same with the extension off (Tornado's default, Nagle on);
   - notebook ``set_view``: ``m.set_view(...)`` run in a cell, to the same comm message;
   - serve ``pan``: the same event over the page's Bokeh websocket, the server's patch of the
     frame glyph's URL, the GET of that frame (a kept-alive connection, as a browser's);
   - serve ``get``: a bare ``GET /frame.png`` of the view (the render and HTTP alone).
 
-  Medians per view and overall, and the ratios notebook pan / serve pan (the headline),
-  notebook set_view / serve pan and notebook pan / serve get.
+  Medians per view and overall, and the ratios of each notebook way to serve's pan (the
+  headline: ``jserver_pan``, what a notebook page gets), and notebook pan / serve get.
 
 The browser's own PNG decode and paint are outside both timings (the same work in both).
 """
@@ -224,6 +228,142 @@ def notebook_frames(data: Path, vs, repeat: int) -> dict:
         k.close()
 
 
+class JupyterServer:
+    """A real Jupyter server on a free 127.0.0.1 port (token set, no browser), a kernel in it
+    and the kernel's websocket, as a notebook page holds it: the notebook's real transport
+    (kernel -> Jupyter server -> page) without the browser. ``nodelay``: bigembed's server
+    extension (TCP_NODELAY on kernel websockets) on, as installed, or off."""
+
+    def __init__(self, workdir: Path, nodelay: bool = True, timeout: float = 120.0):
+        import secrets
+        import socket
+        import subprocess
+        import uuid
+
+        import websocket
+
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        self.token, self.session, self.timeout = secrets.token_hex(16), uuid.uuid4().hex, timeout
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", JUPYTER_PLATFORM_DIRS="1",
+                   JUPYTER_RUNTIME_DIR=str(workdir / "run"))
+        ext = {"bigembed.jupyter_server_extension": nodelay, "jupyterlab": False,
+               "panel.io.jupyter_server_extension": False, "jupyter_lsp": False,
+               "jupyter_server_terminals": False, "notebook_shim": False}
+        self.log = open(workdir / f"jupyter-server-{port}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
+             f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={self.token}",
+             f"--ServerApp.root_dir={workdir}", "--allow-root",
+             f"--ServerApp.jpserver_extensions={ext!r}"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={self.token}", timeout=5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.perf_counter() > deadline:
+                    self.close()
+                    raise RuntimeError("the Jupyter server did not start")
+                time.sleep(0.3)
+        req = urllib.request.Request(f"{base}/api/kernels?token={self.token}",
+                                     data=b'{"name": "python3"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            kid = json.load(r)["id"]
+        self.ws = websocket.create_connection(
+            f"ws://127.0.0.1:{port}/api/kernels/{kid}/channels?token={self.token}"
+            f"&session_id={self.session}", timeout=timeout)
+
+    def message(self, msg_type: str, content: dict) -> dict:
+        import uuid
+
+        return {"header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "b",
+                           "session": self.session, "date": "", "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "content": content, "channel": "shell",
+                "buffers": []}
+
+    def recv(self) -> dict:
+        """The next kernel message from the websocket (JSON, or the binary framing the server
+        uses for messages with buffers: a count, offsets, the JSON, the buffers)."""
+        r = self.ws.recv()
+        if isinstance(r, str):
+            return json.loads(r)
+        n = int.from_bytes(r[:4], "big")
+        offs = [int.from_bytes(r[4 + 4 * i:8 + 4 * i], "big") for i in range(n)] + [len(r)]
+        msg = json.loads(r[offs[0]:offs[1]])
+        msg["buffers"] = [r[offs[i]:offs[i + 1]] for i in range(1, n)]
+        return msg
+
+    def execute(self, code: str, until=None) -> str:
+        m = self.message("execute_request", {"code": code, "silent": False,
+                                             "store_history": False, "user_expressions": {},
+                                             "allow_stdin": False, "stop_on_error": True})
+        self.ws.send(json.dumps(m))
+        out, idle, hit = [], False, until is None
+        deadline = time.perf_counter() + self.timeout
+        while not (idle and hit):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no answer in {self.timeout}s to {code[:60]!r}")
+            r = self.recv()
+            if until is not None and until(r):
+                hit = True
+            if r["parent_header"].get("msg_id") != m["header"]["msg_id"]:
+                continue
+            if r["msg_type"] == "stream":
+                out.append(r["content"]["text"])
+            elif r["msg_type"] == "error":
+                raise RuntimeError(f"kernel error: {r['content']['ename']}: "
+                                   f"{r['content']['evalue']}")
+            elif r["msg_type"] == "status" and r["content"]["execution_state"] == "idle":
+                idle = True
+        return "".join(out)
+
+    def close(self):
+        if getattr(self, "ws", None) is not None:
+            self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+        self.log.close()
+
+
+def jupyter_server_frames(data: Path, vs, repeat: int, nodelay: bool = True) -> dict:
+    """The notebook's ``pan`` through a real Jupyter server: the comm message of a pan sent on
+    the kernel's websocket, timed to the websocket message carrying the new frame."""
+    js = JupyterServer(Path(tempfile.mkdtemp(prefix="bigembed-bench-jserver-")), nodelay)
+    try:
+        js.execute("import bigembed\nm = bigembed.show(%r, color='label')" % str(data),
+                   until=lambda r: r["msg_type"] == "display_data")
+        comm_id, plot_id = js.execute("print(m.widget.comm.comm_id, m._s.plot.id)").split()
+
+        def pan(v):
+            js.ws.send(json.dumps(js.message("comm_msg", _pan_message(comm_id, plot_id, v))))
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < js.timeout:
+                r = js.recv()
+                if r["msg_type"] == "comm_msg" and any(
+                        bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" for b in r.get("buffers") or ()):
+                    return time.perf_counter() - t0
+            raise TimeoutError(f"no frame in {js.timeout}s after a pan to {v}")
+
+        def away_and_back(v):
+            pan((v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1))
+            return pan(v)
+
+        for _, v in vs:
+            away_and_back(v)
+        return {name: [away_and_back(v) for _ in range(repeat)] for name, v in vs}
+    finally:
+        js.close()
+
+
 class ServePage:
     """What a browser holds of a ``bigembed serve`` page: its Bokeh websocket session (the
     page's token, this server's Origin, the ACK, the document pulled) and one keep-alive HTTP
@@ -343,7 +483,8 @@ def serve_frames(data: Path, vs, repeat: int) -> dict:
 
 #: (notebook way, serve way) compared: a pan in the page in both; a pan or a cell's set_view in
 #: the notebook against serve's bare GET of the frame (render and HTTP alone)
-PAIRS = (("pan", "pan"), ("set_view", "pan"), ("pan", "get"))
+PAIRS = (("pan", "pan"), ("jserver_pan", "pan"), ("jserver_pan_nagle", "pan"),
+         ("set_view", "pan"), ("pan", "get"))
 
 
 def compare_frames(nb: dict, sv: dict) -> dict:
@@ -395,6 +536,9 @@ def main(argv=None) -> int:
             res["first_frame"].update(warm)
     log.info("pan/zoom frames: notebook ...")
     nb = notebook_frames(data, vs, args.repeat)
+    log.info("pan/zoom frames: notebook through a Jupyter server ...")
+    nb["jserver_pan"] = jupyter_server_frames(data, vs, args.repeat)
+    nb["jserver_pan_nagle"] = jupyter_server_frames(data, vs, args.repeat, nodelay=False)
     log.info("pan/zoom frames: bigembed serve ...")
     sv = serve_frames(data, vs, args.repeat)
     res["frames"] = compare_frames(nb, sv)
