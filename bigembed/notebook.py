@@ -195,11 +195,29 @@ def _session_class():
             self.png_src.js_on_change("data", CustomJS(args=dict(frame=self.frame_src),
                                                        code=_PNG_TO_URL))
             doc.add_root(self.png_src)
+            # What the page changes by itself and the kernel need not hear back: the ranges
+            # (a pan's RangesUpdate event carries them) and the frame glyph's blob URL (set by
+            # the callback above). jupyter_bokeh sends the page's changes one per kernel idle
+            # (combine_events), so a pan's four range changes went first, one round trip
+            # each, before its RangesUpdate; and each frame shown sent its URL back.
+            for mdl in (self.plot.x_range, self.plot.y_range, self.frame_src, self.png_src):
+                mdl.syncable = False
+            self.widget = None  # the cell's BokehModel, set by show()
             self.hl_src = ColumnDataSource(dict(x=[], y=[], id=[]))
             self.hl_layout = self.layout
             self.plot.scatter("x", "y", source=self.hl_src, size=9, fill_alpha=0,
                               line_color="#ff00ff", line_width=2, name="highlight")
             self.plot.title.text = f"{explorer.ds.path.name}: {self.layout}"
+
+        def on_ranges(self, ev):
+            super().on_ranges(ev)
+            # the page does not sync its ranges (above): keep the kernel's copy current, so
+            # a later set_view to these values still changes them, without sending it back
+            if self.widget is not None and self.view == (ev.x0, ev.x1, ev.y0, ev.y1):
+                for rng, a, b in ((self.plot.x_range, ev.x0, ev.x1),
+                                  (self.plot.y_range, ev.y0, ev.y1)):
+                    rng.set_from_json("start", float(a), setter=self.widget)
+                    rng.set_from_json("end", float(b), setter=self.widget)
 
         # -- frames: rendered here, sent in the document ---------------------------------
         def _frame_url(self) -> str:
@@ -633,6 +651,7 @@ def _show(ds_or_path, layout, color, compare, display) -> Map:
     from jupyter_bokeh.widgets import BokehModel
 
     widget = BokehModel(doc.roots[0], combine_events=True)
+    session.widget = widget
     m = Map(session, widget)
     if display:
         _load_bokehjs()

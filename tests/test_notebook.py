@@ -159,6 +159,50 @@ def test_python_changes_redraw_the_frame(shown):
     m.color_by("label")
 
 
+def _from_page(m, name: str, **values) -> None:
+    """A Bokeh UI event of the plot as the page sends it (jupyter_bokeh's ``jsevent`` comm
+    message), through the widget's own message handler."""
+    entries = [["model", {"id": m._s.plot.id}]] + [[k, float(v)] for k, v in values.items()]
+    event = {"type": "event", "name": name, "values": {"type": "map", "entries": entries}}
+    m.widget._handle_msg({"content": {"data": {"method": "custom", "content": {
+        "event": "jsevent", "kind": "MessageSent", "msg_type": "bokeh_event",
+        "msg_data": event}}}, "buffers": []})
+
+
+def test_a_pan_in_the_page_is_one_message_and_python_follows(shown):
+    """The page does not sync its ranges or the frame's blob URL back (jupyter_bokeh sends the
+    page's changes one per kernel idle: a pan's range changes came before its RangesUpdate, a
+    round trip each); the pan's RangesUpdate alone moves the kernel's view and ranges, without
+    a patch back to the page, and a set_view to the old view afterwards still reaches it."""
+    m = shown
+    s = m._s
+    assert not any(x.syncable for x in (s.plot.x_range, s.plot.y_range, s.frame_src,
+                                        s.png_src))
+    events = []
+    s.doc.on_change(events.append)
+    try:
+        v = m.view
+        to = (v.x0 + 1.0, v.x1 + 1.0, v.y0 - 0.5, v.y1 - 0.5)
+        n = s.frames
+        _from_page(m, "rangesupdate", x0=to[0], x1=to[1], y0=to[2], y1=to[3])
+        assert tuple(m.view) == to
+        assert (s.plot.x_range.start, s.plot.x_range.end) == to[:2]
+        assert (s.plot.y_range.start, s.plot.y_range.end) == to[2:]
+        _wait(lambda: s.frames > n, what="the panned frame")
+        ranges = [e for e in events if getattr(e, "model", None) in (s.plot.x_range,
+                                                                    s.plot.y_range)]
+        assert ranges and all(e.setter is m.widget for e in ranges)  # not sent back
+        events.clear()
+        m.set_view(*v)  # back: the kernel's ranges changed, so the page is told
+        sent = [(e.model, e.attr, e.new) for e in events
+                if getattr(e, "model", None) is s.plot.x_range and e.setter is None]
+        assert (s.plot.x_range, "start", v.x0) in sent and (s.plot.x_range, "end", v.x1) in sent
+    finally:
+        s.doc.remove_on_change(events.append)
+    _wait(lambda: s._frame_done is not None and s._frame_done[2] == tuple(v),
+          what="the frame of the view set back")
+
+
 def test_highlight_and_tap(shown):
     m = shown
     m.highlight([5, 3, 3, 7])
