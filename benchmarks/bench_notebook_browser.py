@@ -80,7 +80,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 #: run in every page before its own scripts: when each websocket message and each image arrive
 INIT_JS = r"""
 (() => {
-  const be = window.__be = {ws: [], loaded: new Map()};
+  const be = window.__be = {ws: [], sent: [], loaded: new Map()};
   try { performance.setResourceTimingBufferSize(100000); } catch (e) {}
   function isPng(u) {  // a PNG signature in the message (the first few 0x89 bytes tried)
     let i = u.indexOf(0x89), k = 0;
@@ -103,6 +103,18 @@ INIT_JS = r"""
         be.ws.push(rec);
         if (be.ws.length > 2000) be.ws.splice(0, 1000);
       });
+    }
+    send(d) {
+      const t = performance.now(), size = d && (d.byteLength ?? d.length ?? d.size);
+      let text = typeof d === "string" ? d : "";
+      if (!text && size < 8192 && (d instanceof ArrayBuffer || ArrayBuffer.isView(d))) {
+        text = new TextDecoder("utf-8", {fatal: false}).decode(d);
+      }
+      // the plot's RangesUpdate event leaving the page (Bokeh's EVENT message, or the comm
+      // message jupyter_bokeh wraps it in)
+      be.sent.push({t, size, ranges_event: text.includes("rangesupdate")});
+      if (be.sent.length > 2000) be.sent.splice(0, 1000);
+      return super.send(d);
     }
   };
   const desc = Object.getOwnPropertyDescriptor(HTMLElement.prototype, "onload");
@@ -193,18 +205,17 @@ GOTO_JS = r"""
         const ld = be.loaded.get(abs);
         const r = {t0, painted: t, readback, url: url.slice(0, 60),
                    loaded: ld != null && ld >= t0 && ld <= t ? ld : null};
+        const sent = be.sent.filter((m) => m.t >= t0 && m.t <= t);
+        if (sent.length) { r.sent = sent[0].t; r.sent_last = sent[sent.length - 1].t; }
+        r.n_sent = sent.length;
+        const ev = sent.find((m) => m.ranges_event);
+        if (ev) r.event_sent = ev.t;
         if (url.startsWith("blob:")) {
           const png = be.ws.filter((m) => m.png && m.t >= t0 && m.t <= t);
           if (png.length) { r.bytes = png[png.length - 1].t; r.bytes_size = png[png.length - 1].size; }
           r.png_messages = png.length;
         } else {
-          const ents = performance.getEntriesByName(abs).filter((e) => e.startTime >= t0);
-          if (ents.length) {
-            const e = ents[ents.length - 1];
-            r.bytes = e.responseEnd; r.request_start = e.requestStart || e.startTime;
-            r.response_start = e.responseStart; r.bytes_size = e.encodedBodySize;
-          }
-          r.fetched = ents.length;
+          r.abs = abs;  // its Resource Timing entry is read by NET_JS (it may come after the paint)
           const p = be.ws.find((m) => m.frame_url && m.t >= t0);
           if (p) r.patch = p.t;
         }
@@ -218,6 +229,27 @@ GOTO_JS = r"""
   pv.update_range({xrs: new Map([[pv.model.x_range, {start: v[0], end: v[1]}]]),
                    yrs: new Map([[pv.model.y_range, {start: v[2], end: v[3]}]])});
   pv.trigger_ranges_update_event();
+})
+"""
+
+
+#: the Resource Timing entry of a frame's GET after ``t0`` (waited for at most 2 s: Chromium
+#: may add it to the timeline after the image's load event)
+NET_JS = r"""
+([abs, t0]) => new Promise((resolve) => {
+  const end = performance.now() + 2000;
+  (function poll() {
+    const ents = performance.getEntriesByName(abs).filter((e) => e.startTime >= t0);
+    if (ents.length || performance.now() > end) {
+      const r = {fetched: ents.length};
+      if (ents.length) {
+        const e = ents[ents.length - 1];
+        Object.assign(r, {bytes: e.responseEnd, request_start: e.requestStart || e.startTime,
+                          response_start: e.responseStart, bytes_size: e.encodedBodySize});
+      }
+      resolve(r);
+    } else setTimeout(poll, 20);
+  })();
 })
 """
 
@@ -260,21 +292,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _show_code(data: Path, combine_events=None) -> str:
+    code = f"import bigembed\nm = bigembed.show({str(data)!r}, color='label')"
+    if combine_events is not None:
+        code += f"\nm.widget.combine_events = {bool(combine_events)!r}"
+    return code
+
+
 @contextlib.contextmanager
-def _jupyterlab(data: Path, timeout: float = 120.0):
+def _jupyterlab(data: Path, timeout: float = 120.0, cells=None):
     """A JupyterLab on a free loopback port with a token (no browser of its own), serving a
-    temporary folder with one notebook: ``m = bigembed.show(DATA, color='label')``; yields the
-    notebook's URL with its token."""
+    temporary folder with one notebook per entry of ``cells`` (name -> the code of its one cell;
+    by default ``pan``: ``m = bigembed.show(DATA, color='label')``); yields {name: the notebook's
+    URL with its token}."""
     import nbformat as nbf
 
     with tempfile.TemporaryDirectory(prefix="bigembed-bench-lab-") as tmp:
         root = Path(tmp)
-        nb = nbf.v4.new_notebook()
-        nb.cells = [nbf.v4.new_code_cell(
-            f"import bigembed\nm = bigembed.show({str(data)!r}, color='label')")]
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                     "language": "python"}
-        nbf.write(nb, str(root / "pan.ipynb"))
+        for name, code in (cells or {"pan": _show_code(data)}).items():
+            nb = nbf.v4.new_notebook()
+            nb.cells = [nbf.v4.new_code_cell(code)]
+            nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                         "language": "python"}
+            nbf.write(nb, str(root / f"{name}.ipynb"))
         port, token = _free_port(), secrets.token_hex(16)
         env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", JUPYTER_CONFIG_DIR=str(root / ".cfg"),
                    JUPYTER_RUNTIME_DIR=str(root / ".run"),
@@ -287,8 +327,8 @@ def _jupyterlab(data: Path, timeout: float = 120.0):
                  f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
                  "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                  "--ServerApp.shutdown_no_activity_timeout=1800", "--allow-root",
-                 "--ServerApp.jpserver_extensions={'panel.io.jupyter_server_extension': False, "
-                 "'jupyter_lsp': False, 'jupyter_server_terminals': False}"],
+                 ("--ServerApp.jpserver_extensions={'panel.io.jupyter_server_extension': False, "
+                  "'jupyter_lsp': False, 'jupyter_server_terminals': False}")],
                 stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=root)
             base = f"http://127.0.0.1:{port}"
             try:
@@ -306,7 +346,9 @@ def _jupyterlab(data: Path, timeout: float = 120.0):
                         raise RuntimeError("jupyter lab did not start:\n"
                                            + (root / "lab.log").read_text()[-3000:])
                     time.sleep(0.3)
-                yield f"{base}/lab/tree/pan.ipynb?token={token}"
+                # a workspace per notebook: a page restores only its own tab
+                yield {name: f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={token}"
+                       for name in (cells or {"pan": None})}
             finally:
                 proc.terminate()
                 try:
@@ -359,20 +401,23 @@ def _goto(page, v, timeout: float) -> dict:
     r = page.evaluate(GOTO_JS, [list(map(float, v)), int(timeout * 1000)])
     if r.get("error"):
         raise RuntimeError(r["error"])
+    if r.get("abs"):
+        r.update(page.evaluate(NET_JS, [r.pop("abs"), r["t0"]]))
     return r
 
 
 def _sample(r: dict) -> dict:
     """Seconds from the request (``t0``) to each point the page recorded."""
     out = {}
-    for k in ("painted", "bytes", "loaded", "patch", "request_start", "response_start"):
+    for k in ("painted", "bytes", "loaded", "patch", "request_start", "response_start", "sent",
+              "sent_last", "event_sent"):
         if r.get(k) is not None:
             out[k] = (r[k] - r["t0"]) / 1000
     if "painted" in out:
         out["total"] = out.pop("painted")
     if "bytes" in out and "total" in out:
         out["after_bytes"] = out["total"] - out["bytes"]
-    for k in ("fetched", "png_messages", "bytes_size", "readback"):
+    for k in ("fetched", "png_messages", "bytes_size", "readback", "n_sent"):
         if k in r:
             out[k] = r[k]
     return out
@@ -389,36 +434,48 @@ def _med(xs):
 
 def _summary(samples: dict) -> dict:
     """Per view and overall medians of each recorded point, from ``{view: [sample, ...]}``."""
-    keys = ("total", "bytes", "after_bytes", "patch", "request_start", "sent")
+    keys = ("total", "bytes", "after_bytes", "event_sent", "patch", "request_start")
     per = {name: {k: _med([s.get(k) for s in got]) for k in keys} for name, got in samples.items()}
     every = [s for got in samples.values() for s in got]
     overall = {k: _med([s.get(k) for s in every]) for k in keys}
     return {"per_view": per, "overall": overall, "n": len(every)}
 
 
-def browser_frames(data: Path, vs, repeat: int, timeout: float = 120.0) -> dict:
+def browser_frames(data: Path, vs, repeat: int, timeout: float = 120.0,
+                   uncombined: bool = False) -> dict:
     """Pan/zoom frames in the browser, ``bigembed serve``'s page against ``bigembed.show()`` in
     JupyterLab, both in one headless Chromium (see the module's docstring for what is timed).
 
     ``vs``: ``[(name, (x0, x1, y0, y1)), ...]`` (``bench_notebook.views``); ``repeat``: timed
     rounds after one warm-up pass; ``timeout``: seconds a frame (or a page) is waited for at
-    most. Returns per view the medians in seconds (``serve_s``, ``notebook_s``, ``ratio``), the
-    overall medians, the split by when the bytes arrived, every sample, and ``missing`` (frames
-    that never came: page, view, round).
+    most. ``uncombined``: also a second notebook whose widget has jupyter_bokeh's
+    ``combine_events`` off (``notebook_uncombined``; ``show()`` turns it on).
+
+    Returns per view the medians in seconds (``serve_s``, ``notebook_s``, ``ratio`` =
+    notebook / serve), the overall medians (``serve_median_s``, ``notebook_median_s``,
+    ``ratio_median``), per page the medians of each point recorded (``bytes``, ``after_bytes``,
+    ``event_sent``, ...), every sample, and ``missing`` (frames that never came: page, view,
+    round).
     """
     from ._serve import served
 
     data = Path(data)
-    samples = {"serve": {n: [] for n, _ in vs}, "notebook": {n: [] for n, _ in vs}}
+    names = ["serve", "notebook"] + (["notebook_uncombined"] if uncombined else [])
+    cells = {"pan": _show_code(data)}
+    if uncombined:
+        cells["pan_uncombined"] = _show_code(data, combine_events=False)
+    samples = {w: {n: [] for n, _ in vs} for w in names}
     missing = []
-    with served(data) as (root, serve_start), _jupyterlab(data, timeout) as lab_url, \
+    with served(data) as (root, serve_start), _jupyterlab(data, timeout, cells) as lab, \
             _browser() as browser:
         log.info("opening the serve page ...")
         pages = {"serve": _open_serve(browser, root, timeout)}
-        log.info("opening JupyterLab and running the show() cell ...")
-        t = time.perf_counter()
-        pages["notebook"] = _open_notebook(browser, lab_url, timeout)
-        log.info("notebook cell shows its map after %.1fs", time.perf_counter() - t)
+        for which, nb in (("notebook", "pan"), ("notebook_uncombined", "pan_uncombined")):
+            if which in names:
+                log.info("opening %s in JupyterLab and running its show() cell ...", nb)
+                t = time.perf_counter()
+                pages[which] = _open_notebook(browser, lab[nb], timeout)
+                log.info("its cell shows the map after %.1fs", time.perf_counter() - t)
 
         def away_and_back(which, name, v, rnd):
             page = pages[which]
@@ -433,33 +490,45 @@ def browser_frames(data: Path, vs, repeat: int, timeout: float = 120.0) -> dict:
                 return None
             return _sample(r)
 
-        log.info("warm-up pass (%d views, both pages) ...", len(vs))
+        log.info("warm-up pass (%d views, %d pages) ...", len(vs), len(names))
         for name, v in vs:
-            for which in ("serve", "notebook"):
+            for which in names:
                 away_and_back(which, name, v, "warm-up")
         for rnd in range(repeat):
             log.info("round %d/%d ...", rnd + 1, repeat)
             for name, v in vs:
-                for which in ("serve", "notebook"):
+                for which in names:
                     s = away_and_back(which, name, v, rnd)
                     if s is not None:
                         samples[which][name].append(s)
-    sv, nb = _summary(samples["serve"]), _summary(samples["notebook"])
+    summ = {w: _summary(samples[w]) for w in names}
+    sv = summ["serve"]
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
     per = {}
     for name, _ in vs:
-        a, b = nb["per_view"][name]["total"], sv["per_view"][name]["total"]
-        per[name] = {"serve_s": b, "notebook_s": a, "ratio": a / b if a and b else None,
-                     "serve_bytes_s": sv["per_view"][name]["bytes"],
-                     "notebook_bytes_s": nb["per_view"][name]["bytes"],
-                     "serve_after_bytes_s": sv["per_view"][name]["after_bytes"],
-                     "notebook_after_bytes_s": nb["per_view"][name]["after_bytes"]}
-    a, b = nb["overall"]["total"], sv["overall"]["total"]
-    return {"per_view": per,
-            "serve_median_s": b, "notebook_median_s": a, "ratio_median": a / b if a and b else None,
-            "serve": sv, "notebook": nb, "missing": missing,
-            "serve_start_s": serve_start, "samples": samples,
-            "served_frames_fetched": sum(s.get("fetched", 0) for g in samples["serve"].values()
-                                         for s in g)}
+        b = sv["per_view"][name]["total"]
+        per[name] = {"serve_s": b}
+        for w in names[1:]:
+            a = summ[w]["per_view"][name]["total"]
+            per[name].update({f"{w}_s": a, "ratio" if w == "notebook" else f"ratio_{w}":
+                              ratio(a, b)})
+        for w in names:
+            per[name][f"{w}_bytes_s"] = summ[w]["per_view"][name]["bytes"]
+            per[name][f"{w}_after_bytes_s"] = summ[w]["per_view"][name]["after_bytes"]
+    out = {"per_view": per, "serve_median_s": sv["overall"]["total"]}
+    for w in names[1:]:
+        a = summ[w]["overall"]["total"]
+        out[f"{w}_median_s"] = a
+        out["ratio_median" if w == "notebook" else f"ratio_{w}_median"] = ratio(
+            a, sv["overall"]["total"])
+    out.update(summ)
+    out.update({"missing": missing, "serve_start_s": serve_start, "samples": samples,
+                "serve_frames_fetched": sum(s.get("fetched", 0) for g in samples["serve"].values()
+                                            for s in g)})
+    return out
 
 
 def main(argv=None) -> int:
@@ -470,6 +539,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds a frame or a page is waited for at most")
+    ap.add_argument("--uncombined", action="store_true",
+                    help="also a notebook whose widget has jupyter_bokeh's combine_events off")
     ap.add_argument("--out", default="benchmarks/results/notebook-browser.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -488,15 +559,13 @@ def main(argv=None) -> int:
     vs = views(FrameRenderer(ds).default_range())
     res = {"n": ds.rows, "views": dict(vs)}
     del ds
-    res["frames"] = browser_frames(data, vs, args.repeat, args.timeout)
+    res["frames"] = browser_frames(data, vs, args.repeat, args.timeout, args.uncombined)
     path = write_results(args.out, results_doc("notebook-browser", res, params=vars(args)))
     f = res["frames"]
-    print(json.dumps({"per_view": f["per_view"], "serve_median_s": f["serve_median_s"],
-                      "notebook_median_s": f["notebook_median_s"],
-                      "ratio_median": f["ratio_median"],
-                      "serve_overall": f["serve"]["overall"],
-                      "notebook_overall": f["notebook"]["overall"],
-                      "missing": f["missing"]}, indent=1))
+    short = {k: v for k, v in f.items() if k.endswith("_median_s") or k.startswith("ratio")}
+    short.update({f"{w}_overall": f[w]["overall"] for w in f if isinstance(f[w], dict)
+                  and "overall" in f[w]})
+    print(json.dumps({"per_view": f["per_view"], **short, "missing": f["missing"]}, indent=1))
     print(f"wrote {path}")
     return 0
 
