@@ -2,7 +2,7 @@
 a real JupyterLab, both in the same headless Chromium, in the same run.
 
     python -m benchmarks.bench_notebook_browser --data DIR [--n 20000] [--repeat 3]
-        [--out benchmarks/results/notebook-browser.json]
+        [--uncombined] [--timeout 120] [--out benchmarks/results/notebook-browser.json]
 
 ``--data``: a dataset with a layout (its map built, as ``bigembed serve`` or a first ``show()``
 leaves it); where none is, a synthetic one of ``--n`` points is built there
@@ -24,7 +24,7 @@ The same views in both (``bench_notebook.views``: the full map, zooms 2-64x and 
 dataset's default range), the same 800 x 800 frame, colouring ``label``. Each timed view is
 reached from a view one unit wider on each side first (``away``, its frame waited for), so a
 new frame must be rendered; a warm-up pass of every view first, then ``--repeat`` rounds, the
-two pages alternating view by view (so load on the machine hits both alike).
+pages alternating view by view (so load on the machine hits them alike).
 
 What is timed, in the page (``performance.now()``), the same way in both:
 
@@ -40,9 +40,16 @@ What is timed, in the page (``performance.now()``), the same way in both:
   ``/frame.png`` request (Resource Timing); notebook: the kernel websocket message carrying the
   PNG (a listener on every ``WebSocket``, added before the page's own). ``after_bytes`` =
   total - bytes: the page's own work (serve: image load/decode/paint; notebook: unpacking the
-  comm message, applying the patch, the blob URL, image load/decode/paint).
-  Serve also records ``patch`` (the Bokeh websocket message with the new frame URL arrived),
-  and ``loaded`` in both is the image's ``load`` event.
+  comm message, applying the patch, the blob URL, image load/decode/paint, and jupyter_bokeh
+  sending the applied patch, PNG included, back to the kernel before the image loads).
+  ``event_sent``: the websocket message carrying the ``RangesUpdate`` event left the page (in
+  the notebook, jupyter_bokeh's ``combine_events``, which ``show()`` turns on, holds each
+  document change until the kernel is idle again: the pan's four range changes go one kernel
+  round trip each before the event). Serve also records ``patch`` (the Bokeh websocket message
+  with the new frame URL arrived) and ``request_start`` (its GET went out); ``loaded`` in the
+  samples is the image's ``load`` event where it came before the paint.
+- ``--uncombined``: a third page, the same notebook with ``m.widget.combine_events = False``
+  run after ``show()`` (what the notebook's pans cost without that queueing).
 
 A frame that never comes is waited for at most ``--timeout`` seconds and reported under
 ``missing``; it is left out of the medians.
