@@ -46,8 +46,13 @@ What is timed, in the page (``performance.now()``), the same way in both:
   the notebook, jupyter_bokeh's ``combine_events``, which ``show()`` turns on, holds each
   document change until the kernel is idle again: the pan's four range changes go one kernel
   round trip each before the event). Serve also records ``patch`` (the Bokeh websocket message
-  with the new frame URL arrived) and ``request_start`` (its GET went out); ``loaded`` in the
-  samples is the image's ``load`` event where it came before the paint.
+  with the new frame URL arrived), ``request_start`` (its GET went out) and
+  ``response_start`` (the first byte of its answer, i.e. the server had rendered it); the
+  notebook ``kernel_sent``, the date in the header of the kernel's message carrying the PNG
+  (the kernel's clock, the same machine's; millisecond resolution), so ``bytes - kernel_sent``
+  is the transport (ZMQ, jupyter_server, websocket) and ``kernel_sent - event_sent`` the
+  kernel's work. ``loaded`` in the samples is the image's ``load`` event where it came before
+  the paint.
 - ``--uncombined``: a third page, the same notebook with ``m.widget.combine_events = False``
   run after ``show()`` (what the notebook's pans cost without that queueing).
 
@@ -104,7 +109,15 @@ INIT_JS = r"""
       this.addEventListener("message", (ev) => {
         const t = performance.now(), d = ev.data;
         const rec = {t, size: 0, png: false, frame_url: false};
-        if (d instanceof ArrayBuffer) { rec.size = d.byteLength; rec.png = isPng(new Uint8Array(d)); }
+        if (d instanceof ArrayBuffer) {
+          rec.size = d.byteLength; rec.png = isPng(new Uint8Array(d));
+          if (rec.png) {  // when the kernel sent it: its header's date (the first in the message)
+            const head = new TextDecoder().decode(new Uint8Array(d, 0, Math.min(d.byteLength, 4096)));
+            const m = /"date":\s*"([^"]+)"/.exec(head);
+            const ms = m ? Date.parse(m[1]) : NaN;
+            if (isFinite(ms)) rec.sender_t = ms - (Date.now() - t);
+          }
+        }
         else if (typeof d === "string") { rec.size = d.length; rec.frame_url = d.includes("frame.png?"); }
         else if (d && d.size !== undefined) { rec.size = d.size; }
         be.ws.push(rec);
@@ -219,7 +232,11 @@ GOTO_JS = r"""
         if (ev) r.event_sent = ev.t;
         if (url.startsWith("blob:")) {
           const png = be.ws.filter((m) => m.png && m.t >= t0 && m.t <= t);
-          if (png.length) { r.bytes = png[png.length - 1].t; r.bytes_size = png[png.length - 1].size; }
+          if (png.length) {
+            const m = png[png.length - 1];
+            r.bytes = m.t; r.bytes_size = m.size;
+            if (m.sender_t != null) r.kernel_sent = m.sender_t;
+          }
           r.png_messages = png.length;
         } else {
           r.abs = abs;  // its Resource Timing entry is read by NET_JS (it may come after the paint)
@@ -417,7 +434,7 @@ def _sample(r: dict) -> dict:
     """Seconds from the request (``t0``) to each point the page recorded."""
     out = {}
     for k in ("painted", "bytes", "loaded", "patch", "request_start", "response_start", "sent",
-              "sent_last", "event_sent"):
+              "sent_last", "event_sent", "kernel_sent"):
         if r.get(k) is not None:
             out[k] = (r[k] - r["t0"]) / 1000
     if "painted" in out:
@@ -441,7 +458,8 @@ def _med(xs):
 
 def _summary(samples: dict) -> dict:
     """Per view and overall medians of each recorded point, from ``{view: [sample, ...]}``."""
-    keys = ("total", "bytes", "after_bytes", "event_sent", "patch", "request_start")
+    keys = ("total", "bytes", "after_bytes", "event_sent", "patch", "request_start",
+            "response_start", "kernel_sent")
     per = {name: {k: _med([s.get(k) for s in got]) for k in keys} for name, got in samples.items()}
     every = [s for got in samples.values() for s in got]
     overall = {k: _med([s.get(k) for s in every]) for k in keys}
@@ -542,7 +560,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True,
                     help="a dataset with a layout (only read), or where to build one of --n points")
-    ap.add_argument("--n", type=int, default=20_000, help="points, when --data has no dataset")
+    ap.add_argument("--n", type=int, default=None,
+                    help="points, when --data has no dataset (20,000 by default)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds a frame or a page is waited for at most")
@@ -554,7 +573,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("BIGEMBED_NO_PROGRESS", "1")
     data = Path(args.data)
     if not (data / "manifest.json").exists():
-        make_dataset(data, args.n)
+        make_dataset(data, args.n or 20_000)
     from bigembed.dataset.reader import Dataset
     from bigembed.view.frames import FrameRenderer
 
