@@ -466,6 +466,30 @@ def _summary(samples: dict) -> dict:
     return {"per_view": per, "overall": overall, "n": len(every)}
 
 
+#: the steps of a frame, per page: (name, from, to) of the sample's points (seconds after t0)
+STEPS = {
+    "serve": [("request_to_event_sent", None, "event_sent"),
+              ("server_to_url_patch", "event_sent", "patch"),
+              ("patch_to_get", "patch", "request_start"),
+              ("get_to_first_byte", "request_start", "response_start"),
+              ("body", "response_start", "bytes"),
+              ("page_load_decode_paint", "bytes", "total")],
+    "notebook": [("request_to_event_sent", None, "event_sent"),
+                 ("kernel", "event_sent", "kernel_sent"),
+                 ("kernel_to_page", "kernel_sent", "bytes"),
+                 ("page_patch_load_decode_paint", "bytes", "total")],
+}
+
+
+def _steps(which: str, every: list) -> dict:
+    """Median seconds of each step of a frame (medians of per-frame differences)."""
+    out = {}
+    for name, a, b in STEPS["serve" if which == "serve" else "notebook"]:
+        out[name] = _med([s[b] - (s[a] if a else 0.0) for s in every
+                          if s.get(b) is not None and (a is None or s.get(a) is not None)])
+    return out
+
+
 def browser_frames(data: Path, vs, repeat: int, timeout: float = 120.0,
                    uncombined: bool = False) -> dict:
     """Pan/zoom frames in the browser, ``bigembed serve``'s page against ``bigembed.show()`` in
@@ -479,7 +503,8 @@ def browser_frames(data: Path, vs, repeat: int, timeout: float = 120.0,
     Returns per view the medians in seconds (``serve_s``, ``notebook_s``, ``ratio`` =
     notebook / serve), the overall medians (``serve_median_s``, ``notebook_median_s``,
     ``ratio_median``), per page the medians of each point recorded (``bytes``, ``after_bytes``,
-    ``event_sent``, ...), every sample, and ``missing`` (frames that never came: page, view,
+    ``event_sent``, ...), the medians of each step of a frame (``steps``: see :data:`STEPS`),
+    every sample, and ``missing`` (frames that never came: page, view,
     round).
     """
     from ._serve import served
@@ -550,6 +575,7 @@ def browser_frames(data: Path, vs, repeat: int, timeout: float = 120.0,
         out["ratio_median" if w == "notebook" else f"ratio_{w}_median"] = ratio(
             a, sv["overall"]["total"])
     out.update(summ)
+    out["steps"] = {w: _steps(w, [s for g in samples[w].values() for s in g]) for w in names}
     out.update({"missing": missing, "serve_start_s": serve_start, "samples": samples,
                 "serve_frames_fetched": sum(s.get("fetched", 0) for g in samples["serve"].values()
                                             for s in g)})
@@ -589,8 +615,7 @@ def main(argv=None) -> int:
     path = write_results(args.out, results_doc("notebook-browser", res, params=vars(args)))
     f = res["frames"]
     short = {k: v for k, v in f.items() if k.endswith("_median_s") or k.startswith("ratio")}
-    short.update({f"{w}_overall": f[w]["overall"] for w in f if isinstance(f[w], dict)
-                  and "overall" in f[w]})
+    short["steps"] = f["steps"]
     print(json.dumps({"per_view": f["per_view"], **short, "missing": f["missing"]}, indent=1))
     print(f"wrote {path}")
     return 0

@@ -38,3 +38,16 @@ def test_away_is_a_different_wider_view():
     v = (0.0, 1.0, 2.0, 3.0)
     a = _away(v)
     assert a != v and a[0] < v[0] < v[1] < a[1] and a[2] < v[2] < v[3] < a[3]
+
+
+def test_steps_are_medians_of_per_frame_differences():
+    from benchmarks.bench_notebook_browser import _steps
+
+    every = [{"event_sent": 0.4, "kernel_sent": 0.5, "bytes": 0.55, "total": 0.6},
+             {"event_sent": 0.2, "kernel_sent": 0.4, "bytes": 0.5, "total": 0.6},
+             {"event_sent": 0.1, "total": 0.3}]  # no frame message seen: only what is known
+    s = _steps("notebook", every)
+    assert s["request_to_event_sent"] == pytest.approx(0.2)
+    assert s["kernel"] == pytest.approx(0.15)
+    assert s["kernel_to_page"] == pytest.approx(0.075)
+    assert s["page_patch_load_decode_paint"] == pytest.approx(0.075)
