@@ -51,3 +51,13 @@ def test_steps_are_medians_of_per_frame_differences():
     assert s["kernel"] == pytest.approx(0.15)
     assert s["kernel_to_page"] == pytest.approx(0.075)
     assert s["page_patch_load_decode_paint"] == pytest.approx(0.075)
+
+
+def test_nudged_views_are_new_urls_less_than_a_pixel_apart():
+    from benchmarks.bench_notebook_browser import _nudged
+
+    v = (-3.25, 4.5, -1.0, 2.0)
+    a, b = _nudged(v, 1), _nudged(v, 2)
+    assert len({repr(v), repr(a), repr(b)}) == 3
+    for w in (a, b):  # 800 px across: a pixel is 1/800 of the width
+        assert max(abs(p - q) for p, q in zip(w, v)) < (v[1] - v[0]) / 800 / 1000
