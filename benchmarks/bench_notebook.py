@@ -1,6 +1,7 @@
 """``bigembed.show()`` in a notebook kernel against ``bigembed serve``, in the same run.
 
-    python -m benchmarks.bench_notebook [--n 1000000] [--repeat 3] [--out benchmarks/results/notebook.json]
+    python -m benchmarks.bench_notebook [--n 1000000] [--repeat 3] [--data DIR] [--prewarm]
+        [--frames-only] [--browser] [--out benchmarks/results/notebook.json]
 
 One dataset of ``n`` points (synthetic, 16-d, a PCA layout; built once under ``--data``).
 
@@ -31,7 +32,9 @@ One dataset of ``n`` points (synthetic, 16-d, a PCA layout; built once under ``-
   Medians per view and overall, and the ratios of each notebook way to serve's pan (the
   headline: ``jserver_pan``, what a notebook page gets), and notebook pan / serve get.
 
-The browser's own PNG decode and paint are outside both timings (the same work in both).
+The browser's own PNG decode and paint are outside these timings (the same work in both).
+``--browser`` adds the same views panned in headless Chromium, serve's page against the cell in
+a real JupyterLab, to the frame painted (``benchmarks/bench_notebook_browser.py``).
 """
 
 from __future__ import annotations
@@ -514,6 +517,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="where the dataset is built (kept)")
     ap.add_argument("--prewarm", action="store_true")
     ap.add_argument("--frames-only", action="store_true", help="skip the first-frame kernels")
+    ap.add_argument("--browser", action="store_true",
+                    help="also the pans in headless Chromium (bench_notebook_browser)")
     ap.add_argument("--out", default="benchmarks/results/notebook.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -542,11 +547,19 @@ def main(argv=None) -> int:
     log.info("pan/zoom frames: bigembed serve ...")
     sv = serve_frames(data, vs, args.repeat)
     res["frames"] = compare_frames(nb, sv)
+    if args.browser:
+        from .bench_notebook_browser import browser_frames
+
+        log.info("pan/zoom frames in Chromium: serve's page and the cell in JupyterLab ...")
+        res["browser"] = browser_frames(data, vs, args.repeat)
     path = write_results(args.out, results_doc("notebook", res, params=vars(args)))
     print(json.dumps({"first_frame": {k: v.get("median_s") if isinstance(v, dict) else None
                                       for k, v in res.get("first_frame", {}).items()},
                       "frames": {k: v for k, v in res["frames"].items() if "all" not in k
-                                 and k != "per_view"}}, indent=1))
+                                 and k != "per_view"},
+                      "browser": {k: v for k, v in res.get("browser", {}).items()
+                                  if k.endswith("median_s") or k == "ratio_median"}},
+                     indent=1))
     print(f"wrote {path}")
     return 0
 
