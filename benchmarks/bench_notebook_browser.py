@@ -41,12 +41,13 @@ What is timed, in the page (``performance.now()``), the same way in both:
   ``/frame.png`` request (Resource Timing); notebook: the kernel websocket message carrying the
   PNG (a listener on every ``WebSocket``, added before the page's own). ``after_bytes`` =
   total - bytes: the page's own work (serve: image load/decode/paint; notebook: unpacking the
-  comm message, applying the patch, the blob URL, image load/decode/paint, and jupyter_bokeh
-  sending the applied patch, PNG included, back to the kernel before the image loads).
+  comm message, applying the patch, the blob URL, image load/decode/paint; before bigembed
+  made the frame's sources unsyncable, also jupyter_bokeh sending the applied patch, PNG
+  included, back to the kernel before the image loaded).
   ``event_sent``: the websocket message carrying the ``RangesUpdate`` event left the page (in
   the notebook, jupyter_bokeh's ``combine_events``, which ``show()`` turns on, holds each
-  document change until the kernel is idle again: the pan's four range changes go one kernel
-  round trip each before the event). Serve also records ``patch`` (the Bokeh websocket message
+  document change until the kernel is idle again: before bigembed made the plot's ranges
+  unsyncable, a pan's range changes went one kernel round trip each before the event). Serve also records ``patch`` (the Bokeh websocket message
   with the new frame URL arrived), ``request_start`` (its GET went out) and
   ``response_start`` (the first byte of its answer, i.e. the server had rendered it); the
   notebook ``kernel_sent``, the date in the header of the kernel's message carrying the PNG
