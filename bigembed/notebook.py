@@ -6,7 +6,8 @@ its statistics, colourings, filters, layout switch), shared with the same
 :class:`~bigembed.server.state.Explorer` (renderers, spatial index, lookups). The transport is
 jupyter_bokeh's ``BokehModel``, an ipywidget that carries Bokeh document patches and events over
 the kernel's comms in both directions, so it works wherever ipywidgets do (JupyterLab, Notebook
-7, the classic notebook, VS Code) and needs no second process or port.
+7 and the classic notebook are tested in a browser; VS Code is not) and needs no second process
+or port.
 
 What differs from the server page is only what the page fetched over HTTP: a frame is rendered
 by the same :class:`~bigembed.view.frames.FrameRenderer` in the kernel, on a small thread pool,
