@@ -66,8 +66,8 @@ class UI:
         self.prompt, self.output, self.idle = prompt, output, idle
 
 
-_LAB_CELLS = dict(cell=".jp-Notebook .jp-Cell", editor=".jp-InputArea-editor",
-                  prompt=".jp-InputArea-prompt", output=".jp-OutputArea")
+_LAB_CELLS = {"cell": ".jp-Notebook .jp-Cell", "editor": ".jp-InputArea-editor",
+              "prompt": ".jp-InputArea-prompt", "output": ".jp-OutputArea"}
 UIS = {
     # JupyterLab's status bar reads 'Python 3 (ipykernel) | Idle'
     "lab": UI("/lab/tree/{nb}", idle="() => /\\| Idle/.test(document.body.innerText)",
