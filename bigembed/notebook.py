@@ -6,7 +6,8 @@ its statistics, colourings, filters, layout switch), shared with the same
 :class:`~bigembed.server.state.Explorer` (renderers, spatial index, lookups). The transport is
 jupyter_bokeh's ``BokehModel``, an ipywidget that carries Bokeh document patches and events over
 the kernel's comms in both directions, so it works wherever ipywidgets do (JupyterLab, Notebook
-7, the classic notebook, VS Code) and needs no second process or port.
+7 and the classic notebook are tested in a browser; VS Code is not) and needs no second process
+or port.
 
 What differs from the server page is only what the page fetched over HTTP: a frame is rendered
 by the same :class:`~bigembed.view.frames.FrameRenderer` in the kernel, on a small thread pool,
@@ -137,19 +138,35 @@ if (typeof old === "string" && old.startsWith("blob:")) {
 """
 
 
+#: the classic notebook (nbclassic, Notebook < 7) loads a widget's JavaScript with RequireJS by
+#: its module name; jupyter_bokeh's wheel ships the module as an nbextension but does not enable
+#: the nbextension that maps the name to it (without it: a 404 and a broken-widget box). This
+#: is that mapping, set from the cell; other front ends (JupyterLab, Notebook 7, VS Code) have
+#: no ``Jupyter.notebook`` and load the widget their own way.
+_CLASSIC_REQUIRE_MAP = """
+if (window.Jupyter && window.Jupyter.notebook && window.requirejs) {
+  window.requirejs.config({map: {'*': {
+    '@bokeh/jupyter_bokeh': 'nbextensions/jupyter_bokeh/index'}}});
+}
+"""
+
+
 def _load_bokehjs() -> None:
     """BokehJS in the page, once per kernel (jupyter_bokeh's widget renders with it). Inline:
-    the notebook may have no route to a CDN."""
+    the notebook may have no route to a CDN. In the classic notebook, also where RequireJS
+    finds jupyter_bokeh's widget (:data:`_CLASSIC_REQUIRE_MAP`)."""
     global _bokehjs_loaded
     if _bokehjs_loaded:
         return
     from bokeh.io import output_notebook
     from bokeh.resources import Resources
+    from IPython.display import publish_display_data
 
     # the parts the map's page uses (plot, widgets, the neighbour table): half of INLINE's
     # bytes (no WebGL, no MathJax), sent once per kernel
     output_notebook(Resources(mode="inline", components=list(BOKEHJS_COMPONENTS)),
                     hide_banner=True)
+    publish_display_data({"application/javascript": _CLASSIC_REQUIRE_MAP})
     _bokehjs_loaded = True
 
 
@@ -648,13 +665,14 @@ def _show(ds_or_path, layout, color, compare, display) -> Map:
     if pair is not None:
         _attach_compare(session, ex, pair)
     session.render_now()  # the first frame travels with the document: no round trip
+    if display:  # before the widget: the page loads the widget's class when its comm opens
+        _load_bokehjs()
     from jupyter_bokeh.widgets import BokehModel
 
     widget = BokehModel(doc.roots[0], combine_events=True)
     session.widget = widget
     m = Map(session, widget)
     if display:
-        _load_bokehjs()
         from IPython.display import display as ipy_display
 
         ipy_display(widget)

@@ -76,6 +76,12 @@ def test_tour_notebook_runs_in_a_real_kernel(nb_data, monkeypatch):
                in o.get("data", {})]
     assert len(widgets) >= 3, [o.output_type for o in outs]
     assert any("application/vnd.bokehjs_load.v0+json" in o.get("data", {}) for o in outs)
+    # ... and, once, before the first map, where the classic notebook's RequireJS finds the
+    # widget's JavaScript (tests/test_notebook_lab.py shows the map in the classic notebook)
+    req = [i for i, o in enumerate(outs)
+           if "nbextensions/jupyter_bokeh/index" in o.get("data", {}).get("application/javascript",
+                                                                       "")]
+    assert len(req) == 1 and req[0] < outs.index(widgets[0]), req
     text = "".join(o.get("text", "") for o in outs)
     n_sel = int(text.split(" selected")[0].split()[-1])
     assert 0 < n_sel < 1500
