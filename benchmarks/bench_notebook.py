@@ -239,15 +239,14 @@ class JupyterServer:
 
     def __init__(self, workdir: Path, nodelay: bool = True, timeout: float = 120.0):
         import secrets
-        import socket
         import subprocess
         import uuid
 
         import websocket
 
-        with socket.socket() as sk:
-            sk.bind(("127.0.0.1", 0))
-            port = sk.getsockname()[1]
+        from ._serve import free_port, wait_until_up
+
+        port = free_port()
         self.token, self.session, self.timeout = secrets.token_hex(16), uuid.uuid4().hex, timeout
         workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", JUPYTER_PLATFORM_DIRS="1",
@@ -255,7 +254,8 @@ class JupyterServer:
         ext = {"bigembed.jupyter_server_extension": nodelay, "jupyterlab": False,
                "panel.io.jupyter_server_extension": False, "jupyter_lsp": False,
                "jupyter_server_terminals": False, "notebook_shim": False}
-        self.log = open(workdir / f"jupyter-server-{port}.log", "w")
+        log_path = workdir / f"jupyter-server-{port}.log"
+        self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
              f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={self.token}",
@@ -263,16 +263,12 @@ class JupyterServer:
              f"--ServerApp.jpserver_extensions={ext!r}"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.perf_counter() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={self.token}", timeout=5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.perf_counter() > deadline:
-                    self.close()
-                    raise RuntimeError("the Jupyter server did not start")
-                time.sleep(0.3)
+        try:
+            wait_until_up(f"{base}/api/status?token={self.token}", self.proc, timeout,
+                          "the Jupyter server", log_path)
+        except RuntimeError:
+            self.close()
+            raise
         req = urllib.request.Request(f"{base}/api/kernels?token={self.token}",
                                      data=b'{"name": "python3"}', method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -329,11 +325,9 @@ class JupyterServer:
     def close(self):
         if getattr(self, "ws", None) is not None:
             self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except Exception:
-            self.proc.kill()
+        from ._serve import stop
+
+        stop(self.proc)
         self.log.close()
 
 

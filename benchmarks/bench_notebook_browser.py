@@ -71,18 +71,16 @@ import logging
 import os
 import re
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from bigembed.bench.harness import results_doc, write_results
 
+from ._serve import free_port, stop, wait_until_up
 from .bench_notebook import make_dataset, views
 
 log = logging.getLogger("bench_notebook_browser")
@@ -312,12 +310,6 @@ def _wait(pred, timeout: float, page, what: str):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _show_code(data: Path, combine_events=None) -> str:
     code = f"import bigembed\nm = bigembed.show({str(data)!r}, color='label')"
     if combine_events is not None:
@@ -341,7 +333,7 @@ def _jupyterlab(data: Path, timeout: float = 120.0, cells=None):
             nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                          "language": "python"}
             nbf.write(nb, str(root / f"{name}.ipynb"))
-        port, token = _free_port(), secrets.token_hex(16)
+        port, token = free_port(), secrets.token_hex(16)
         env = dict(os.environ, BIGEMBED_NO_PROGRESS="1", JUPYTER_CONFIG_DIR=str(root / ".cfg"),
                    JUPYTER_RUNTIME_DIR=str(root / ".run"),
                    JUPYTERLAB_WORKSPACES_DIR=str(root / ".ws"),
@@ -358,30 +350,13 @@ def _jupyterlab(data: Path, timeout: float = 120.0, cells=None):
                 stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=root)
             base = f"http://127.0.0.1:{port}"
             try:
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        with urllib.request.urlopen(f"{base}/api/status?token={token}",
-                                                    timeout=5) as r:
-                            if r.status == 200:
-                                break
-                    except OSError:
-                        pass
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        logf.flush()
-                        raise RuntimeError("jupyter lab did not start:\n"
-                                           + (root / "lab.log").read_text()[-3000:])
-                    time.sleep(0.3)
+                wait_until_up(f"{base}/api/status?token={token}", proc, timeout, "jupyter lab",
+                              root / "lab.log")
                 # a workspace per notebook: a page restores only its own tab
                 yield {name: f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={token}"
                        for name in (cells or {"pan": None})}
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+                stop(proc, timeout=20)
 
 
 def _new_page(browser):

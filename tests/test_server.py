@@ -247,7 +247,7 @@ def test_websocket_sends_without_nagle_delay(explorer_served):
     server = box["server"]
     ws = None
     try:
-        st, _, page = get(f"http://127.0.0.1:{port}/")
+        _, _, page = get(f"http://127.0.0.1:{port}/")
         token = re.search(rb'"token":\s*"([^"]+)"', page).group(1).decode()
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=30,
                                          subprotocols=["bokeh", token],
