@@ -55,6 +55,7 @@ from bigembed.bench.harness import results_doc, write_results
 log = logging.getLogger("bench_notebook")
 
 W = H = 800
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_dataset(path: Path, n: int) -> Path:
@@ -144,7 +145,7 @@ def _is_frame(msg) -> bool:
     first), or a PNG data URL in a document patch."""
     if msg["msg_type"] != "comm_msg":
         return False
-    if any(bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" for b in msg.get("buffers") or ()):
+    if any(bytes(b[:8]) == PNG_MAGIC for b in msg.get("buffers") or ()):
         return True
     return "data:image/png;base64" in json.dumps(msg["content"]["data"])
 
@@ -174,15 +175,41 @@ def first_frames(data: Path, repeat: int, prewarm: bool) -> dict:
             "kernel_side": kernel_side}
 
 
+def _ranges_event(plot_id: str, v) -> dict:
+    """The plot's ``RangesUpdate`` event as BokehJS serializes it when the user pans or zooms
+    to the view ``v`` = (x0, x1, y0, y1)."""
+    entries = [["model", {"id": plot_id}]] + [
+        [k, float(x)] for k, x in zip(("x0", "x1", "y0", "y1"), v)]
+    return {"type": "event", "name": "rangesupdate", "values": {"type": "map", "entries": entries}}
+
+
 def _pan_message(comm_id: str, plot_id: str, v) -> dict:
-    """The comm message BokehJS sends when the user pans or zooms the map in the cell: a
-    ``RangesUpdate`` event of the plot, as jupyter_bokeh's front end wraps it (``jsevent``)."""
-    entries = [["model", {"id": plot_id}]] + [[k, float(x)] for k, x in zip(("x0", "x1", "y0", "y1"), v)]
-    event = {"type": "event", "name": "rangesupdate", "values": {"type": "map", "entries": entries}}
+    """The comm message BokehJS sends when the user pans or zooms the map in the cell: the
+    ``RangesUpdate`` event, as jupyter_bokeh's front end wraps it (``jsevent``)."""
     return {"comm_id": comm_id,
             "data": {"method": "custom",
                      "content": {"event": "jsevent", "kind": "MessageSent",
-                                 "msg_type": "bokeh_event", "msg_data": event}}}
+                                 "msg_type": "bokeh_event",
+                                 "msg_data": _ranges_event(plot_id, v)}}}
+
+
+def _away(v):
+    """A view the map does not show (one unit wider on each side), visited before ``v`` so the
+    timed one renders a new frame."""
+    return (v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1)
+
+
+def _time_views(go, vs, repeat: int, warm: bool = True) -> dict:
+    """``go(view) -> seconds`` for each view of ``vs`` reached from :func:`_away`: a warm-up
+    pass of every view first (``warm``: pyramid levels, JIT), then ``repeat`` timed rounds."""
+    def once(v):
+        go(_away(v))
+        return go(v)
+
+    if warm:
+        for _, v in vs:
+            once(v)
+    return {name: [once(v) for _ in range(repeat)] for name, v in vs}
 
 
 def notebook_frames(data: Path, vs, repeat: int) -> dict:
@@ -211,19 +238,12 @@ def notebook_frames(data: Path, vs, repeat: int) -> dict:
                     return time.perf_counter() - t0
             raise TimeoutError(f"no frame in {timeout}s after a pan to {v}")
 
-        def away_and_back(v, how):
-            # a view the map does not show first, so the timed one renders a new frame
-            away = (v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1)
-            if how == "pan":
-                pan(away)
-                return pan(v)
-            k.run("m.set_view(%r, %r, %r, %r)" % away, until=_is_frame, timeout=120)
-            return k.run("m.set_view(%r, %r, %r, %r)" % v, until=_is_frame, timeout=120)[0]
+        def set_view(v):
+            return k.run("m.set_view(%r, %r, %r, %r)" % tuple(v), until=_is_frame,
+                         timeout=120)[0]
 
-        for _, v in vs:  # the warm-up pass: each view once (pyramid levels, JIT)
-            away_and_back(v, "pan")
-        out = {how: {name: [away_and_back(v, how) for _ in range(repeat)] for name, v in vs}
-               for how in ("pan", "set_view")}
+        out = {"pan": _time_views(pan, vs, repeat),
+               "set_view": _time_views(set_view, vs, repeat, warm=False)}
         _, n = k.run("print(m._s.frames)")
         log.info("frames drawn in the cell: %s", n.strip())
         return out
@@ -344,19 +364,11 @@ def jupyter_server_frames(data: Path, vs, repeat: int, nodelay: bool = True) -> 
             js.ws.send(json.dumps(js.message("comm_msg", _pan_message(comm_id, plot_id, v))))
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < js.timeout:
-                r = js.recv()
-                if r["msg_type"] == "comm_msg" and any(
-                        bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" for b in r.get("buffers") or ()):
+                if _is_frame(js.recv()):
                     return time.perf_counter() - t0
             raise TimeoutError(f"no frame in {js.timeout}s after a pan to {v}")
 
-        def away_and_back(v):
-            pan((v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1))
-            return pan(v)
-
-        for _, v in vs:
-            away_and_back(v)
-        return {name: [away_and_back(v) for _ in range(repeat)] for name, v in vs}
+        return _time_views(pan, vs, repeat)
     finally:
         js.close()
 
@@ -415,13 +427,10 @@ class ServePage:
 
         from bokeh.protocol import Protocol
 
-        entries = [["model", {"id": self.plot_id}]] + [
-            [k, float(x)] for k, x in zip(("x0", "x1", "y0", "y1"), v)]
-        event = {"type": "event", "name": "rangesupdate",
-                 "values": {"type": "map", "entries": entries}}
         cls = Protocol()._messages["PATCH-DOC"]
         msg = cls(cls.create_header(), {}, {"events": [
-            {"kind": "MessageSent", "msg_type": "bokeh_event", "msg_data": event}]})
+            {"kind": "MessageSent", "msg_type": "bokeh_event",
+             "msg_data": _ranges_event(self.plot_id, v)}]})
         t0 = time.perf_counter()
         self.send(msg)
         deadline = t0 + self.timeout
@@ -436,7 +445,7 @@ class ServePage:
         self.http.request("GET", url)
         r = self.http.getresponse()
         body = r.read()
-        if r.status != 200 or body[:8] != b"\x89PNG\r\n\x1a\n":
+        if r.status != 200 or body[:8] != PNG_MAGIC:
             raise RuntimeError(f"frame {url}: HTTP {r.status}")
         return time.perf_counter() - t0
 
@@ -463,16 +472,11 @@ def serve_frames(data: Path, vs, repeat: int) -> dict:
                 r.read()
             return time.perf_counter() - t0
 
+        for _, v in vs:
+            get(v)
         page = ServePage(root)
         try:
-            def away_and_back(v):  # as the notebook's: a new frame must be rendered
-                page.pan((v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1))
-                return page.pan(v)
-
-            for _, v in vs:
-                get(v)
-                away_and_back(v)
-            return {"pan": {name: [away_and_back(v) for _ in range(repeat)] for name, v in vs},
+            return {"pan": _time_views(page.pan, vs, repeat),
                     "get": {name: [get(v) for _ in range(repeat)] for name, v in vs}}
         finally:
             page.close()

@@ -81,7 +81,7 @@ from pathlib import Path
 from bigembed.bench.harness import results_doc, write_results
 
 from ._serve import free_port, stop, wait_until_up
-from .bench_notebook import make_dataset, views
+from .bench_notebook import _away, make_dataset, views
 
 log = logging.getLogger("bench_notebook_browser")
 
@@ -422,10 +422,6 @@ def _sample(r: dict) -> dict:
         if k in r:
             out[k] = r[k]
     return out
-
-
-def _away(v):
-    return (v[0] - 1, v[1] + 1, v[2] - 1, v[3] + 1)
 
 
 def _nudged(v, k: int):

@@ -278,23 +278,16 @@ def _session_class():
         def _filter_options(self, col):
             """Filter values computed before, or none yet: the cell shows its map first and
             fills the filter widgets from the pool (:meth:`fill_filters`)."""
-            got = self.ex.known_filter_options(col)
-            if got is None:
-                self._unfilled = getattr(self, "_unfilled", []) + [col]
-            return got or []
+            return self.ex.known_filter_options(col) or []
 
         def fill_filters(self, here: bool = False):
-            """Compute the filter values the widgets were shown without (on this thread) and
-            set them on the kernel's loop (``here``: at once, from the loop's thread)."""
-            if here:  # every widget still empty (the pool may be filling it right now)
-                cols = [c for c, mc in self.filters.items() if not mc.options]
-            else:
-                cols, self._unfilled = getattr(self, "_unfilled", []), []
-            for col in cols:
-                opts = self.ex.filter_options(col)
-                mc = self.filters.get(col)
-                if mc is None:
+            """Compute the values of the filter widgets still shown without any (on this
+            thread) and set them on the kernel's loop (``here``: at once, from the loop's
+            thread)."""
+            for col, mc in list(self.filters.items()):
+                if mc.options:
                     continue
+                opts = self.ex.filter_options(col)
                 if here:
                     mc.options = opts
                 else:

@@ -238,6 +238,15 @@ def _clip(v):
 
 
 @numba.njit(inline="always")
+def _xorshift32(s):
+    """The next state of a xorshift32 generator (32-bit state held in an int64)."""
+    s ^= (s << 13) & 0xFFFFFFFF
+    s ^= s >> 17
+    s ^= (s << 5) & 0xFFFFFFFF
+    return s
+
+
+@numba.njit(inline="always")
 def _mix32(h):
     """murmur3's 32-bit finaliser (on int64 holding 32 bits): a seed for a chunk's stream."""
     h ^= h >> 16
@@ -286,11 +295,8 @@ def _chunk(tab, y, indptr, tail, eps, nxt, nxt_neg, v0, v1, c, epoch, alpha, a, 
             owed = int((fe - nxt_neg[e]) / eneg)
             ahead = min(max(owed, 0), NEG_AHEAD)
             for j in range(ahead):
-                # xorshift32, then a multiply-shift into [0, n)
-                s ^= (s << 13) & 0xFFFFFFFF
-                s ^= s >> 17
-                s ^= (s << 5) & 0xFFFFFFFF
-                negs[j] = (s * n) >> 32
+                s = _xorshift32(s)
+                negs[j] = (s * n) >> 32  # a multiply-shift into [0, n)
                 _prefetch_row(y, negs[j])
             k = tail[e]
             ox = y[k, 0]
@@ -313,9 +319,7 @@ def _chunk(tab, y, indptr, tail, eps, nxt, nxt_neg, v0, v1, c, epoch, alpha, a, 
                 if j < ahead:
                     k = negs[j]
                 else:  # more owed than drawn ahead (rare): drawn now, in the same order
-                    s ^= (s << 13) & 0xFFFFFFFF
-                    s ^= s >> 17
-                    s ^= (s << 5) & 0xFFFFFFFF
+                    s = _xorshift32(s)
                     k = (s * n) >> 32
                 if k == v:
                     continue

@@ -216,8 +216,8 @@ def test_websocket_sends_without_nagle_delay(explorer_served):
     """Bokeh writes a protocol message as several websocket frames (header, metadata,
     content). With Nagle's algorithm on, the server held each message's second frame until
     the page ACKed the first, and a delayed ACK is 40 ms: every pan's new frame URL came
-    40 ms late (bench_notebook's serve pan: 73 ms -> 23 ms). The server's end of each page's
-    websocket must have TCP_NODELAY set."""
+    40 ms late (bench_notebook's serve pan, measured under load: 73 ms -> 23 ms). The
+    server's end of each page's websocket must have TCP_NODELAY set."""
     import asyncio
     import concurrent.futures
     import socket
